@@ -1,0 +1,12 @@
+//! The Check path: a CheckRequest in, an allow with identity headers or a deny out.
+//!
+//! `request` reads what Envoy sent, `decision` applies the session rules and asks the provider,
+//! `response` turns the outcome into Envoy's answer, `grpc` serves it.
+
+pub mod decision;
+pub mod grpc;
+pub mod request;
+pub mod response;
+
+pub use decision::{Allowed, Authorizer, Deny};
+pub use request::CheckInput;

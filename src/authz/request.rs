@@ -1,0 +1,73 @@
+//! What the decision needs from a CheckRequest, read defensively: a request without HTTP attributes is
+//! malformed, never a panic.
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+
+/// Context extension naming groups a route requires (any one of them, comma-separated).
+pub const REQUIRE_ANY: &str = "portcullis.require_any";
+
+#[derive(Debug, Default, Clone)]
+pub struct CheckInput {
+    /// Lower-cased names; repeated headers joined as Envoy joins them.
+    pub headers: HashMap<String, String>,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub context_extensions: HashMap<String, String>,
+}
+
+impl CheckInput {
+    /// `None` when the request carries no HTTP attributes.
+    pub fn from_request(req: &CheckRequest) -> Option<Self> {
+        let attrs = req.attributes.as_ref()?;
+        let http = attrs.request.as_ref()?.http.as_ref()?;
+        let mut headers: HashMap<String, String> =
+            http.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        // Envoy sends `header_map` instead of `headers` when configured to encode raw headers.
+        if let Some(map) = &http.header_map {
+            for h in &map.headers {
+                let value = if h.raw_value.is_empty() {
+                    h.value.clone()
+                } else {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                };
+                let sep = if h.key.eq_ignore_ascii_case("cookie") { "; " } else { "," };
+                headers
+                    .entry(h.key.to_ascii_lowercase())
+                    .and_modify(|v| {
+                        v.push_str(sep);
+                        v.push_str(&value)
+                    })
+                    .or_insert(value);
+            }
+        }
+        Some(Self {
+            headers,
+            method: http.method.clone(),
+            path: http.path.clone(),
+            host: http.host.clone(),
+            context_extensions: attrs.context_extensions.clone(),
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// A top-level browser navigation: the only request that gets a redirect to the login page.
+    pub fn is_navigation(&self) -> bool {
+        let accepts_html = self.header("accept").is_some_and(|a| a.contains("text/html"));
+        let mode_ok = self.header("sec-fetch-mode").is_none_or(|m| m.eq_ignore_ascii_case("navigate"));
+        self.method.eq_ignore_ascii_case("GET") && accepts_html && mode_ok && self.header("x-requested-with").is_none()
+    }
+
+    /// Groups the route requires (any one), from `context_extensions`.
+    pub fn required_groups(&self) -> Vec<&str> {
+        self.context_extensions
+            .get(REQUIRE_ANY)
+            .map(|v| v.split(',').map(str::trim).filter(|g| !g.is_empty()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,75 @@
+use super::*;
+
+fn minimal() -> String {
+    format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:9001"
+http_addr = "127.0.0.1:9002"
+public_url = "https://app.example.com"
+
+[redis]
+url = "redis://127.0.0.1:6379"
+
+[session]
+cookie_secure = false
+encryption_keys = ["{}"]
+
+[revalidation]
+mode = "every_request"
+
+[providers.corp]
+kind = "ping"
+issuer = "https://idp.example.com"
+client_id = "portcullis"
+client_secret = "s3cret"
+scopes = ["openid", "profile", "email", "offline_access"]
+"#,
+        crate::crypto::generate_key()
+    )
+}
+
+#[test]
+fn the_design_minimal_file_loads_with_defaults() {
+    let c = Config::from_toml(&minimal()).unwrap();
+    assert_eq!(c.session.cookie_name, "GATEWAY_SESSION");
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(c.session.absolute_timeout, Duration::from_secs(8 * 3600));
+    assert_eq!(c.m2m.follower_retries, 15);
+    assert_eq!(c.m2m.follower_delay, Duration::from_millis(300));
+    assert_eq!(c.headers.user_id, "x-auth-user-id");
+    assert_eq!(c.providers["corp"].kind, ProviderKind::Ping);
+}
+
+#[test]
+fn bad_values_are_named_all_at_once() {
+    let text = minimal()
+        .replace("redis://127.0.0.1:6379", "http://nope")
+        .replace("mode = \"every_request\"", "mode = \"max_staleness\"\nmax_staleness = \"0s\"")
+        .replace("client_secret = \"s3cret\"", "");
+    let err = Config::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("redis.url"), "{err}");
+    assert!(err.contains("revalidation.max_staleness"), "{err}");
+    assert!(err.contains("providers.corp.client_secret"), "{err}");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let text = minimal().replace("cookie_secure = false", "cookie_secure = false\nidle_timeout = \"soon\"");
+    let err = Config::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("session.idle_timeout"), "{err}");
+    let text = minimal().replace("[revalidation]", "[revalidation]\nbogus = 1");
+    let err = Config::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn entra_defaults_follow_the_tenant() {
+    let text = minimal()
+        .replace("kind = \"ping\"\nissuer = \"https://idp.example.com\"", "kind = \"entra\"\ntenant = \"contoso\"");
+    let c = Config::from_toml(&text).unwrap();
+    let p = &c.providers["corp"];
+    assert_eq!(p.issuer().as_deref(), Some("https://login.microsoftonline.com/contoso/v2.0"));
+    assert_eq!(p.graph_url(), "https://graph.microsoft.com/v1.0");
+    assert_eq!(p.m2m_scope().as_deref(), Some("https://graph.microsoft.com/.default"));
+}

@@ -1,0 +1,162 @@
+//! Encryption of tokens at rest: AES-256-GCM under a key ring.
+//!
+//! The first key encrypts; every listed key decrypts, so keys rotate without logging anyone out. The AAD
+//! binds a ciphertext to its session and field: a value copied to another session or field fails to open.
+//! Stored form: `v1.<kid>.<base64url(nonce || ciphertext+tag)>`.
+
+use aes_gcm::aead::{Aead, Generate, Key, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+
+const NONCE_LEN: usize = 12;
+const PREFIX: &str = "v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("key entry {0}: expected `<kid>:<base64 of 32 bytes>`")]
+    BadKey(usize),
+    #[error("no encryption key configured")]
+    NoKey,
+    #[error("duplicate key id {0:?}")]
+    DuplicateKid(String),
+    #[error("ciphertext is malformed")]
+    Malformed,
+    #[error("ciphertext names an unknown key id")]
+    UnknownKey,
+    #[error("ciphertext failed authentication")]
+    Tampered,
+}
+
+/// A named AES-256 key. `Debug` leaves the key out.
+struct NamedKey {
+    kid: String,
+    cipher: Aes256Gcm,
+}
+
+/// The configured keys; the first one encrypts.
+pub struct KeyRing {
+    keys: Vec<NamedKey>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().map(|k| k.kid.as_str()).collect();
+        f.debug_struct("KeyRing").field("kids", &kids).finish()
+    }
+}
+
+impl KeyRing {
+    /// Parses entries of the form printed by [`generate_key`].
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, CryptoError> {
+        let mut keys: Vec<NamedKey> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let (kid, b64) = entry.as_ref().trim().split_once(':').ok_or(CryptoError::BadKey(i))?;
+            if kid.is_empty() || kid.contains('.') {
+                return Err(CryptoError::BadKey(i));
+            }
+            let raw = STANDARD.decode(b64).map_err(|_| CryptoError::BadKey(i))?;
+            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| CryptoError::BadKey(i))?;
+            if keys.iter().any(|k| k.kid == kid) {
+                return Err(CryptoError::DuplicateKid(kid.to_string()));
+            }
+            keys.push(NamedKey { kid: kid.to_string(), cipher });
+        }
+        if keys.is_empty() {
+            return Err(CryptoError::NoKey);
+        }
+        Ok(Self { keys })
+    }
+
+    /// Encrypts `plaintext` for `field` of session `session_id`.
+    pub fn encrypt(&self, session_id: &str, field: &str, plaintext: &str) -> Result<String, CryptoError> {
+        let key = self.keys.first().ok_or(CryptoError::NoKey)?;
+        let nonce = Nonce::generate();
+        let aad = aad(session_id, field);
+        let ct = key
+            .cipher
+            .encrypt(&nonce, Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() })
+            .map_err(|_| CryptoError::Malformed)?;
+        let mut blob = Vec::with_capacity(NONCE_LEN + ct.len());
+        blob.extend_from_slice(nonce.as_slice());
+        blob.extend_from_slice(&ct);
+        Ok(format!("{PREFIX}.{}.{}", key.kid, URL_SAFE_NO_PAD.encode(blob)))
+    }
+
+    /// Opens a value produced by [`KeyRing::encrypt`] for the same session and field.
+    pub fn decrypt(&self, session_id: &str, field: &str, stored: &str) -> Result<String, CryptoError> {
+        let mut parts = stored.splitn(3, '.');
+        let (Some(PREFIX), Some(kid), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(CryptoError::Malformed);
+        };
+        let key = self.keys.iter().find(|k| k.kid == kid).ok_or(CryptoError::UnknownKey)?;
+        let blob = URL_SAFE_NO_PAD.decode(body).map_err(|_| CryptoError::Malformed)?;
+        if blob.len() <= NONCE_LEN {
+            return Err(CryptoError::Malformed);
+        }
+        let (nonce, ct) = blob.split_at(NONCE_LEN);
+        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Malformed)?;
+        let aad = aad(session_id, field);
+        let pt =
+            key.cipher.decrypt(&nonce, Payload { msg: ct, aad: aad.as_bytes() }).map_err(|_| CryptoError::Tampered)?;
+        String::from_utf8(pt).map_err(|_| CryptoError::Tampered)
+    }
+}
+
+fn aad(session_id: &str, field: &str) -> String {
+    format!("portcullis/session/{session_id}/{field}")
+}
+
+/// A new key entry, `<kid>:<base64 key>`, as `portcullis keygen` prints it.
+pub fn generate_key() -> String {
+    let key = Key::<Aes256Gcm>::generate();
+    let kid: [u8; 4] = rand::random();
+    format!("{}:{}", hex::encode(kid), STANDARD.encode(key.as_slice()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_binding() {
+        let ring = KeyRing::parse(&[generate_key()]).unwrap();
+        let ct = ring.encrypt("s1", "idToken", "secret").unwrap();
+        assert!(!ct.contains("secret"));
+        assert_eq!(ring.decrypt("s1", "idToken", &ct).unwrap(), "secret");
+        assert!(matches!(ring.decrypt("s2", "idToken", &ct), Err(CryptoError::Tampered)));
+        assert!(matches!(ring.decrypt("s1", "accessToken", &ct), Err(CryptoError::Tampered)));
+    }
+
+    #[test]
+    fn rotated_key_still_decrypts() {
+        let (old, new) = (generate_key(), generate_key());
+        let before = KeyRing::parse(std::slice::from_ref(&old)).unwrap();
+        let ct = before.encrypt("s", "f", "v").unwrap();
+        let after = KeyRing::parse(&[new, old]).unwrap();
+        assert_eq!(after.decrypt("s", "f", &ct).unwrap(), "v");
+        let fresh = after.encrypt("s", "f", "v").unwrap();
+        assert!(matches!(before.decrypt("s", "f", &fresh), Err(CryptoError::UnknownKey)));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let ring = KeyRing::parse(&[generate_key()]).unwrap();
+        for bad in ["", "v1", "v1..", "v1.x.", "v2.a.b", "v1.zz.!!!", "v1.zz.AAAA"] {
+            assert!(ring.decrypt("s", "f", bad).is_err(), "{bad}");
+        }
+        let ct = ring.encrypt("s", "f", "v").unwrap();
+        let mut flipped = ct.into_bytes();
+        let last = flipped.len() - 2;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        assert!(ring.decrypt("s", "f", &flipped).is_err());
+    }
+
+    #[test]
+    fn bad_key_entries_are_rejected() {
+        assert!(KeyRing::parse::<&str>(&[]).is_err());
+        assert!(KeyRing::parse(&["nokid"]).is_err());
+        assert!(KeyRing::parse(&["k:c2hvcnQ="]).is_err());
+    }
+}

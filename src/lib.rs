@@ -1,0 +1,23 @@
+//! portcullis: an Envoy ext_authz sidecar that turns a session cookie into an IdP-revalidated identity.
+//!
+//! Layout by concern: `authz` (the Check decision and its gRPC service), `session` (cookie, Redis hash,
+//! timeouts), `crypto` (tokens at rest), `idp` (provider validators), `store` (the Redis connection),
+//! `config`, `telemetry`, `http` (health/metrics listener), `server` (wiring), `cli`.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod idp;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+
+/// Unix time in seconds: the clock every decision takes as an argument.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

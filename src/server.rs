@@ -1,0 +1,156 @@
+//! Wiring: builds the shared state from a [`Config`], binds the gRPC and HTTP listeners, and drains both on
+//! shutdown so in-flight checks finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::authz::grpc::AuthzService;
+use crate::authz::Authorizer;
+use crate::config::Config;
+use crate::crypto::KeyRing;
+use crate::http::{self, HttpState};
+use crate::idp::Validators;
+use crate::session::SessionStore;
+use crate::store::Redis;
+
+/// How often gRPC health follows Redis reachability.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// The gRPC service name Envoy checks.
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("bind {what} {addr}: {source}")]
+    Bind { what: &'static str, addr: String, source: std::io::Error },
+    #[error("redis: {0}")]
+    Redis(#[from] crate::store::StoreError),
+    #[error("encryption keys: {0}")]
+    Keys(#[from] crate::crypto::CryptoError),
+}
+
+/// A running portcullis. Drop does not stop it: call [`Server::shutdown`].
+pub struct Server {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub authorizer: Arc<Authorizer>,
+    pub redis: Redis,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds both listeners (port 0 picks a free one) and starts serving.
+    pub async fn start(cfg: &Config, validators: Validators) -> Result<Self, StartError> {
+        crate::telemetry::metrics();
+        let redis = Redis::connect(&cfg.redis)?;
+        let keys = Arc::new(KeyRing::parse(&cfg.session.encryption_keys)?);
+        let store = SessionStore::new(redis.clone(), keys, &cfg.session);
+        let authorizer = Authorizer::new(store, validators, cfg.session.clone(), cfg.headers.clone());
+
+        let grpc = bind("grpc", &cfg.server.grpc_addr).await?;
+        let http_l = bind("http", &cfg.server.http_addr).await?;
+        let (grpc_addr, http_addr) = (local(&grpc), local(&http_l));
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tasks.push(tokio::spawn(follow_redis(redis.clone(), reporter, cancel.clone())));
+
+        let svc = AuthzService::server(authorizer.clone());
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), c.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "grpc listener failed");
+            }
+        }));
+
+        let app = http::router(HttpState { redis: redis.clone() });
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_l, app).with_graceful_shutdown(c.cancelled_owned()).await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        }));
+
+        tracing::info!(%grpc_addr, %http_addr, version = crate::telemetry::version_string(), "portcullis listening");
+        Ok(Self { grpc_addr, http_addr, authorizer, redis, cancel, tasks })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `grace`), then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        self.cancel.cancel();
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("shutdown grace period elapsed with requests still in flight");
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr: addr.to_string(), source })
+}
+
+fn local(l: &TcpListener) -> SocketAddr {
+    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// gRPC health is NOT_SERVING while Redis does not answer.
+async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReporter, cancel: CancellationToken) {
+    let mut last = None;
+    loop {
+        let status = if redis.ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(AUTHZ_SERVICE, status).await;
+            tracing::info!(?status, "grpc health");
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+    }
+}
+
+/// `portcullis serve`: runs until SIGTERM or SIGINT, then drains.
+pub async fn serve(cfg: Config, validators: Validators) -> Result<(), StartError> {
+    let server = Server::start(&cfg, validators).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown(cfg.server.shutdown_grace).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,120 @@
+//! The `session:{id}` hash as typed values. Parsing fails on anything missing or malformed, so garbage in
+//! Redis becomes a deny, never a panic.
+
+use std::collections::HashMap;
+
+/// Hash field names, as in the design's Redis schema.
+pub mod field {
+    pub const USER_ID: &str = "userId";
+    pub const ID_TOKEN: &str = "idToken";
+    pub const ACCESS_TOKEN: &str = "accessToken";
+    pub const REFRESH_TOKEN: &str = "refreshToken";
+    pub const PROVIDER: &str = "provider";
+    pub const SID: &str = "sid";
+    pub const CREATED_AT: &str = "createdAt";
+    pub const LAST_ACCESS: &str = "lastAccess";
+    pub const EXPIRES_AT: &str = "expiresAt";
+    pub const FINGERPRINT: &str = "clientFingerprint";
+    pub const LAST_TOKEN_UPDATE: &str = "lastTokenUpdate";
+}
+
+/// A session as stored. Token fields hold ciphertext; see [`Tokens`] for the opened values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The Redis id (hash of the cookie), not the cookie.
+    pub id: String,
+    pub user_id: String,
+    pub provider: String,
+    pub sid: Option<String>,
+    pub id_token: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub last_access: i64,
+    /// Absolute expiry, unix seconds.
+    pub expires_at: i64,
+    pub client_fingerprint: Option<String>,
+    pub last_token_update: i64,
+}
+
+/// Decrypted tokens. `Debug` leaves them out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub id_token: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens(<redacted>)")
+    }
+}
+
+/// Which field of a stored session is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("session field {0} is missing or malformed")]
+pub struct Corrupt(pub &'static str);
+
+impl Session {
+    pub fn from_hash(id: String, mut h: HashMap<String, String>) -> Result<Self, Corrupt> {
+        let mut text = |k: &'static str| h.remove(k).filter(|v| !v.is_empty()).ok_or(Corrupt(k));
+        let user_id = text(field::USER_ID)?;
+        let provider = text(field::PROVIDER)?;
+        let id_token = text(field::ID_TOKEN)?;
+        let access_token = text(field::ACCESS_TOKEN)?;
+        let created_at = int(text(field::CREATED_AT)?, field::CREATED_AT)?;
+        let last_access = int(text(field::LAST_ACCESS)?, field::LAST_ACCESS)?;
+        let expires_at = int(text(field::EXPIRES_AT)?, field::EXPIRES_AT)?;
+        let refresh_token = text(field::REFRESH_TOKEN).ok();
+        let sid = text(field::SID).ok();
+        let client_fingerprint = text(field::FINGERPRINT).ok();
+        let last_token_update = match text(field::LAST_TOKEN_UPDATE) {
+            Ok(v) => int(v, field::LAST_TOKEN_UPDATE)?,
+            Err(_) => created_at,
+        };
+        Ok(Self {
+            id,
+            user_id,
+            provider,
+            sid,
+            id_token,
+            access_token,
+            refresh_token,
+            created_at,
+            last_access,
+            expires_at,
+            client_fingerprint,
+            last_token_update,
+        })
+    }
+
+    /// The hash fields to write for this session.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            (field::USER_ID, self.user_id.clone()),
+            (field::PROVIDER, self.provider.clone()),
+            (field::ID_TOKEN, self.id_token.clone()),
+            (field::ACCESS_TOKEN, self.access_token.clone()),
+            (field::CREATED_AT, self.created_at.to_string()),
+            (field::LAST_ACCESS, self.last_access.to_string()),
+            (field::EXPIRES_AT, self.expires_at.to_string()),
+            (field::LAST_TOKEN_UPDATE, self.last_token_update.to_string()),
+        ];
+        if let Some(v) = &self.refresh_token {
+            f.push((field::REFRESH_TOKEN, v.clone()));
+        }
+        if let Some(v) = &self.sid {
+            f.push((field::SID, v.clone()));
+        }
+        if let Some(v) = &self.client_fingerprint {
+            f.push((field::FINGERPRINT, v.clone()));
+        }
+        f
+    }
+}
+
+fn int(v: String, k: &'static str) -> Result<i64, Corrupt> {
+    v.parse().map_err(|_| Corrupt(k))
+}

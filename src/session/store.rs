@@ -1,0 +1,219 @@
+//! Sessions in Redis: `session:{id}` hashes, the `user_sessions:{userId}` and `idp_sessions:{provider}:{sid}`
+//! indexes, and token encryption on the way in and out.
+//!
+//! The Check hot path costs one round trip: [`SessionStore::load`] reads the hash and, only when the last
+//! slide is older than `slide_after`, moves `lastAccess` and the key's TTL, all in one Lua script (one key,
+//! so it is Redis Cluster safe).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::Script;
+
+use super::cookie;
+use super::model::{field, Corrupt, Session, Tokens};
+use crate::config::SessionConfig;
+use crate::crypto::{CryptoError, KeyRing};
+use crate::store::{Redis, StoreError};
+
+/// Read the hash; slide the idle expiry when due and the session is still within both timeouts.
+/// KEYS[1] = session key; ARGV = now, idle timeout, slide_after (all seconds).
+const LOAD_AND_SLIDE: &str = r#"
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return h end
+local last, exp
+for i = 1, #h, 2 do
+  if h[i] == 'lastAccess' then last = tonumber(h[i + 1]) elseif h[i] == 'expiresAt' then exp = tonumber(h[i + 1]) end
+end
+local now, idle, after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if last and exp and now - last >= after and now - last < idle and now < exp then
+  redis.call('HSET', KEYS[1], 'lastAccess', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], math.max(1, math.min(idle, exp - now)))
+end
+return h
+"#;
+
+/// Write token fields only while the session still exists, so a refresh never resurrects a logout.
+/// KEYS[1] = session key; ARGV = field, value pairs.
+const UPDATE_IF_EXISTS: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+/// What a login hands over to become a session.
+pub struct NewSession {
+    pub user_id: String,
+    pub provider: String,
+    pub sid: Option<String>,
+    pub tokens: Tokens,
+    pub client_fingerprint: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct SessionStore {
+    redis: Redis,
+    keys: Arc<KeyRing>,
+    idle: i64,
+    absolute: i64,
+    slide_after: i64,
+    load_script: Arc<Script>,
+    update_script: Arc<Script>,
+}
+
+pub fn session_key(id: &str) -> String {
+    format!("session:{id}")
+}
+pub fn user_key(user_id: &str) -> String {
+    format!("user_sessions:{user_id}")
+}
+pub fn idp_key(provider: &str, sid: &str) -> String {
+    format!("idp_sessions:{provider}:{sid}")
+}
+
+impl SessionStore {
+    pub fn new(redis: Redis, keys: Arc<KeyRing>, cfg: &SessionConfig) -> Self {
+        Self {
+            redis,
+            keys,
+            idle: cfg.idle_timeout.as_secs().max(1) as i64,
+            absolute: cfg.absolute_timeout.as_secs().max(1) as i64,
+            slide_after: cfg.slide_after.as_secs() as i64,
+            load_script: Arc::new(Script::new(LOAD_AND_SLIDE)),
+            update_script: Arc::new(Script::new(UPDATE_IF_EXISTS)),
+        }
+    }
+
+    pub fn idle_timeout(&self) -> i64 {
+        self.idle
+    }
+
+    /// One round trip: the session, or `None` when there is none.
+    pub async fn load(&self, id: &str, now: i64) -> Result<Option<Session>, LoadError> {
+        let mut inv = self.load_script.prepare_invoke();
+        inv.key(session_key(id)).arg(now).arg(self.idle).arg(self.slide_after);
+        let hash: HashMap<String, String> = self.redis.script(inv).await?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Session::from_hash(id.to_string(), hash)?))
+    }
+
+    /// Creates a session under a fresh cookie value (a new id every login: no fixation).
+    pub async fn create(&self, new: NewSession, now: i64) -> Result<(String, Session), SessionWriteError> {
+        let value = cookie::new_value();
+        let id = cookie::session_id(&value);
+        let session = Session {
+            user_id: new.user_id,
+            provider: new.provider,
+            sid: new.sid,
+            id_token: self.keys.encrypt(&id, field::ID_TOKEN, &new.tokens.id_token)?,
+            access_token: self.keys.encrypt(&id, field::ACCESS_TOKEN, &new.tokens.access_token)?,
+            refresh_token: match &new.tokens.refresh_token {
+                Some(r) => Some(self.keys.encrypt(&id, field::REFRESH_TOKEN, r)?),
+                None => None,
+            },
+            created_at: now,
+            last_access: now,
+            expires_at: now + self.absolute,
+            client_fingerprint: new.client_fingerprint,
+            last_token_update: now,
+            id,
+        };
+        self.write(&session).await?;
+        Ok((value, session))
+    }
+
+    /// Writes a whole session with its indexes (also used by tests and tools to plant sessions).
+    pub async fn write(&self, s: &Session) -> Result<(), StoreError> {
+        let key = session_key(&s.id);
+        let ttl = self.idle.min(s.expires_at - s.last_access).max(1);
+        let mut p = redis::pipe();
+        p.cmd("HSET").arg(&key).arg(s.to_fields()).ignore();
+        p.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        p.cmd("SADD").arg(user_key(&s.user_id)).arg(&s.id).ignore();
+        p.cmd("EXPIRE").arg(user_key(&s.user_id)).arg(self.absolute).ignore();
+        if let Some(sid) = &s.sid {
+            p.cmd("SADD").arg(idp_key(&s.provider, sid)).arg(&s.id).ignore();
+            p.cmd("EXPIRE").arg(idp_key(&s.provider, sid)).arg(self.absolute).ignore();
+        }
+        self.redis.pipeline::<()>(&p).await
+    }
+
+    /// Opens the stored tokens. Any failure means tampering or a lost key: the caller denies and deletes.
+    pub fn decrypt(&self, s: &Session) -> Result<Tokens, CryptoError> {
+        Ok(Tokens {
+            id_token: self.keys.decrypt(&s.id, field::ID_TOKEN, &s.id_token)?,
+            access_token: self.keys.decrypt(&s.id, field::ACCESS_TOKEN, &s.access_token)?,
+            refresh_token: match &s.refresh_token {
+                Some(r) => Some(self.keys.decrypt(&s.id, field::REFRESH_TOKEN, r)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Replaces the tokens after a refresh (last write wins). Returns false if the session is gone.
+    pub async fn update_tokens(&self, id: &str, t: &Tokens, now: i64) -> Result<bool, SessionWriteError> {
+        let mut inv = self.update_script.prepare_invoke();
+        inv.key(session_key(id));
+        inv.arg(field::ID_TOKEN).arg(self.keys.encrypt(id, field::ID_TOKEN, &t.id_token)?);
+        inv.arg(field::ACCESS_TOKEN).arg(self.keys.encrypt(id, field::ACCESS_TOKEN, &t.access_token)?);
+        if let Some(r) = &t.refresh_token {
+            inv.arg(field::REFRESH_TOKEN).arg(self.keys.encrypt(id, field::REFRESH_TOKEN, r)?);
+        }
+        inv.arg(field::LAST_TOKEN_UPDATE).arg(now);
+        let n: i64 = self.redis.script(inv).await?;
+        Ok(n == 1)
+    }
+
+    /// Deletes a session and its index entries.
+    pub async fn delete(&self, s: &Session) -> Result<(), StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("DEL").arg(session_key(&s.id)).ignore();
+        p.cmd("SREM").arg(user_key(&s.user_id)).arg(&s.id).ignore();
+        if let Some(sid) = &s.sid {
+            p.cmd("SREM").arg(idp_key(&s.provider, sid)).arg(&s.id).ignore();
+        }
+        self.redis.pipeline::<()>(&p).await
+    }
+
+    /// Deletes a session known only by id (its hash may be garbage); returns whether it existed.
+    pub async fn delete_id(&self, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = self.redis.query(redis::cmd("DEL").arg(session_key(id))).await?;
+        Ok(n > 0)
+    }
+
+    /// The ids in an index set (`user_sessions:` or `idp_sessions:`).
+    pub async fn members(&self, set_key: &str) -> Result<Vec<String>, StoreError> {
+        self.redis.query(redis::cmd("SMEMBERS").arg(set_key)).await
+    }
+
+    /// Deletes every session in an index set and the set; returns how many sessions existed.
+    pub async fn delete_indexed(&self, set_key: &str) -> Result<usize, StoreError> {
+        let ids = self.members(set_key).await?;
+        let mut n = 0;
+        for id in &ids {
+            if self.delete_id(id).await? {
+                n += 1;
+            }
+        }
+        self.redis.query::<()>(redis::cmd("DEL").arg(set_key)).await?;
+        Ok(n)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionWriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}

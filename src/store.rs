@@ -1,0 +1,180 @@
+//! The Redis connection, standalone or cluster, and the three ways the rest of the crate talks to it.
+//!
+//! Connections are redis-rs multiplexed connections (`ConnectionManager`, or the cluster client), shared
+//! by every task. A checkout pool such as deadpool-redis PINGs on every checkout, which would double the
+//! round trips of the Check hot path; a multiplexed connection needs no checkout. Every call carries a
+//! timeout, and every failure is counted in `portcullis_redis_errors_total`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
+use tokio::sync::OnceCell;
+
+use crate::config::RedisConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis timed out")]
+    Timeout,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Shared handle to Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+enum Backend {
+    Standalone { conns: Vec<ConnectionManager>, next: AtomicUsize },
+    Cluster { client: Box<redis::cluster::ClusterClient>, conn: OnceCell<ClusterConnection> },
+}
+
+struct Inner {
+    backend: Backend,
+    timeout: Duration,
+}
+
+/// One connection for one call.
+#[derive(Clone)]
+pub enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Standalone(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Redis {
+    /// Builds the connections lazily: start-up succeeds while Redis is down, and readiness reports it.
+    pub fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let backend = match cfg.mode.as_str() {
+            "cluster" => {
+                let urls: Vec<String> = cfg.urls.iter().map(|u| with_credentials(u, cfg)).collect();
+                let client = redis::cluster::ClusterClientBuilder::new(urls)
+                    .connection_timeout(cfg.connect_timeout)
+                    .response_timeout(cfg.timeout)
+                    .build()?;
+                Backend::Cluster { client: Box::new(client), conn: OnceCell::new() }
+            }
+            _ => {
+                let url = with_credentials(cfg.url.as_deref().unwrap_or_default(), cfg);
+                let client = redis::Client::open(url)?;
+                let mcfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.connect_timeout))
+                    .set_response_timeout(Some(cfg.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                let conns = (0..cfg.pool_size.max(1))
+                    .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Backend::Standalone { conns, next: AtomicUsize::new(0) }
+            }
+        };
+        Ok(Self { inner: Arc::new(Inner { backend, timeout: cfg.timeout }) })
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.inner.backend {
+            Backend::Standalone { conns, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % conns.len();
+                Ok(Conn::Standalone(conns[i].clone()))
+            }
+            Backend::Cluster { client, conn } => {
+                let c = conn.get_or_try_init(|| client.get_async_connection()).await?;
+                Ok(Conn::Cluster(c.clone()))
+            }
+        }
+    }
+
+    async fn timed<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let out = match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout),
+        };
+        if let Err(e) = &out {
+            metrics::counter!("portcullis_redis_errors_total").increment(1);
+            tracing::warn!(error = %e, "redis call failed");
+        }
+        out
+    }
+
+    /// Runs one command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            Ok(cmd.query_async(&mut c).await?)
+        })
+        .await
+    }
+
+    /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.
+    pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            Ok(pipe.query_async(&mut c).await?)
+        })
+        .await
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it once on NOSCRIPT).
+    pub async fn script<T: FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            Ok(inv.invoke_async(&mut c).await?)
+        })
+        .await
+    }
+
+    /// Readiness probe.
+    pub async fn ping(&self) -> bool {
+        self.query::<String>(&redis::cmd("PING")).await.is_ok()
+    }
+}
+
+/// Convenience for building a [`ScriptInvocation`] from a shared script.
+pub fn invoke(script: &Script) -> ScriptInvocation<'_> {
+    script.prepare_invoke()
+}
+
+fn with_credentials(url: &str, cfg: &RedisConfig) -> String {
+    let Ok(mut u) = url::Url::parse(url) else { return url.to_string() };
+    if let Some(user) = &cfg.username {
+        let _ = u.set_username(user);
+    }
+    if let Some(pw) = &cfg.password {
+        let _ = u.set_password(Some(pw));
+    }
+    u.to_string()
+}

@@ -1,0 +1,51 @@
+//! Logs (JSON by default) and the Prometheus recorder. Both are process-global, so they are installed
+//! once; tests that start several servers share them.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_REV: &str = env!("PORTCULLIS_GIT_REV");
+
+/// `0.1.0 (abc123def456)`
+pub fn version_string() -> &'static str {
+    static V: OnceLock<String> = OnceLock::new();
+    V.get_or_init(|| format!("{VERSION} ({GIT_REV})"))
+}
+
+/// Installs the tracing subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
+pub fn init_logs(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "text" { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
+}
+
+/// The process's Prometheus handle, installing the recorder on first use.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("portcullis_check_total", "Check decisions by decision and reason");
+    describe_histogram!("portcullis_check_duration_seconds", Unit::Seconds, "Time to answer one Check");
+    describe_counter!("portcullis_redis_errors_total", "Redis calls that failed or timed out");
+    describe_counter!("portcullis_sessions_revoked_total", "Sessions deleted, by reason");
+    describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
+    metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);
+}
