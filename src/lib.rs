@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod idp;
+pub mod m2m;
 pub mod server;
 pub mod session;
 pub mod store;

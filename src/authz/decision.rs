@@ -73,7 +73,7 @@ pub struct Allowed {
 }
 
 pub struct Authorizer {
-    pub(crate) store: SessionStore,
+    store: SessionStore,
     validators: Validators,
     pub(crate) session: SessionConfig,
     pub(crate) headers: HeadersConfig,
@@ -87,6 +87,11 @@ impl Authorizer {
         headers: HeadersConfig,
     ) -> Arc<Self> {
         Arc::new(Self { store, validators, session, headers })
+    }
+
+    /// The session store behind this authorizer (login routes and tools create sessions through it).
+    pub fn store(&self) -> &SessionStore {
+        &self.store
     }
 
     /// Applies the request flow of the design, steps 2 to 6.
