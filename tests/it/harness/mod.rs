@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod envoy;
 pub mod redis;
+pub mod upstream;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -1,0 +1,273 @@
+//! End to end through a real Envoy running the shipped `envoy/envoy.yaml`: client -> Envoy (header
+//! mutation, ext_authz) -> portcullis (in-process, real redis-server, static validator) -> echo upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::json;
+
+use crate::harness::app::{config, StaticValidator, TestApp};
+use crate::harness::envoy::Envoy;
+use crate::harness::redis::RedisServer;
+use crate::harness::upstream::{Echo, Upstream};
+
+/// Identity headers portcullis owns: a client may never set them.
+const IDENTITY: [&str; 6] =
+    ["x-auth-user-id", "x-auth-provider", "x-auth-email", "x-auth-name", "x-auth-groups", "x-auth-jwt"];
+
+/// Where Envoy's `/oauth2/` route goes.
+enum OAuth2Route {
+    /// portcullis's HTTP listener, as shipped.
+    Portcullis,
+    /// The echo upstream, to see exactly what that route forwards.
+    Echo,
+}
+
+/// One full stack. Fields drop in order: Envoy first, Redis last.
+struct Stack {
+    envoy: Envoy,
+    upstream: Upstream,
+    app: Option<TestApp>,
+    validator: Arc<StaticValidator>,
+    redis: RedisServer,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    async fn start(oauth2: OAuth2Route) -> Self {
+        let redis = RedisServer::start();
+        let validator = StaticValidator::new();
+        let app = TestApp::with_validator(config(&redis.url(), ""), validator.clone()).await;
+        let upstream = Upstream::start().await;
+        let oauth2_port = match oauth2 {
+            OAuth2Route::Portcullis => app.server.http_addr.port(),
+            OAuth2Route::Echo => upstream.addr.port(),
+        };
+        let envoy = Envoy::start(&[
+            ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
+            ("PORTCULLIS_GRPC_PORT", app.server.grpc_addr.port().to_string()),
+            ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
+            ("PORTCULLIS_HTTP_PORT", oauth2_port.to_string()),
+            ("UPSTREAM_HOST", "127.0.0.1".into()),
+            ("UPSTREAM_PORT", upstream.addr.port().to_string()),
+        ])
+        .await;
+        eprintln!("envoy ready after {:?}", envoy.ready_after);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        Self { envoy, upstream, app: Some(app), validator, redis, http }
+    }
+
+    fn app(&self) -> &TestApp {
+        self.app.as_ref().expect("portcullis was shut down")
+    }
+
+    /// A session for `user` and the `cookie` header a browser would send with it and two other cookies.
+    async fn login(&self, user: &str, claims: serde_json::Value) -> String {
+        let (value, _) = self.app().login(user, claims).await;
+        format!("theme=dark; {}={value}; lang=en", self.app().cookie_name())
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.get(self.envoy.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap_or_else(|e| panic!("GET {path} through Envoy: {e}"))
+    }
+
+    /// GET that must reach the upstream: its echo.
+    async fn echo(&self, path: &str, headers: &[(&str, &str)]) -> Echo {
+        let r = self.get(path, headers).await;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET {path} did not reach the echo upstream ({e}): {text}"))
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+/// Every identity header a client tries to smuggle, mixing cases.
+fn spoofed() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("X-Auth-User-Id", "mallory"),
+        ("x-auth-provider", "evil"),
+        ("X-AUTH-EMAIL", "mallory@evil.example"),
+        ("x-auth-name", "Mallory"),
+        ("x-auth-groups", "admins"),
+        ("x-auth-jwt", "eyJhbGciOiJub25lIn0.e30."),
+    ]
+}
+
+fn with(extra: &[(&'static str, &'static str)], more: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    extra.iter().chain(more).map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn logged_in_request_reaches_upstream_with_identity_and_without_the_session_cookie() {
+    let s = Stack::start(OAuth2Route::Portcullis).await;
+    let cookie =
+        s.login("alice", json!({"email": "alice@example.com", "name": "Alice", "groups": ["dev", "ops"]})).await;
+    let headers =
+        with(&spoofed(), &[("cookie", &cookie), ("accept", "application/json"), ("x-request-id", "req-e2e-1")]);
+
+    let echo = s.echo("/api/me?x=1", &refs(&headers)).await;
+    assert_eq!(echo.path, "/api/me?x=1");
+    assert_eq!(echo.header("x-auth-user-id"), Some("alice"));
+    assert_eq!(echo.header("x-auth-provider"), Some("corp"));
+    assert_eq!(echo.header("x-auth-email"), Some("alice@example.com"));
+    assert_eq!(echo.header("x-auth-name"), Some("Alice"));
+    assert_eq!(echo.header("x-auth-groups"), Some("dev,ops"));
+    assert_eq!(echo.header("x-auth-jwt"), None, "a client-sent JWT header must not pass");
+    assert_eq!(echo.header("cookie"), Some("theme=dark; lang=en"), "session cookie removed, others kept");
+    assert_eq!(echo.header("x-request-id"), Some("req-e2e-1"), "the client's request id is propagated");
+    assert_eq!(s.validator.calls(), 1);
+
+    // Only the session cookie: no cookie header at all upstream; a request id is generated and echoed.
+    let only = format!(
+        "{}={}",
+        s.app().cookie_name(),
+        cookie.split("GATEWAY_SESSION=").nth(1).and_then(|r| r.split(';').next()).expect("value")
+    );
+    let r = s.get("/api/me", &[("cookie", &only)]).await;
+    let generated = header(r.headers(), "x-request-id").map(str::to_string).expect("x-request-id in the response");
+    let echo: Echo = r.json().await.expect("echo");
+    assert_eq!(echo.header("cookie"), None);
+    assert_eq!(echo.header("x-auth-user-id"), Some("alice"));
+    assert_eq!(echo.header("x-request-id"), Some(generated.as_str()));
+    assert_eq!(s.upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn without_a_session_api_calls_get_401_and_browser_navigations_get_302_to_login() {
+    let s = Stack::start(OAuth2Route::Portcullis).await;
+
+    let r = s.get("/api/data", &[("accept", "application/json")]).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(r.headers(), "content-type"), Some("application/json"));
+    assert_eq!(r.json::<serde_json::Value>().await.expect("json"), json!({"error": "unauthenticated"}));
+
+    let nav = [("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"), ("sec-fetch-mode", "navigate")];
+    let r = s.get("/reports/q3?year=2026", &nav).await;
+    assert_eq!(r.status(), 302);
+    let location = header(r.headers(), "location").expect("location");
+    assert_eq!(location, "/oauth2/login?rd=%2Freports%2Fq3%3Fyear%3D2026");
+
+    // XHR and fetch never get a redirect; neither does a stale cookie's navigation escape the check.
+    let r = s.get("/reports", &[("accept", "text/html"), ("x-requested-with", "XMLHttpRequest")]).await;
+    assert_eq!(r.status(), 401);
+    let r = s.get("/reports", &[("accept", "text/html"), ("sec-fetch-mode", "cors")]).await;
+    assert_eq!(r.status(), 401);
+    let r = s.get("/reports", &[("accept", "text/html"), ("cookie", "GATEWAY_SESSION=not-a-session")]).await;
+    assert_eq!(r.status(), 302);
+
+    // The login route itself is reachable without a session (portcullis answers it, not ext_authz).
+    let r = s.get("/oauth2/login?rd=%2F", &[("accept", "text/html")]).await;
+    assert_ne!(r.status(), 401, "/oauth2/ must not be behind ext_authz");
+    assert_ne!(r.status(), 302, "/oauth2/ must not be behind ext_authz");
+    assert_eq!(s.upstream.hits(), 0, "a denied request reached the upstream");
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_upstream_on_any_route() {
+    let s = Stack::start(OAuth2Route::Echo).await;
+    let plain = s.login("dana", json!({"groups": ["admins"]})).await;
+    let spoof = spoofed();
+
+    // Routes without ext_authz: nothing an attacker sends as identity arrives, with or without a session.
+    for path in ["/oauth2/login?rd=%2F", "/oauth2/callback?code=c&state=s", "/oauth2/logout"] {
+        for cookie in ["", plain.as_str()] {
+            let headers = with(&spoof, &[("cookie", cookie)]);
+            let echo = s.echo(path, &refs(&headers)).await;
+            assert_eq!(echo.path, path);
+            for h in IDENTITY {
+                assert_eq!(echo.header(h), None, "{h} reached the upstream on {path}");
+            }
+        }
+    }
+    let calls = s.validator.calls();
+    assert_eq!(calls, 0, "the /oauth2/ route must not call ext_authz");
+
+    // Routes with ext_authz: only portcullis's values, and none for claims the user does not have.
+    for path in ["/", "/api/x", "/admin", "/admin/users"] {
+        let headers = with(&spoof, &[("cookie", &plain)]);
+        let echo = s.echo(path, &refs(&headers)).await;
+        assert_eq!(echo.header("x-auth-user-id"), Some("dana"), "{path}");
+        assert_eq!(echo.header("x-auth-provider"), Some("corp"), "{path}");
+        assert_eq!(echo.header("x-auth-groups"), Some("admins"), "{path}");
+        for h in ["x-auth-email", "x-auth-name", "x-auth-jwt"] {
+            assert_eq!(echo.header(h), None, "{h} reached the upstream on {path}");
+        }
+    }
+    // And a denied request carries nothing anywhere.
+    let hits = s.upstream.hits();
+    let r = s.get("/api/x", &refs(&with(&spoof, &[("accept", "application/json")]))).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(s.upstream.hits(), hits);
+}
+
+#[tokio::test]
+async fn admin_route_requires_the_admins_group() {
+    let s = Stack::start(OAuth2Route::Portcullis).await;
+    let bob = s.login("bob", json!({"groups": ["dev"]})).await;
+    let carol = s.login("carol", json!({"groups": ["dev", "admins"]})).await;
+
+    for path in ["/admin", "/admin/users?page=2"] {
+        let r = s.get(path, &[("cookie", &bob), ("accept", "application/json")]).await;
+        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(r.json::<serde_json::Value>().await.expect("json"), json!({"error": "forbidden"}));
+    }
+    assert_eq!(s.upstream.hits(), 0);
+    // The group requirement is per route: bob may use the rest, and a path that merely starts with
+    // "/admin" is not the admin route.
+    assert_eq!(s.echo("/api/me", &[("cookie", &bob)]).await.header("x-auth-user-id"), Some("bob"));
+    assert_eq!(s.echo("/administrivia", &[("cookie", &bob)]).await.header("x-auth-user-id"), Some("bob"));
+
+    let echo = s.echo("/admin/users", &[("cookie", &carol)]).await;
+    assert_eq!(echo.header("x-auth-user-id"), Some("carol"));
+    assert_eq!(echo.header("x-auth-groups"), Some("dev,admins"));
+}
+
+#[tokio::test]
+async fn fails_closed_with_503_when_portcullis_or_redis_is_down() {
+    let mut s = Stack::start(OAuth2Route::Portcullis).await;
+    let cookie = s.login("erin", json!({})).await;
+    assert_eq!(s.echo("/api/me", &[("cookie", &cookie)]).await.header("x-auth-user-id"), Some("erin"));
+    let hits = s.upstream.hits();
+
+    // Redis unreachable: portcullis itself answers 503 with Retry-After, and Envoy passes it on.
+    s.redis.pause();
+    let r = s.get("/api/me", &[("cookie", &cookie), ("accept", "application/json")]).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(header(r.headers(), "retry-after"), Some("5"));
+    assert_eq!(r.json::<serde_json::Value>().await.expect("json"), json!({"error": "unavailable"}));
+    s.redis.resume();
+
+    // portcullis gone: Envoy's status_on_error, never the upstream (failure_mode_allow: false).
+    s.shutdown().await;
+    for headers in [vec![("cookie", cookie.as_str())], vec![("accept", "text/html")], vec![]] {
+        let r = s.get("/api/me", &headers).await;
+        assert_eq!(r.status(), 503, "{headers:?}");
+    }
+    let r = s.get("/admin", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(s.upstream.hits(), hits, "a request reached the upstream while portcullis was down");
+}
