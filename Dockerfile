@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# portcullis: a static-ish Rust binary on distroless (glibc, CA certificates, no shell), running as nonroot.
+#   docker build -t portcullis:0.1.0 --build-arg PORTCULLIS_GIT_REV=$(git rev-parse --short=12 HEAD) .
+#   docker run --rm -v $PWD/config/portcullis.compose.toml:/etc/portcullis/portcullis.toml:ro portcullis:0.1.0
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# TLS is rustls with bundled roots: no OpenSSL, no cmake, gcc only.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src ./src
+# The registry and target caches survive between builds (BuildKit); the binary is copied out of them.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin portcullis \
+    && install -D -m 0755 target/release/portcullis /out/portcullis
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/portcullis /usr/local/bin/portcullis
+# 65532:65532; the config and secrets are mounted read-only, nothing is written.
+USER nonroot:nonroot
+# 9001 Check (gRPC, keep it on the pod's loopback or the mesh), 9002 HTTP (/oauth2/, health, metrics).
+EXPOSE 9001 9002
+ENV PORTCULLIS_CONFIG=/etc/portcullis/portcullis.toml
+ENTRYPOINT ["/usr/local/bin/portcullis"]
+CMD ["serve"]
