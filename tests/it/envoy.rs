@@ -66,10 +66,16 @@ impl Stack {
         self.app.as_ref().expect("portcullis was shut down")
     }
 
-    /// A session for `user` and the `cookie` header a browser would send with it and two other cookies.
+    /// A session for `user`: the `cookie` header a browser would send with it and two other cookies.
     async fn login(&self, user: &str, claims: serde_json::Value) -> String {
+        let only = self.login_only(user, claims).await;
+        format!("theme=dark; {only}; lang=en")
+    }
+
+    /// A session for `user`: a `cookie` header with the session cookie alone.
+    async fn login_only(&self, user: &str, claims: serde_json::Value) -> String {
         let (value, _) = self.app().login(user, claims).await;
-        format!("theme=dark; {}={value}; lang=en", self.app().cookie_name())
+        format!("{}={value}", self.app().cookie_name())
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -142,11 +148,7 @@ async fn logged_in_request_reaches_upstream_with_identity_and_without_the_sessio
     assert_eq!(s.validator.calls(), 1);
 
     // Only the session cookie: no cookie header at all upstream; a request id is generated and echoed.
-    let only = format!(
-        "{}={}",
-        s.app().cookie_name(),
-        cookie.split("GATEWAY_SESSION=").nth(1).and_then(|r| r.split(';').next()).expect("value")
-    );
+    let only = s.login_only("alice", json!({})).await;
     let r = s.get("/api/me", &[("cookie", &only)]).await;
     let generated = header(r.headers(), "x-request-id").map(str::to_string).expect("x-request-id in the response");
     let echo: Echo = r.json().await.expect("echo");
@@ -270,4 +272,29 @@ async fn fails_closed_with_503_when_portcullis_or_redis_is_down() {
     let r = s.get("/admin", &[("cookie", &cookie)]).await;
     assert_eq!(r.status(), 503);
     assert_eq!(s.upstream.hits(), hits, "a request reached the upstream while portcullis was down");
+}
+
+#[tokio::test]
+async fn ops_listener_exposes_only_readiness_and_prometheus_stats() {
+    let s = Stack::start(OAuth2Route::Portcullis).await;
+    let ops = |path: &str| format!("http://127.0.0.1:{}{path}", s.envoy.ops_port);
+
+    let r = s.http.get(ops("/ready")).send().await.expect("ops /ready");
+    assert_eq!(r.status(), 200);
+    let r = s.http.get(ops("/stats/prometheus")).send().await.expect("ops /stats/prometheus");
+    assert_eq!(r.status(), 200);
+    let stats = r.text().await.expect("stats");
+    assert!(stats.contains("envoy_http_ext_authz_"), "ext_authz counters (used by the alert rules) missing");
+
+    // The rest of the admin interface (config dump with secrets, shutdown, log levels) stays on loopback.
+    for path in ["/config_dump", "/clusters", "/stats", "/logging", "/"] {
+        let r = s.http.get(ops(path)).send().await.expect("ops GET");
+        assert_eq!(r.status(), 404, "GET {path} on the ops listener");
+    }
+    for path in ["/quitquitquit", "/healthcheck/fail", "/drain_listeners"] {
+        let r = s.http.post(ops(path)).send().await.expect("ops POST");
+        assert_eq!(r.status(), 404, "POST {path} on the ops listener");
+    }
+    let r = s.http.get(ops("/ready")).send().await.expect("ops /ready");
+    assert_eq!(r.status(), 200, "Envoy must still be up");
 }

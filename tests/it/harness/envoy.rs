@@ -59,6 +59,8 @@ pub fn render(template: &str, vars: &HashMap<&str, String>) -> String {
 pub struct Envoy {
     /// The client listener (`http://127.0.0.1:{port}`).
     pub port: u16,
+    /// The ops listener: admin `/ready` and `/stats/prometheus` only.
+    pub ops_port: u16,
     pub admin_port: u16,
     /// From spawn to admin `/ready` answering 200.
     pub ready_after: Duration,
@@ -99,7 +101,7 @@ impl Envoy {
                 .process_group(0)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {} ({e}): run scripts/ensure-envoy.sh", bin.display()));
-            let mut envoy = Self { port, admin_port, ready_after: Duration::ZERO, child: Some(child), dir };
+            let mut envoy = Self { port, ops_port, admin_port, ready_after: Duration::ZERO, child: Some(child), dir };
             if envoy.wait_ready().await {
                 envoy.ready_after = started.elapsed();
                 return envoy;
