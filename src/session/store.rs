@@ -16,11 +16,13 @@ use crate::config::SessionConfig;
 use crate::crypto::{CryptoError, KeyRing};
 use crate::store::{Redis, StoreError};
 
-/// Read the hash; slide the idle expiry when due and the session is still within both timeouts.
+/// Read the hash (a key of another type comes back as a hash that fails to parse); slide the idle expiry when due and the session is still within both timeouts.
 /// KEYS[1] = session key; ARGV = now, idle timeout, slide_after (all seconds).
 const LOAD_AND_SLIDE: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {} end
+if t ~= 'hash' then return {'__type', t} end
 local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return h end
 local last, exp
 for i = 1, #h, 2 do
   if h[i] == 'lastAccess' then last = tonumber(h[i + 1]) elseif h[i] == 'expiresAt' then exp = tonumber(h[i + 1]) end
