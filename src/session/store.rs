@@ -198,6 +198,24 @@ impl SessionStore {
         self.redis.query(redis::cmd("SMEMBERS").arg(set_key)).await
     }
 
+    /// A session as stored, without sliding its expiry (admin and tools); `None` if gone or unreadable.
+    pub async fn peek(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let hash: HashMap<String, String> = self.redis.query(redis::cmd("HGETALL").arg(session_key(id))).await?;
+        Ok(if hash.is_empty() { None } else { Session::from_hash(id.to_string(), hash).ok() })
+    }
+
+    /// A user's live sessions; index entries whose session expired are pruned on the way.
+    pub async fn user_sessions(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.members(&user_key(user_id)).await? {
+            match self.peek(&id).await? {
+                Some(s) => out.push(s),
+                None => self.redis.query::<()>(redis::cmd("SREM").arg(user_key(user_id)).arg(&id)).await?,
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes every session in an index set and the set; returns how many sessions existed.
     pub async fn delete_indexed(&self, set_key: &str) -> Result<usize, StoreError> {
         let ids = self.members(set_key).await?;
