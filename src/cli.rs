@@ -25,6 +25,25 @@ pub enum Command {
     CheckConfig,
     /// Print a new AES-256 session encryption key entry (`<kid>:<base64>`).
     Keygen,
+    /// List or revoke a user's sessions.
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsAction {
+    /// One line per live session of the user (never a token, cookie or key).
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// Delete every session of the user.
+    Revoke {
+        #[arg(long)]
+        user: String,
+    },
 }
 
 const EX_CONFIG: u8 = 64;
@@ -35,6 +54,16 @@ pub fn main() -> ExitCode {
         Command::Keygen => {
             println!("{}", crate::crypto::generate_key());
             ExitCode::SUCCESS
+        }
+        Command::Sessions { action } => {
+            let cfg = match Config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", cli.config.display());
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            run_async(sessions(cfg, action))
         }
         Command::CheckConfig => match Config::load(&cli.config) {
             Ok(cfg) => {
@@ -63,8 +92,8 @@ pub fn main() -> ExitCode {
                 }
             };
             match rt.block_on(async {
-                let validators = crate::idp::from_config(&cfg).await;
-                crate::server::serve(cfg, validators).await
+                let providers = crate::idp::from_config(&cfg).await;
+                crate::server::serve(cfg, providers).await
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -74,4 +103,40 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn sessions(cfg: Config, action: SessionsAction) -> Result<(), String> {
+    let redis = crate::store::Redis::connect(&cfg.redis).map_err(|e| e.to_string())?;
+    let keys = crate::crypto::KeyRing::parse(&cfg.session.encryption_keys).map_err(|e| e.to_string())?;
+    let store = crate::session::SessionStore::new(redis, std::sync::Arc::new(keys), &cfg.session);
+    match action {
+        SessionsAction::List { user } => {
+            for s in store.user_sessions(&user).await.map_err(|e| format!("redis: {e}"))? {
+                println!("{}", crate::admin::describe(&s));
+            }
+        }
+        SessionsAction::Revoke { user } => {
+            let key = crate::session::store::user_key(&user);
+            let n = store.delete_indexed(&key).await.map_err(|e| format!("redis: {e}"))?;
+            println!("revoked {n} session(s) of {user}");
+        }
+    }
+    Ok(())
 }

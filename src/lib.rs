@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod admin;
 pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod idp;
+pub mod login;
 pub mod m2m;
 pub mod server;
 pub mod session;

@@ -16,12 +16,15 @@ use crate::authz::Authorizer;
 use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::http::{self, HttpState};
-use crate::idp::Validators;
+use crate::idp::{Providers, Validators};
+use crate::login::{self, LoginState};
 use crate::session::SessionStore;
 use crate::store::Redis;
 
 /// How often gRPC health follows Redis reachability.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Token-endpoint calls made during a browser's login.
+const LOGIN_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gRPC service name Envoy checks.
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
@@ -39,6 +42,7 @@ pub enum StartError {
 pub struct Server {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub authorizer: Arc<Authorizer>,
     pub redis: Redis,
     cancel: CancellationToken,
@@ -46,13 +50,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds both listeners (port 0 picks a free one) and starts serving.
+    /// Starts with validators only (no login routes): the Check path alone.
     pub async fn start(cfg: &Config, validators: Validators) -> Result<Self, StartError> {
+        Self::start_with(cfg, Providers { validators, ..Default::default() }).await
+    }
+
+    /// Binds both listeners (port 0 picks a free one) and starts serving.
+    pub async fn start_with(cfg: &Config, providers: Providers) -> Result<Self, StartError> {
         crate::telemetry::metrics();
         let redis = Redis::connect(&cfg.redis)?;
         let keys = Arc::new(KeyRing::parse(&cfg.session.encryption_keys)?);
         let store = SessionStore::new(redis.clone(), keys, &cfg.session);
-        let authorizer = Authorizer::new(store, validators, cfg.session.clone(), cfg.headers.clone());
+        let authorizer = Authorizer::new(store.clone(), providers.validators, cfg.session.clone(), cfg.headers.clone());
+        let login = Arc::new(LoginState {
+            redis: redis.clone(),
+            store,
+            providers: providers.login,
+            session: cfg.session.clone(),
+            login: cfg.login.clone(),
+            http: login::http_client(LOGIN_HTTP_TIMEOUT),
+        });
 
         let grpc = bind("grpc", &cfg.server.grpc_addr).await?;
         let http_l = bind("http", &cfg.server.http_addr).await?;
@@ -76,16 +93,30 @@ impl Server {
             }
         }));
 
-        let app = http::router(HttpState { redis: redis.clone() });
+        let app = http::router(HttpState { redis: redis.clone() }).merge(login::router(login.clone()));
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(http_l, app).with_graceful_shutdown(c.cancelled_owned()).await {
                 tracing::error!(error = %e, "http listener failed");
             }
         }));
 
-        tracing::info!(%grpc_addr, %http_addr, version = crate::telemetry::version_string(), "portcullis listening");
-        Ok(Self { grpc_addr, http_addr, authorizer, redis, cancel, tasks })
+        let mut admin_addr = None;
+        if let (Some(addr), Some(token)) = (&cfg.server.admin_addr, &cfg.server.admin_token) {
+            let l = bind("admin", addr).await?;
+            admin_addr = Some(local(&l));
+            let app = crate::admin::router(Arc::new(crate::admin::AdminState::new(login.store.clone(), token)));
+            let c = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(c.cancelled_owned()).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            }));
+        }
+
+        tracing::info!(%grpc_addr, %http_addr, ?admin_addr, version = crate::telemetry::version_string(), "portcullis listening");
+        Ok(Self { grpc_addr, http_addr, admin_addr, authorizer, redis, cancel, tasks })
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `grace`), then returns.
@@ -125,8 +156,8 @@ async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReport
 }
 
 /// `portcullis serve`: runs until SIGTERM or SIGINT, then drains.
-pub async fn serve(cfg: Config, validators: Validators) -> Result<(), StartError> {
-    let server = Server::start(&cfg, validators).await?;
+pub async fn serve(cfg: Config, providers: Providers) -> Result<(), StartError> {
+    let server = Server::start_with(&cfg, providers).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown(cfg.server.shutdown_grace).await;

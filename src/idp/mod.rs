@@ -48,10 +48,17 @@ pub trait Validator: Send + Sync {
 /// Validators by provider id (the session's `provider` field).
 pub type Validators = HashMap<String, Arc<dyn Validator>>;
 
+/// What the configured providers contribute: validators for Check, clients for the login routes.
+#[derive(Default)]
+pub struct Providers {
+    pub validators: Validators,
+    pub login: std::collections::BTreeMap<String, Arc<crate::login::LoginProvider>>,
+}
+
 /// Builds a validator for every configured provider. A provider whose validator cannot be built is left
 /// out, and its sessions are denied (fail closed).
-pub async fn from_config(cfg: &crate::config::Config) -> Validators {
-    let v = Validators::new();
+pub async fn from_config(cfg: &crate::config::Config) -> Providers {
+    let v = Providers::default();
     for (name, p) in &cfg.providers {
         tracing::warn!(provider = %name, kind = ?p.kind, "no validator for this provider kind yet: its sessions are denied");
     }

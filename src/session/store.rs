@@ -16,11 +16,13 @@ use crate::config::SessionConfig;
 use crate::crypto::{CryptoError, KeyRing};
 use crate::store::{Redis, StoreError};
 
-/// Read the hash; slide the idle expiry when due and the session is still within both timeouts.
+/// Read the hash (a key of another type comes back as a hash that fails to parse); slide the idle expiry when due and the session is still within both timeouts.
 /// KEYS[1] = session key; ARGV = now, idle timeout, slide_after (all seconds).
 const LOAD_AND_SLIDE: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {} end
+if t ~= 'hash' then return {'__type', t} end
 local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return h end
 local last, exp
 for i = 1, #h, 2 do
   if h[i] == 'lastAccess' then last = tonumber(h[i + 1]) elseif h[i] == 'expiresAt' then exp = tonumber(h[i + 1]) end
@@ -194,6 +196,24 @@ impl SessionStore {
     /// The ids in an index set (`user_sessions:` or `idp_sessions:`).
     pub async fn members(&self, set_key: &str) -> Result<Vec<String>, StoreError> {
         self.redis.query(redis::cmd("SMEMBERS").arg(set_key)).await
+    }
+
+    /// A session as stored, without sliding its expiry (admin and tools); `None` if gone or unreadable.
+    pub async fn peek(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let hash: HashMap<String, String> = self.redis.query(redis::cmd("HGETALL").arg(session_key(id))).await?;
+        Ok(if hash.is_empty() { None } else { Session::from_hash(id.to_string(), hash).ok() })
+    }
+
+    /// A user's live sessions; index entries whose session expired are pruned on the way.
+    pub async fn user_sessions(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.members(&user_key(user_id)).await? {
+            match self.peek(&id).await? {
+                Some(s) => out.push(s),
+                None => self.redis.query::<()>(redis::cmd("SREM").arg(user_key(user_id)).arg(&id)).await?,
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes every session in an index set and the set; returns how many sessions existed.

@@ -4,4 +4,6 @@
 mod harness;
 
 mod check;
+mod cli;
 mod envoy;
+mod sessions;

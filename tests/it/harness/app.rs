@@ -20,6 +20,12 @@ use tonic::transport::Channel;
 
 /// A config on free ports against `redis_url`; `extra` is TOML appended to the `[session]` table and after.
 pub fn config(redis_url: &str, extra: &str) -> Config {
+    config_with_keys(redis_url, &[portcullis::crypto::generate_key()], extra)
+}
+
+/// As [`config`], with the given encryption key ring (first key encrypts).
+pub fn config_with_keys(redis_url: &str, keys: &[String], extra: &str) -> Config {
+    let keys = keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ");
     let text = format!(
         r#"
 [server]
@@ -34,10 +40,9 @@ connect_timeout = "300ms"
 
 [session]
 cookie_secure = false
-encryption_keys = ["{}"]
+encryption_keys = [{keys}]
 {extra}
-"#,
-        portcullis::crypto::generate_key()
+"#
     );
     Config::from_toml(&text).expect("test config")
 }
@@ -46,11 +51,12 @@ encryption_keys = ["{}"]
 pub struct StaticValidator {
     pub calls: AtomicUsize,
     pub answer: Mutex<Option<IdpError>>,
+    pub delay_ms: AtomicUsize,
 }
 
 impl StaticValidator {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { calls: AtomicUsize::new(0), answer: Mutex::new(None) })
+        Arc::new(Self { calls: AtomicUsize::new(0), answer: Mutex::new(None), delay_ms: AtomicUsize::new(0) })
     }
     pub fn fail_with(&self, e: Option<IdpError>) {
         *self.answer.lock().unwrap() = e;
@@ -64,6 +70,10 @@ impl StaticValidator {
 impl Validator for StaticValidator {
     async fn validate(&self, s: &Session, t: &Tokens, _now: i64) -> Result<Validated, IdpError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         if let Some(e) = self.answer.lock().unwrap().clone() {
             return Err(e);
         }

@@ -1,0 +1,34 @@
+# portcullis — `make test` runs every test; `make demo` starts the whole stack locally.
+# Both install what is missing first (`make deps`).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build deps test lint unit demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+## deps: install what the tests and the demo need (idempotent).
+deps:
+	@scripts/ensure-deps.sh
+
+## lint: formatting and clippy, warnings are errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## test: everything — lint, unit and integration tests against real Redis, IdP and Envoy, manifests.
+test: deps lint
+	$(CARGO) test --all-targets
+	@if [ -x scripts/validate-manifests.sh ]; then scripts/validate-manifests.sh; fi
+
+## demo: Redis, the IdP, Envoy, an upstream and portcullis on free local ports; Ctrl-C stops everything.
+demo: deps
+	@scripts/demo.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv .demo tests/idp/node_modules

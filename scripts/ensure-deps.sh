@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need, when it is missing. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "missing: $* — install with: sudo apt-get install $*" >&2
+    exit 1
+  fi
+}
+
+command -v redis-server >/dev/null || apt_install redis-server
+command -v cargo >/dev/null || { echo "missing: cargo (install Rust with rustup)" >&2; exit 1; }
+command -v curl >/dev/null || apt_install curl
+
+# Optional parts land with their own scripts.
+for s in scripts/ensure-idp.sh scripts/ensure-envoy.sh; do
+  if [ -x "$s" ]; then "$s"; fi
+done

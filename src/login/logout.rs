@@ -1,0 +1,119 @@
+//! `/oauth2/logout` (RP-initiated logout, OIDC RP-Initiated Logout 1.0) and `/oauth2/backchannel-logout`
+//! (OIDC Back-Channel Logout 1.0).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::security::error_page;
+use super::LoginState;
+use crate::session::store::{idp_key, user_key};
+use crate::session::{cookie, Session};
+
+fn revoked(reason: &'static str, n: usize) {
+    metrics::counter!("portcullis_sessions_revoked_total", "reason" => reason).increment(n as u64);
+}
+
+/// Ends the session: delete it, clear the cookie, then send the browser to the IdP's end_session_endpoint
+/// (with `id_token_hint`) or to the configured page.
+pub async fn logout(State(s): State<Arc<LoginState>>, headers: HeaderMap) -> Response {
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| cookie::find(h, &s.session.cookie_name).map(String::from))
+        .filter(|v| cookie::well_formed(v));
+    let mut target = s.login.logout_redirect.clone();
+    if let Some(value) = value {
+        let id = cookie::session_id(&value);
+        match s.store.load(&id, crate::now()).await {
+            Ok(Some(session)) => {
+                if let Err(e) = s.store.delete(&session).await {
+                    tracing::warn!(error = %e, "logout could not delete the session");
+                    return cleared(&s, unavailable());
+                }
+                revoked("logout", 1);
+                if let Some(url) = end_session_url(&s, &session) {
+                    target = url;
+                }
+            }
+            Ok(None) => {}
+            Err(crate::session::LoadError::Corrupt(_)) => {
+                let _ = s.store.delete_id(&id).await;
+            }
+            Err(crate::session::LoadError::Store(_)) => return cleared(&s, unavailable()),
+        }
+    }
+    cleared(&s, (StatusCode::FOUND, [(header::LOCATION, target)]).into_response())
+}
+
+fn unavailable() -> Response {
+    error_page(StatusCode::SERVICE_UNAVAILABLE, "Sign-out unavailable", "Please try again shortly.")
+}
+
+fn cleared(s: &LoginState, mut resp: Response) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(&cookie::clear(&s.session)) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn end_session_url(s: &LoginState, session: &Session) -> Option<String> {
+    if !s.login.rp_initiated_logout {
+        return None;
+    }
+    let provider = s.providers.get(&session.provider)?;
+    let mut url = url::Url::parse(provider.end_session_endpoint.as_deref()?).ok()?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Ok(tokens) = s.store.decrypt(session) {
+            q.append_pair("id_token_hint", &tokens.id_token);
+        }
+        q.append_pair("client_id", &provider.client_id);
+        if let Some(p) = &s.login.post_logout_redirect_uri {
+            q.append_pair("post_logout_redirect_uri", p);
+        }
+    }
+    Some(url.to_string())
+}
+
+#[derive(Deserialize)]
+pub struct BackchannelForm {
+    logout_token: String,
+}
+
+/// Verifies the logout token and deletes the sessions it names: by `sid` when present, else every session
+/// of its subject (§2.6, §2.7). Answers 200 on success, 400 otherwise, never cached (§2.8).
+pub async fn backchannel(State(s): State<Arc<LoginState>>, Form(f): Form<BackchannelForm>) -> Response {
+    let bad = |why: &str| {
+        tracing::info!(why, "back-channel logout rejected");
+        (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"invalid_request"}"#)
+            .into_response()
+    };
+    let iss = crate::idp::claims::unverified_payload(&f.logout_token)
+        .and_then(|c| c.get("iss").and_then(|v| v.as_str()).map(String::from));
+    let Some(provider) = iss.and_then(|iss| s.providers.values().find(|p| p.issuer == iss)) else {
+        return bad("unknown issuer");
+    };
+    let claims = match provider.verifier.verify_logout_token(&f.logout_token).await {
+        Ok(c) => c,
+        Err(e) => return bad(&e.to_string()),
+    };
+    let set = match (claims.get("sid").and_then(|v| v.as_str()), provider.verifier.user_id(&claims)) {
+        (Some(sid), _) => idp_key(&provider.id, sid),
+        (None, Some(user)) => user_key(&user),
+        (None, None) => return bad("neither sid nor sub"),
+    };
+    match s.store.delete_indexed(&set).await {
+        Ok(n) => {
+            revoked("backchannel_logout", n);
+            tracing::info!(provider = %provider.id, sessions = n, "back-channel logout");
+            StatusCode::OK.into_response()
+        }
+        Err(_) => unavailable(),
+    }
+}

@@ -1,0 +1,52 @@
+//! The browser-facing OAuth2/OIDC routes on the HTTP listener: login, callback, logout and back-channel
+//! logout. Handlers are thin; the protocol steps are commented where they happen.
+
+mod failures;
+mod flow;
+mod logout;
+pub mod provider;
+pub mod redirect;
+mod security;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use provider::{IdTokenVerify, LoginEndpoints, LoginProvider};
+
+use crate::config::{LoginConfig, SessionConfig};
+use crate::session::SessionStore;
+use crate::store::Redis;
+
+/// How long a login may take between /oauth2/login and the callback.
+pub const LOGIN_TTL_SECS: u64 = 600;
+
+/// Everything the login routes share.
+pub struct LoginState {
+    pub redis: Redis,
+    pub store: SessionStore,
+    pub providers: BTreeMap<String, Arc<LoginProvider>>,
+    pub session: SessionConfig,
+    pub login: LoginConfig,
+    /// For the token endpoint: no redirects followed, short timeouts.
+    pub http: reqwest::Client,
+}
+
+/// The `/oauth2/*` routes.
+pub fn router(state: Arc<LoginState>) -> Router {
+    let hsts = state.session.cookie_secure;
+    Router::new()
+        .route("/oauth2/login", get(flow::login))
+        .route("/oauth2/callback", get(flow::callback))
+        .route("/oauth2/logout", get(logout::logout).post(logout::logout))
+        .route("/oauth2/backchannel-logout", post(logout::backchannel))
+        .layer(axum::middleware::from_fn_with_state(hsts, security::headers))
+        .with_state(state)
+}
+
+/// A reqwest client for IdP calls made on behalf of a browser.
+pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(timeout).build().unwrap_or_default()
+}

@@ -1,0 +1,64 @@
+//! The binary as an operator runs it.
+
+use std::process::Command;
+
+fn portcullis() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    c.env_remove("PORTCULLIS_CONFIG");
+    c
+}
+
+fn write(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+fn good() -> String {
+    let key = String::from_utf8(portcullis().arg("keygen").output().unwrap().stdout).unwrap();
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.example.toml"))
+        .unwrap()
+        .replace("REPLACE_WITH_KEYGEN_OUTPUT", key.trim())
+}
+
+#[test]
+fn keygen_prints_a_usable_key() {
+    let out = portcullis().arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(portcullis::crypto::KeyRing::parse(&[line.trim()]).is_ok(), "{line}");
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let f = write(&good());
+    let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let bad = write(&good().replace("redis://127.0.0.1:6379", "tcp://nowhere"));
+    let out = portcullis().args(["check-config", "--config"]).arg(bad.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redis.url"), "{err}");
+
+    // Environment overrides are checked too, by the key they set.
+    let out = portcullis()
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .env("PORTCULLIS__SESSION__IDLE_TIMEOUT", "whenever")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("session.idle_timeout"), "{err}");
+
+    let out = portcullis().args(["check-config", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn version_names_the_revision() {
+    let out = portcullis().arg("--version").output().unwrap();
+    let v = String::from_utf8(out.stdout).unwrap();
+    assert!(v.starts_with("portcullis 0.") && v.contains('('), "{v}");
+}
