@@ -181,11 +181,31 @@ async fn without_a_session_api_calls_get_401_and_browser_navigations_get_302_to_
     let r = s.get("/reports", &[("accept", "text/html"), ("cookie", "GATEWAY_SESSION=not-a-session")]).await;
     assert_eq!(r.status(), 302);
 
-    // The login route itself is reachable without a session (portcullis answers it, not ext_authz).
-    let r = s.get("/oauth2/login?rd=%2F", &[("accept", "text/html")]).await;
-    assert_ne!(r.status(), 401, "/oauth2/ must not be behind ext_authz");
-    assert_ne!(r.status(), 302, "/oauth2/ must not be behind ext_authz");
+    // The login route itself is reachable without a session: Envoy hands it to portcullis's HTTP listener,
+    // which answers exactly as it does when asked directly.
+    let path = "/oauth2/login?provider=corp&rd=%2F";
+    let via_envoy = s.get(path, &[("accept", "text/html")]).await;
+    let direct = s.http.get(format!("http://{}{path}", s.app().server.http_addr)).send().await.expect("direct");
+    assert_eq!(via_envoy.status(), direct.status(), "/oauth2/ must reach portcullis, not ext_authz");
+    assert_eq!(header(via_envoy.headers(), "location"), header(direct.headers(), "location"));
     assert_eq!(s.upstream.hits(), 0, "a denied request reached the upstream");
+}
+
+#[tokio::test]
+async fn logout_through_envoy_ends_the_session() {
+    let s = Stack::start(OAuth2Route::Portcullis).await;
+    let cookie = s.login("frank", json!({})).await;
+    assert_eq!(s.echo("/api/me", &[("cookie", &cookie)]).await.header("x-auth-user-id"), Some("frank"));
+
+    let r = s.get("/oauth2/logout", &[("cookie", &cookie), ("accept", "text/html")]).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(header(r.headers(), "location"), Some("/"));
+    let cleared = header(r.headers(), "set-cookie").expect("the session cookie is cleared");
+    assert!(cleared.starts_with(&format!("{}=", s.app().cookie_name())), "{cleared}");
+
+    let r = s.get("/api/me", &[("cookie", &cookie), ("accept", "application/json")]).await;
+    assert_eq!(r.status(), 401, "the session must be gone after logout");
+    assert_eq!(s.upstream.hits(), 1);
 }
 
 #[tokio::test]
