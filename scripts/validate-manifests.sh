@@ -8,6 +8,7 @@
 # Installs what it needs into .venv (scripts/ensure-envoy.sh, kubernetes-validate, PyYAML). Called by `make test`.
 #
 #   K8S_VERSION=1.33.0 STRICT_METRICS=1 scripts/validate-manifests.sh
+#   scripts/validate-manifests.sh --fix   # first rewrite k8s/configmap.yaml's copy of envoy/envoy.yaml
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +16,6 @@ cd "$root"
 
 scripts/ensure-envoy.sh
 if ! .venv/bin/python -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
-    .venv/bin/pip install --quiet --disable-pip-version-check kubernetes-validate PyYAML
+    .venv/bin/pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0' 'PyYAML>=6'
 fi
 exec .venv/bin/python scripts/validate_manifests.py "$@"

@@ -266,7 +266,7 @@ def check_envoy(docs_by_file: dict[str, list[dict]]) -> None:
     if rendered.returncode != 0:
         fail(what, f"scripts/render-envoy.sh failed: {rendered.stderr}")
     elif copy_text != rendered.stdout:
-        fail(what, "differs from envoy/envoy.yaml rendered with its defaults: copy it again (see the ConfigMap's header)")
+        fail(what, "differs from envoy/envoy.yaml rendered with its defaults: run scripts/validate-manifests.sh --fix")
     else:
         ok(f"{what} (same as the shipped file rendered with the pod's addresses)")
 
@@ -472,7 +472,20 @@ def check_compose() -> None:
         ok(f"{what} (services, volumes, shared network namespace; not run: no Docker engine here)")
 
 
+def fix_configmap_envoy() -> None:
+    """--fix: replaces the ConfigMap's envoy.yaml (its last key) with the shipped file."""
+    path = K8S / "configmap.yaml"
+    text = path.read_text()
+    marker = "  envoy.yaml: |\n"
+    head = text[: text.index(marker) + len(marker)]
+    body = "".join(("    " + line) if line.strip() else "\n" for line in ENVOY_YAML.read_text().splitlines(keepends=True))
+    path.write_text(head + body)
+    print(f"rewrote {rel(path)} envoy.yaml from {rel(ENVOY_YAML)}")
+
+
 def main() -> int:
+    if "--fix" in sys.argv[1:]:
+        fix_configmap_envoy()
     docs_by_file = check_k8s_files()
     check_sidecar_patch(docs_by_file)
     check_envoy(docs_by_file)
