@@ -318,3 +318,26 @@ async fn ops_listener_exposes_only_readiness_and_prometheus_stats() {
     let r = s.http.get(ops("/ready")).send().await.expect("ops /ready");
     assert_eq!(r.status(), 200, "Envoy must still be up");
 }
+
+#[tokio::test]
+async fn http2_clients_with_split_cookie_headers_are_recognised() {
+    let s = Stack::start(OAuth2Route::Portcullis).await;
+    let session = s.login_only("gina", json!({})).await;
+    // HTTP/2 lets a browser send each cookie as its own `cookie` field (RFC 9113 8.2.3).
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2 client");
+    let r = h2
+        .get(s.envoy.url("/api/me"))
+        .header("cookie", "theme=dark")
+        .header("cookie", session.as_str())
+        .header("cookie", "lang=en")
+        .send()
+        .await
+        .expect("h2 request through Envoy");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let echo: Echo = r.json().await.expect("echo");
+    assert_eq!(echo.header("x-auth-user-id"), Some("gina"));
+    let cookies = echo.headers.get("cookie").cloned().unwrap_or_default().join("; ");
+    assert!(!cookies.contains(s.app().cookie_name()), "session cookie reached the upstream: {cookies}");
+    assert!(cookies.contains("theme=dark") && cookies.contains("lang=en"), "other cookies lost: {cookies}");
+}
