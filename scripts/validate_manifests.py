@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import tomllib
 from pathlib import Path
 
 import kubernetes_validate
+import promql_parser
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,11 +348,20 @@ def metrics_in_src() -> set[str]:
     return names
 
 
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
 def check_metric_names(what: str, exprs: list[str], known: set[str]) -> bool:
+    """Each expression parses as PromQL, and each portcullis_ metric it names is emitted by src/."""
     good = True
     for expr in exprs:
-        if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}") or expr.count("[") != expr.count("]"):
-            fail(what, f"unbalanced brackets in {expr!r}")
+        text = expr
+        for var, value in GRAFANA_VARIABLES.items():
+            text = text.replace(var, value)
+        try:
+            promql_parser.parse(text)
+        except ValueError as e:
+            fail(what, f"PromQL: {e}: {expr.strip()!r}")
             good = False
         for name in set(re.findall(r"\bportcullis_[a-z0-9_]+", expr)):
             base = re.sub(r"_(bucket|sum|count)$", "", name)
@@ -414,7 +425,17 @@ def check_alerts(docs_by_file: dict[str, list[dict]], known: set[str]) -> None:
     if problems:
         fail(what, "; ".join(problems))
     elif check_metric_names(what, exprs, known):
-        ok(f"{what} ({len(alerts)} alerts, metric names checked)")
+        ok(f"{what} ({len(alerts)} alerts, PromQL parsed, metric names checked)")
+    promtool = shutil.which("promtool")
+    if promtool:
+        with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+            yaml.safe_dump(rule["spec"], f)
+            f.flush()
+            r = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+        if r.returncode == 0:
+            ok(f"{what} (promtool check rules)")
+        else:
+            fail(what, f"promtool check rules: {r.stdout}{r.stderr}")
 
 
 def check_dashboard(known: set[str]) -> None:
@@ -431,7 +452,7 @@ def check_dashboard(known: set[str]) -> None:
     if len(set(ids)) != len(ids) or not dash.get("uid") or not exprs:
         fail(what, "needs a uid, unique panel ids and queries")
     elif check_metric_names(what, exprs, known):
-        ok(f"{what} ({len(panels)} panels, metric names checked)")
+        ok(f"{what} ({len(panels)} panels, PromQL parsed, metric names checked)")
 
 
 # ---------------------------------------------------------------------------------------------------------
