@@ -189,6 +189,12 @@ async fn without_a_session_api_calls_get_401_and_browser_navigations_get_302_to_
     assert_eq!(via_envoy.status(), direct.status(), "/oauth2/ must reach portcullis, not ext_authz");
     assert_eq!(header(via_envoy.headers(), "location"), header(direct.headers(), "location"));
     assert_eq!(s.upstream.hits(), 0, "a denied request reached the upstream");
+
+    // What the alert rules and the dashboard read (k8s/monitoring) is on portcullis's /metrics.
+    let metrics = s.http.get(format!("http://{}/metrics", s.app().server.http_addr)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    assert!(metrics.contains(r#"portcullis_check_total{decision="deny",reason="no_cookie"}"#), "{metrics}");
+    assert!(metrics.contains("portcullis_check_duration_seconds_bucket{le="), "{metrics}");
 }
 
 #[tokio::test]
