@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
 # portcullis: a static-ish Rust binary on distroless (glibc, CA certificates, no shell), running as nonroot.
-#   docker build -t portcullis:0.1.0 --build-arg PORTCULLIS_GIT_REV=$(git rev-parse --short=12 HEAD) .
+#   docker build -t portcullis:0.1.0 .
 #   docker run --rm -v $PWD/config/portcullis.compose.toml:/etc/portcullis/portcullis.toml:ro portcullis:0.1.0
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# TLS is rustls with bundled roots: no OpenSSL, no cmake, gcc only.
+# TLS is rustls with bundled roots: no OpenSSL, no cmake, gcc only. .git is not copied (.dockerignore), so
+# build.rs records the revision as "unknown" in portcullis_build_info and --version.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # The registry and target caches survive between builds (BuildKit); the binary is copied out of them.
