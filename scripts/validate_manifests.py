@@ -237,6 +237,9 @@ def check_envoy_contract(cfg: dict) -> None:
             problems.append(f"the authz cluster {authz_cluster} must speak HTTP/2")
     if "request_headers_to_remove" in json.dumps(cfg):
         problems.append("request_headers_to_remove runs after ext_authz: strip identity headers in header_mutation")
+    for k, v in {"normalize_path": True, "merge_slashes": True, "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT"}.items():
+        if hcm.get(k) != v:
+            problems.append(f"the ingress listener needs {k}: {v} (other spellings of a path would skip its route)")
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     oauth2 = [r for r in routes if r["match"].get("prefix") == "/oauth2/"]
     if not oauth2 or not oauth2[0].get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz", {}).get("disabled"):
@@ -248,7 +251,7 @@ def check_envoy_contract(cfg: dict) -> None:
     if problems:
         fail(what, "; ".join(problems))
     else:
-        ok(f"{what} (strip first, fail closed, HTTP/2, /oauth2/ unchecked, admin on loopback)")
+        ok(f"{what} (strip first, fail closed, HTTP/2, paths normalised, /oauth2/ unchecked, admin on loopback)")
 
 
 def check_envoy(docs_by_file: dict[str, list[dict]]) -> None:
