@@ -388,3 +388,27 @@ async fn other_spellings_of_the_admin_path_do_not_skip_the_group_check() {
     assert_eq!(s.upstream.hits(), 0, "a spelling of /admin reached the upstream without the group check");
     assert_eq!(raw_get(&s.envoy, "/api/../me", &bob).await, 200, "normalised paths still work");
 }
+
+#[test]
+fn the_harness_renders_envoy_yaml_as_scripts_render_envoy_sh_does() {
+    use crate::harness::envoy::{render, SHIPPED_CONFIG};
+    let vars = [("ENVOY_LISTEN_PORT", "18080"), ("PORTCULLIS_GRPC_HOST", "portcullis"), ("UPSTREAM_PORT", "3000")];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/render-envoy.sh");
+    let path = std::env::var("PATH").unwrap_or_default();
+    let out = std::process::Command::new(script)
+        .env_clear()
+        .env("PATH", path)
+        .envs(vars)
+        .output()
+        .expect("run scripts/render-envoy.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let template = std::fs::read_to_string(SHIPPED_CONFIG).expect("envoy.yaml");
+    let ours = render(&template, &vars.iter().map(|(k, v)| (*k, v.to_string())).collect());
+    assert_eq!(ours, String::from_utf8_lossy(&out.stdout));
+    assert!(
+        ours.contains("port_value: 3000 # ${UPSTREAM_PORT}")
+            && ours.contains("address: portcullis # ${PORTCULLIS_GRPC_HOST}")
+    );
+    // Unrendered, the file is its own default rendering.
+    assert_eq!(render(&template, &Default::default()), template);
+}
