@@ -134,20 +134,30 @@ impl SessionStore {
         Ok((value, session))
     }
 
-    /// Writes a whole session with its indexes (also used by tests and tools to plant sessions).
+    /// Writes a whole session with its indexes (also used by tests and tools to plant sessions). One
+    /// pipeline per key, so no pipeline spans Redis Cluster hash slots.
     pub async fn write(&self, s: &Session) -> Result<(), StoreError> {
         let key = session_key(&s.id);
         let ttl = self.idle.min(s.expires_at - s.last_access).max(1);
         let mut p = redis::pipe();
         p.cmd("HSET").arg(&key).arg(s.to_fields()).ignore();
         p.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
-        p.cmd("SADD").arg(user_key(&s.user_id)).arg(&s.id).ignore();
-        p.cmd("EXPIRE").arg(user_key(&s.user_id)).arg(self.absolute).ignore();
+        let mut indexes = vec![user_key(&s.user_id)];
         if let Some(sid) = &s.sid {
-            p.cmd("SADD").arg(idp_key(&s.provider, sid)).arg(&s.id).ignore();
-            p.cmd("EXPIRE").arg(idp_key(&s.provider, sid)).arg(self.absolute).ignore();
+            indexes.push(idp_key(&s.provider, sid));
         }
-        self.redis.pipeline::<()>(&p).await
+        let adds = indexes.iter().map(|k| {
+            let mut p = redis::pipe();
+            p.cmd("SADD").arg(k).arg(&s.id).ignore();
+            p.cmd("EXPIRE").arg(k).arg(self.absolute).ignore();
+            p
+        });
+        let adds: Vec<_> = adds.collect();
+        let (first, rest) = futures::join!(
+            self.redis.pipeline::<()>(&p),
+            futures::future::try_join_all(adds.iter().map(|p| self.redis.pipeline::<()>(p)))
+        );
+        first.and(rest.map(|_| ()))
     }
 
     /// Opens the stored tokens. Any failure means tampering or a lost key: the caller denies and deletes.
@@ -176,15 +186,14 @@ impl SessionStore {
         Ok(n == 1)
     }
 
-    /// Deletes a session and its index entries.
+    /// Deletes a session and its index entries (one command per key: cluster safe).
     pub async fn delete(&self, s: &Session) -> Result<(), StoreError> {
-        let mut p = redis::pipe();
-        p.cmd("DEL").arg(session_key(&s.id)).ignore();
-        p.cmd("SREM").arg(user_key(&s.user_id)).arg(&s.id).ignore();
+        let mut cmds = vec![redis::cmd("DEL").arg(session_key(&s.id)).clone()];
+        cmds.push(redis::cmd("SREM").arg(user_key(&s.user_id)).arg(&s.id).clone());
         if let Some(sid) = &s.sid {
-            p.cmd("SREM").arg(idp_key(&s.provider, sid)).arg(&s.id).ignore();
+            cmds.push(redis::cmd("SREM").arg(idp_key(&s.provider, sid)).arg(&s.id).clone());
         }
-        self.redis.pipeline::<()>(&p).await
+        futures::future::try_join_all(cmds.iter().map(|c| self.redis.query::<()>(c))).await.map(|_| ())
     }
 
     /// Deletes a session known only by id (its hash may be garbage); returns whether it existed.

@@ -417,3 +417,31 @@ async fn metrics_are_exposed() {
     assert_eq!(reqwest::get(format!("http://{}/healthz", app.server.http_addr)).await.unwrap().status(), 200);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn redis_cluster_mode_serves_checks() {
+    let cluster = crate::harness::redis::RedisCluster::start();
+    let mut cfg = config("redis://127.0.0.1:1", "");
+    cfg.redis.mode = "cluster".into();
+    cfg.redis.url = None;
+    cfg.redis.urls = cluster.urls();
+    let v = StaticValidator::new();
+    let app = TestApp::with_validator(cfg, v.clone()).await;
+    // Sessions spread over the slots: several users, each checked, then one revoked.
+    let mut cookies = Vec::new();
+    for user in ["alice", "bob", "carol", "dave"] {
+        let (value, s) = app.login(user, json!({"groups": ["dev"]})).await;
+        cookies.push((cookie(&app, &value), s));
+    }
+    for (c, s) in &cookies {
+        let r = app.check(request("GET", "/", &[("cookie", c)])).await;
+        assert_eq!(r.status(), 200, "{r:?}");
+        assert_eq!(r.header("x-auth-user-id").as_deref(), Some(s.user_id.as_str()));
+    }
+    v.fail_with(Some(IdpError::Revoked("gone".into())));
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &cookies[0].0)])).await.status(), 401);
+    v.fail_with(None);
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &cookies[0].0)])).await.status(), 401, "deleted");
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &cookies[1].0)])).await.status(), 200);
+    app.shutdown().await;
+}
