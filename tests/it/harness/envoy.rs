@@ -21,7 +21,11 @@ const ATTEMPTS: usize = 3;
 pub fn envoy_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "ENVOY_BIN={} does not exist", p.display());
+        assert!(
+            p.is_file(),
+            "ENVOY_BIN={} does not exist: unset it to use .venv/bin/envoy from scripts/ensure-envoy.sh",
+            p.display()
+        );
         return p;
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy");
