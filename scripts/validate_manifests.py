@@ -514,11 +514,34 @@ def fix_configmap_envoy() -> None:
     print(f"rewrote {rel(path)} envoy.yaml from {rel(ENVOY_YAML)}")
 
 
+def check_kustomization(docs_by_file: dict[str, list[dict]]) -> None:
+    """`kubectl kustomize k8s` (offline) builds exactly the objects of the files it lists."""
+    what = "k8s/kustomization.yaml"
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        warn(f"{what}: kubectl not installed: `kubectl kustomize k8s` skipped")
+        return
+    r = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        fail(what, f"kubectl kustomize: {r.stderr.strip()}")
+        return
+    built = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(r.stdout) if d)
+    (kust,) = docs_by_file[what]
+    listed = sorted(
+        (d["kind"], d["metadata"]["name"]) for f in kust["resources"] for d in docs_by_file[f"k8s/{f}"]
+    )
+    if built != listed:
+        fail(what, f"kubectl kustomize built {built}, the listed files hold {listed}")
+    else:
+        ok(f"{what} (kubectl kustomize builds {len(built)} objects)")
+
+
 def main() -> int:
     if "--fix" in sys.argv[1:]:
         fix_configmap_envoy()
     docs_by_file = check_k8s_files()
     check_sidecar_patch(docs_by_file)
+    check_kustomization(docs_by_file)
     check_envoy(docs_by_file)
     check_configs(docs_by_file)
     known = metrics_in_src()
