@@ -3,9 +3,23 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::m2m::{M2mError, M2mSource};
+
+/// Stand-in until the Redis-shared M2M token manager is wired here: Bearer introspection and Graph calls
+/// answer 503 (fail closed); `oidc` providers with client-authenticated introspection work.
+struct NoM2m;
+
+#[async_trait::async_trait]
+impl M2mSource for NoM2m {
+    async fn token(&self, _provider: &str) -> Result<String, M2mError> {
+        Err(M2mError::Unavailable("no M2M token manager is configured in this build".into()))
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "portcullis", version = crate::telemetry::version_string(), about = "Envoy ext_authz sidecar: session cookie to IdP-revalidated identity")]
@@ -63,7 +77,12 @@ pub fn main() -> ExitCode {
                 }
             };
             match rt.block_on(async {
-                let validators = crate::idp::from_config(&cfg).await;
+                // Refreshes write sessions through their own store handle on the same Redis and keys.
+                let redis = crate::store::Redis::connect(&cfg.redis)?;
+                let keys = Arc::new(crate::crypto::KeyRing::parse(&cfg.session.encryption_keys)?);
+                let store = crate::session::SessionStore::new(redis, keys, &cfg.session);
+                let m2m: Arc<dyn M2mSource> = Arc::new(NoM2m);
+                let validators = crate::idp::from_config(&cfg, m2m, store).await;
                 crate::server::serve(cfg, validators).await
             }) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -3,9 +3,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::session::{Session, Tokens};
+use crate::config::{Config, ProviderKind};
+use crate::m2m::M2mSource;
+use crate::session::{Session, SessionStore, Tokens};
 
+pub mod breaker;
 pub mod claims;
+pub mod coalesce;
+pub mod discovery;
+pub mod entra;
+pub mod http;
+pub mod id_token;
+pub mod jwks;
+pub mod lock;
+pub mod oidc;
+pub mod provider;
+pub mod refresh;
 
 /// Who the upstream is told the user is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,12 +61,36 @@ pub trait Validator: Send + Sync {
 /// Validators by provider id (the session's `provider` field).
 pub type Validators = HashMap<String, Arc<dyn Validator>>;
 
-/// Builds a validator for every configured provider. A provider whose validator cannot be built is left
-/// out, and its sessions are denied (fail closed).
-pub async fn from_config(cfg: &crate::config::Config) -> Validators {
-    let v = Validators::new();
+/// Builds a validator for every configured provider: `ping`/`oidc` revalidate by introspection, `entra`
+/// through Microsoft Graph, each wrapped in the configured revalidation mode with single-flight. M2M tokens
+/// come from `m2m`; refreshed tokens go to `store`. Discovery and keys are fetched now, concurrently; a
+/// provider whose IdP is down at start-up still gets its validator (it fetches on first use and answers
+/// 503 until then). Only a provider that cannot be built at all is left out, and its sessions are denied.
+pub async fn from_config(cfg: &Config, m2m: Arc<dyn M2mSource>, store: SessionStore) -> Validators {
+    let mut v = Validators::new();
+    let client = match http::client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the IdP HTTP client: every provider's sessions are denied");
+            return v;
+        }
+    };
+    let mut providers = Vec::new();
     for (name, p) in &cfg.providers {
-        tracing::warn!(provider = %name, kind = ?p.kind, "no validator for this provider kind yet: its sessions are denied");
+        let Some(issuer) = p.issuer() else {
+            tracing::error!(provider = %name, "provider has no issuer: its sessions are denied");
+            continue;
+        };
+        let built = provider::Provider::new(name, p, issuer, client.clone(), m2m.clone(), store.clone());
+        providers.push(Arc::new(built));
+    }
+    futures::future::join_all(providers.iter().map(|p| p.warm_up())).await;
+    for p in providers {
+        let inner: Arc<dyn Validator> = match p.cfg.kind {
+            ProviderKind::Ping | ProviderKind::Oidc => Arc::new(oidc::OidcValidator::new(p.clone())),
+            ProviderKind::Entra => Arc::new(entra::EntraValidator::new(p.clone())),
+        };
+        v.insert(p.name.clone(), coalesce::wrap(inner, &cfg.revalidation));
     }
     v
 }
