@@ -4,6 +4,7 @@
 //   GET  /__stats          request counts per path, and per path + grant type for /token
 //   POST /__stats/reset    zero the counts
 //   POST /__ttl            {"IdToken": 1, ...}: token lifetimes (seconds) for tokens issued from now on
+//   POST /__delay          {"path": "/token/introspection", "ms": 1000}: answer that path late (ms 0: on time)
 //   POST /__mint           {"claims": {...}, "key": "provider"|"stranger", "kid"?: "..."}: a signed JWT,
 //                          to build ID tokens the provider would never issue (wrong aud/iss, unknown key)
 // Its state (tokens, grants, sessions, signing keys) lives in memory and is mirrored to IDP_STATE (a JSON
@@ -243,6 +244,7 @@ provider.proxy = false;
 // Test hooks.
 
 const stats = {};
+const delays = {};
 const count = (k) => {
   stats[k] = (stats[k] || 0) + 1;
 };
@@ -279,7 +281,14 @@ provider.use(async (ctx, next) => {
     ctx.type = 'text/plain';
     return;
   }
+  if (ctx.path === '/__delay' && ctx.method === 'POST') {
+    const { path, ms } = await readJson(ctx);
+    delays[path] = ms;
+    ctx.body = delays;
+    return;
+  }
   count(ctx.path);
+  if (delays[ctx.path]) await new Promise((r) => setTimeout(r, delays[ctx.path]));
   await next();
   const grantType = ctx.oidc?.params?.grant_type;
   if (grantType) count(`${ctx.path}:${grantType}`);

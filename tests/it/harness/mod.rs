@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod idp;
 pub mod redis;
 
 use std::net::TcpListener;
