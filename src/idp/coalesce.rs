@@ -24,9 +24,8 @@ pub struct Coalescing {
 
 /// Wraps `inner` in the configured mode.
 pub fn wrap(inner: Arc<dyn Validator>, cfg: &RevalidationConfig) -> Arc<dyn Validator> {
-    let cache = (cfg.mode == RevalidationMode::MaxStaleness).then(|| {
-        moka::future::Cache::builder().max_capacity(MAX_CACHED).time_to_live(cfg.max_staleness).build()
-    });
+    let cache = (cfg.mode == RevalidationMode::MaxStaleness)
+        .then(|| moka::future::Cache::builder().max_capacity(MAX_CACHED).time_to_live(cfg.max_staleness).build());
     Arc::new(Coalescing { inner, in_flight: Arc::default(), cache })
 }
 

@@ -55,7 +55,9 @@ impl EntraValidator {
         let user: GraphUser = match self.p.http.send(Kind::Graph, req).await? {
             Reply::Ok(u) => u,
             Reply::Refused { status: 404, .. } => return Err(IdpError::Revoked("user not found in Graph".into())),
-            Reply::Refused { status, .. } => return Err(IdpError::Unavailable(format!("Graph refused: HTTP {status}"))),
+            Reply::Refused { status, .. } => {
+                return Err(IdpError::Unavailable(format!("Graph refused: HTTP {status}")))
+            }
         };
         if user.account_enabled == Some(false) {
             return Err(IdpError::Revoked("account disabled".into()));
@@ -64,7 +66,9 @@ impl EntraValidator {
             let valid_from = humantime::parse_rfc3339_weak(t)
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .ok_or_else(|| IdpError::Unavailable("Graph sent an unreadable signInSessionsValidFromDateTime".into()))?;
+                .ok_or_else(|| {
+                    IdpError::Unavailable("Graph sent an unreadable signInSessionsValidFromDateTime".into())
+                })?;
             if valid_from.as_secs() as i64 > s.created_at {
                 return Err(IdpError::Revoked("sign-in sessions revoked after this login".into()));
             }

@@ -64,7 +64,12 @@ pub async fn verify(
     v.set_audience(&[expect.audience]);
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     v.validate_exp = false;
-    let data = decode::<Map<String, Value>>(token, &key, &v).map_err(|e| IdpError::Invalid(format!("id token: {e}")))?;
-    let exp = data.claims.get("exp").and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64))).ok_or_else(|| IdpError::Invalid("id token exp".into()))?;
+    let data =
+        decode::<Map<String, Value>>(token, &key, &v).map_err(|e| IdpError::Invalid(format!("id token: {e}")))?;
+    let exp = data
+        .claims
+        .get("exp")
+        .and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64)))
+        .ok_or_else(|| IdpError::Invalid("id token exp".into()))?;
     Ok(IdToken { claims: data.claims, exp })
 }

@@ -243,7 +243,8 @@ async fn idp_down_answers_503_opens_the_breaker_and_recovers() {
     assert!(eventually(Duration::from_secs(30), async || check(&e.app, &cookie).await.status() == 200).await);
     let metrics = portcullis::telemetry::metrics().render();
     assert!(metrics.contains("portcullis_circuit_state{provider=\"brk\"} 0"));
-    assert!(metrics.contains("portcullis_idp_requests_total{provider=\"brk\",kind=\"introspection\",outcome=\"circuit_open\"}"));
+    assert!(metrics
+        .contains("portcullis_idp_requests_total{provider=\"brk\",kind=\"introspection\",outcome=\"circuit_open\"}"));
     e.app.shutdown().await;
 }
 
@@ -274,9 +275,21 @@ async fn entra_revalidates_with_graph() {
     let e = setup("entra", "entra", &extra, "").await;
     let now = portcullis::now();
     let iso = |t: i64| humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t as u64)).to_string();
-    graph_user(&graph, "oid-carol", json!({"accountEnabled": true, "signInSessionsValidFromDateTime": iso(now - 86400)}), 200).await;
+    graph_user(
+        &graph,
+        "oid-carol",
+        json!({"accountEnabled": true, "signInSessionsValidFromDateTime": iso(now - 86400)}),
+        200,
+    )
+    .await;
     graph_user(&graph, "oid-alice", json!({"accountEnabled": false}), 200).await;
-    graph_user(&graph, "oid-bob", json!({"accountEnabled": true, "signInSessionsValidFromDateTime": iso(now + 3600)}), 200).await;
+    graph_user(
+        &graph,
+        "oid-bob",
+        json!({"accountEnabled": true, "signInSessionsValidFromDateTime": iso(now + 3600)}),
+        200,
+    )
+    .await;
     graph_user(&graph, "oid-dave", json!({"error": {"code": "Request_ResourceNotFound"}}), 404).await;
 
     // The user id is `oid`, not `sub`.
@@ -286,7 +299,9 @@ async fn entra_revalidates_with_graph() {
     assert_eq!(r.header("x-auth-user-id").as_deref(), Some("oid-carol"));
     assert_eq!(r.header("x-auth-email").as_deref(), Some("carol@example.com"));
 
-    for (user, why) in [("alice", "accountEnabled:false"), ("bob", "sessions revoked after login"), ("dave", "user gone")] {
+    for (user, why) in
+        [("alice", "accountEnabled:false"), ("bob", "sessions revoked after login"), ("dave", "user gone")]
+    {
         let (cookie, s) = plant(&e.app, "entra", &format!("oid-{user}"), e.idp.login(user).await).await;
         let r = check(&e.app, &cookie).await;
         assert_eq!(r.status(), 401, "{why}: {r:?}");

@@ -57,10 +57,7 @@ impl IdpServer {
     pub async fn start() -> Self {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for the IdP state");
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("http client");
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
         let mut s = Self { port: super::free_port(), child: None, dir, http };
         s.spawn().await;
         s
@@ -89,7 +86,9 @@ impl IdpServer {
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node ({e}): install Node.js 20+ (Debian: apt-get install nodejs npm)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start node ({e}): install Node.js 20+ (Debian: apt-get install nodejs npm)")
+            });
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
@@ -237,7 +236,11 @@ impl IdpServer {
             .await
             .expect("token json");
         let text = |k: &str| r[k].as_str().unwrap_or_else(|| panic!("no {k} in {r}")).to_string();
-        Tokens { id_token: text("id_token"), access_token: text("access_token"), refresh_token: Some(text("refresh_token")) }
+        Tokens {
+            id_token: text("id_token"),
+            access_token: text("access_token"),
+            refresh_token: Some(text("refresh_token")),
+        }
     }
 
     /// Sends `req` and returns its absolute `Location`.
