@@ -5,7 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::DecodingKey;
 
 use super::discovery::Discovery;
@@ -14,6 +14,11 @@ use super::IdpError;
 
 /// Fewest seconds between two JWKS fetches triggered by unknown kids.
 pub const MIN_REFETCH: Duration = Duration::from_secs(30);
+
+#[derive(serde::Deserialize)]
+struct RawSet {
+    keys: Vec<serde_json::Value>,
+}
 
 #[derive(Debug, Default)]
 struct Cached {
@@ -56,11 +61,17 @@ impl Jwks {
     /// Fetches the key set now (start-up, or a miss).
     pub async fn fetch(&self, http: &IdpHttp, disc: &Discovery) -> Result<Arc<JwkSet>, IdpError> {
         let ep = disc.endpoints(http).await?;
-        let set: JwkSet = match http.send(Kind::Jwks, http.client.get(&ep.jwks_uri)).await? {
+        let raw: RawSet = match http.send(Kind::Jwks, http.client.get(&ep.jwks_uri)).await? {
             Reply::Ok(s) => s,
             Reply::Refused { status, .. } => return Err(IdpError::Unavailable(format!("jwks answered HTTP {status}"))),
         };
-        let set = Arc::new(set);
+        // Keys are read one by one: a key of a type we cannot parse (IdPs publish encryption keys and
+        // new curves too) must not make the whole set unusable.
+        let keys: Vec<Jwk> = raw.keys.into_iter().filter_map(|k| serde_json::from_value(k).ok()).collect();
+        if keys.is_empty() {
+            return Err(IdpError::Unavailable("jwks has no usable key".into()));
+        }
+        let set = Arc::new(JwkSet { keys });
         let mut c = self.cached.write().unwrap_or_else(|e| e.into_inner());
         c.set = Some(set.clone());
         c.fetched = Some(Instant::now());

@@ -14,6 +14,7 @@ use super::id_token::IdToken;
 use super::lock::{refresh_key, Lock};
 use super::provider::Provider;
 use super::IdpError;
+use crate::config::ProviderKind;
 use crate::session::{Session, Tokens};
 
 /// How often a waiting replica looks for the holder's result.
@@ -89,6 +90,10 @@ async fn lead(p: &Provider, seen: &Session, now: i64, user_claim: &str) -> Resul
     };
     let ep = p.discovery.endpoints(&p.http).await?;
     let mut form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token.clone())];
+    if p.cfg.kind == ProviderKind::Entra {
+        // Entra's v2.0 token endpoint wants the scopes again on a refresh.
+        form.push(("scope", p.cfg.scopes.join(" ")));
+    }
     let req = p.client_auth(p.http.client.post(&ep.token_endpoint), p.cfg.client_auth, &mut form);
     let resp: TokenResponse = match p.http.send(Kind::Refresh, req.form(&form)).await? {
         Reply::Ok(t) => t,

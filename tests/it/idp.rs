@@ -12,7 +12,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::harness::app::{config, fake_jwt, request, Checked, TestApp};
 use crate::harness::eventually;
-use crate::harness::idp::{provider_toml, start_app, IdpM2m, IdpServer, CLIENT_ID, TENANT};
+use crate::harness::idp::{provider_toml, start_app, IdpM2m, IdpOptions, IdpServer, CLIENT_ID, TENANT};
 use crate::harness::redis::RedisServer;
 
 const INTROSPECTION: &str = "/token/introspection";
@@ -203,6 +203,12 @@ async fn forged_id_tokens_are_denied_without_asking_the_idp() {
     assert_eq!(check(&e.app, &cookie).await.status(), 200);
     e.idp.reset_stats().await;
 
+    // More unknown kids do not mean more JWKS fetches.
+    for _ in 0..3 {
+        let id_token = e.idp.mint(claims(&issuer, CLIENT_ID), "stranger").await;
+        let (cookie, _) = plant(&e.app, "corp", "alice", Tokens { id_token, ..real.clone() }).await;
+        assert_eq!(check(&e.app, &cookie).await.status(), 401);
+    }
     for (what, id_token) in forged {
         let (cookie, s) = plant(&e.app, "corp", "alice", Tokens { id_token, ..real.clone() }).await;
         let r = check(&e.app, &cookie).await;
@@ -211,7 +217,7 @@ async fn forged_id_tokens_are_denied_without_asking_the_idp() {
     }
     let stats = e.idp.stats().await;
     assert_eq!(stats.get(INTROSPECTION), None, "{stats:?}");
-    assert_eq!(stats.get("/jwks"), None, "unknown kids are rate-limited, not refetched each time");
+    assert!(stats.get("/jwks").copied().unwrap_or(0) <= 1, "unknown kids are rate-limited: {stats:?}");
     e.app.shutdown().await;
 }
 
@@ -330,4 +336,83 @@ async fn entra_rejects_another_tenant() {
     assert_eq!(check(&e.app, &cookie).await.status(), 401);
     assert_eq!(graph.received_requests().await.unwrap_or_default().len(), 0);
     e.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_authenticated_introspection_needs_no_m2m_token() {
+    let e = setup("corp", "oidc", "introspection_auth = \"client_secret_basic\"", "").await;
+    let (cookie, _) = plant(&e.app, "corp", "alice", e.idp.login("alice").await).await;
+    assert_eq!(check(&e.app, &cookie).await.status(), 200);
+    assert_eq!(e.idp.count(INTROSPECTION).await, 1);
+    assert_eq!(*e.m2m.fetches.lock().unwrap(), 0);
+    e.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn nonsense_from_the_introspection_endpoint_is_503() {
+    // Endpoint overrides: keys and tokens from the real IdP, introspection from a mock that talks nonsense.
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/html"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/odd"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"active": "yes"})))
+        .mount(&mock)
+        .await;
+    for endpoint in ["html", "odd"] {
+        let redis = RedisServer::start();
+        let idp = IdpServer::start().await;
+        let extra = format!(
+            "jwks_uri = \"{0}/jwks\"\ntoken_endpoint = \"{0}/token\"\nintrospection_endpoint = \"{1}/{endpoint}\"",
+            idp.issuer(),
+            mock.uri()
+        );
+        let cfg = config(&redis.url(), &provider_toml("corp", "ping", &idp, &extra));
+        let app = start_app(&cfg, IdpM2m::new(&idp)).await;
+        let (cookie, s) = plant(&app, "corp", "alice", idp.login("alice").await).await;
+        assert_eq!(check(&app, &cookie).await.status(), 503, "{endpoint}");
+        assert!(redis.exists(&format!("session:{}", s.id)));
+        assert_eq!(idp.count("/.well-known/openid-configuration").await, 1, "configured endpoints skip discovery");
+        app.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn idp_down_at_start_up_recovers_on_first_use() {
+    let redis = RedisServer::start();
+    let mut idp = IdpServer::start().await;
+    let tokens = idp.login("alice").await;
+    idp.stop();
+    let cfg = config(&redis.url(), &provider_toml("late", "oidc", &idp, "circuit_open_duration = \"1s\""));
+    let app = start_app(&cfg, IdpM2m::new(&idp)).await;
+    let (cookie, _) = plant(&app, "late", "alice", tokens).await;
+    assert_eq!(check(&app, &cookie).await.status(), 503);
+    idp.restart().await;
+    assert!(eventually(Duration::from_secs(30), async || check(&app, &cookie).await.status() == 200).await);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn back_channel_logout_reaches_a_loopback_receiver() {
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/backchannel-logout"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let opts = IdpOptions {
+        backchannel_logout_uri: Some(format!("{}/oauth2/backchannel-logout", receiver.uri())),
+        ..Default::default()
+    };
+    let idp = IdpServer::start_with(opts).await;
+    let (browser, tokens) = idp.browser_login("alice").await;
+    let claims = portcullis::idp::claims::unverified_payload(&tokens.id_token).unwrap();
+    assert!(claims.get("sid").is_some(), "ID tokens carry sid for back-channel logout");
+    idp.logout(&browser, &tokens.id_token).await;
+    let got = receiver.received_requests().await.unwrap_or_default();
+    assert_eq!(got.len(), 1, "one logout token POSTed to 127.0.0.1");
+    assert!(String::from_utf8_lossy(&got[0].body).starts_with("logout_token="));
 }

@@ -51,14 +51,28 @@ pub struct IdpServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    opts: IdpOptions,
+}
+
+/// Settings of the provider's one client (`portcullis`).
+#[derive(Debug, Clone, Default)]
+pub struct IdpOptions {
+    /// Where the provider POSTs logout tokens (OIDC Back-Channel Logout); loopback is allowed.
+    pub backchannel_logout_uri: Option<String>,
+    /// Registered redirect URIs; default [`REDIRECT_URI`].
+    pub redirect_uris: Vec<String>,
 }
 
 impl IdpServer {
     pub async fn start() -> Self {
+        Self::start_with(IdpOptions::default()).await
+    }
+
+    pub async fn start_with(opts: IdpOptions) -> Self {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for the IdP state");
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
-        let mut s = Self { port: super::free_port(), child: None, dir, http };
+        let mut s = Self { port: super::free_port(), child: None, dir, http, opts };
         s.spawn().await;
         s
     }
@@ -77,7 +91,14 @@ impl IdpServer {
             .append(true)
             .open(self.dir.path().join("idp.log"))
             .expect("idp log file");
-        let child = Command::new("node")
+        let mut cmd = Command::new("node");
+        if let Some(uri) = &self.opts.backchannel_logout_uri {
+            cmd.env("IDP_BACKCHANNEL_LOGOUT_URI", uri);
+        }
+        if !self.opts.redirect_uris.is_empty() {
+            cmd.env("IDP_REDIRECT_URIS", self.opts.redirect_uris.join(","));
+        }
+        let child = cmd
             .arg("provider.mjs")
             .current_dir(idp_dir())
             .env("IDP_PORT", self.port.to_string())
@@ -183,6 +204,11 @@ impl IdpServer {
 
     /// A real Authorization Code + PKCE login of `user` through the provider's login form.
     pub async fn login(&self, user: &str) -> Tokens {
+        self.browser_login(user).await.1
+    }
+
+    /// Like [`login`](Self::login), also returning the browser (its cookie jar holds the IdP session).
+    pub async fn browser_login(&self, user: &str) -> (reqwest::Client, Tokens) {
         let browser = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
@@ -201,17 +227,16 @@ impl IdpServer {
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
         // /auth -> /interaction/<uid> (login form)
-        let form_url = self.follow(&browser, browser.get(auth.as_str())).await;
+        let form_url = self.follow(browser.get(auth.as_str())).await;
         assert!(form_url.contains("/interaction/"), "expected the login form, got {form_url}");
         // POST the form -> /auth/<uid> -> redirect_uri?code=...
-        let mut next = self
-            .follow(&browser, browser.post(&form_url).form(&[("prompt", "login"), ("login", user), ("password", "x")]))
-            .await;
+        let mut next =
+            self.follow(browser.post(&form_url).form(&[("prompt", "login"), ("login", user), ("password", "x")])).await;
         for _ in 0..5 {
             if next.starts_with(REDIRECT_URI) {
                 break;
             }
-            next = self.follow(&browser, browser.get(&next)).await;
+            next = self.follow(browser.get(&next)).await;
         }
         let code = url::Url::parse(&next)
             .expect("callback url")
@@ -236,15 +261,43 @@ impl IdpServer {
             .await
             .expect("token json");
         let text = |k: &str| r[k].as_str().unwrap_or_else(|| panic!("no {k} in {r}")).to_string();
-        Tokens {
+        let tokens = Tokens {
             id_token: text("id_token"),
             access_token: text("access_token"),
             refresh_token: Some(text("refresh_token")),
-        }
+        };
+        (browser, tokens)
+    }
+
+    /// RP-initiated logout in `browser`: end_session with `id_token_hint`, then the confirmation form.
+    /// The provider sends back-channel logout tokens before it answers.
+    pub async fn logout(&self, browser: &reqwest::Client, id_token: &str) {
+        let page = browser
+            .get(self.url("/session/end"))
+            .query(&[("id_token_hint", id_token)])
+            .send()
+            .await
+            .expect("end_session")
+            .text()
+            .await
+            .expect("logout page");
+        let xsrf = page
+            .split("name=\"xsrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no xsrf in the logout page: {page}"))
+            .to_string();
+        let r = browser
+            .post(self.url("/session/end/confirm"))
+            .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+            .send()
+            .await
+            .expect("logout confirm");
+        assert!(r.status().is_redirection() || r.status().is_success(), "logout answered {}", r.status());
     }
 
     /// Sends `req` and returns its absolute `Location`.
-    async fn follow(&self, _browser: &reqwest::Client, req: reqwest::RequestBuilder) -> String {
+    async fn follow(&self, req: reqwest::RequestBuilder) -> String {
         let r = req.send().await.expect("idp request");
         let loc = r
             .headers()
