@@ -1,16 +1,21 @@
 //! A short Redis lock: `SET key owner NX PX ttl`, released only by its owner (compare-and-delete), so a
 //! holder that outlived its TTL never frees someone else's lock. One key: Redis Cluster safe.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
 
 use crate::store::{Redis, StoreError};
 
-const RELEASE: &str = r#"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"#;
+"#,
+    )
+});
 
 pub struct Lock {
     key: String,
@@ -32,15 +37,8 @@ impl Lock {
         Ok(ok.map(|_| Lock { key, owner }))
     }
 
-    /// Whether anyone holds `key`.
-    pub async fn held(redis: &Redis, key: &str) -> Result<bool, StoreError> {
-        let n: i64 = redis.query(redis::cmd("EXISTS").arg(key)).await?;
-        Ok(n == 1)
-    }
-
     pub async fn release(self, redis: &Redis) {
-        let script = Script::new(RELEASE);
-        let mut inv = script.prepare_invoke();
+        let mut inv = RELEASE.prepare_invoke();
         inv.key(&self.key).arg(&self.owner);
         if let Err(e) = redis.script::<i64>(inv).await {
             // The TTL frees it soon enough.

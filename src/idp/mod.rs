@@ -1,4 +1,10 @@
 //! Identity providers: the validator each provider kind implements for the Check path.
+//!
+//! One concern per file: `http` (shared client, timeout, breaker, metrics) over `breaker`; `discovery`
+//! and `jwks` (what a provider publishes); `id_token` (verification); `provider` (what one configured
+//! provider's validators share); `oidc` (ping + oidc: introspection) and `entra` (Graph); `refresh`
+//! (refresh_token grant under a per-session Redis `lock`); `coalesce` (revalidation modes, single-flight).
+//! Every failure to get an answer is [`IdpError::Unavailable`]: the Check path turns it into a 503.
 
 use std::collections::HashMap;
 use std::sync::Arc;

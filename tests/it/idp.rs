@@ -416,3 +416,40 @@ async fn back_channel_logout_reaches_a_loopback_receiver() {
     assert_eq!(got.len(), 1, "one logout token POSTed to 127.0.0.1");
     assert!(String::from_utf8_lossy(&got[0].body).starts_with("logout_token="));
 }
+
+/// Not a test: prints Check latency against the real IdP. `cargo test --test it measure -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn measure_check_latency() {
+    async fn run(e: &Env, cookie: &str, n: usize) -> (Duration, Duration) {
+        let mut t = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = std::time::Instant::now();
+            let s = check(&e.app, cookie).await.status();
+            t.push(start.elapsed());
+            assert!(s == 200 || s == 503);
+        }
+        t.sort();
+        (t[n / 2], t[n * 99 / 100])
+    }
+    for (mode, extra) in [
+        ("every_request", ""),
+        ("max_staleness 30s", "[revalidation]\nmode = \"max_staleness\"\nmax_staleness = \"30s\""),
+    ] {
+        let e = setup("corp", "ping", "", extra).await;
+        let (cookie, _) = plant(&e.app, "corp", "alice", e.idp.login("alice").await).await;
+        run(&e, &cookie, 20).await;
+        e.idp.reset_stats().await;
+        let (p50, p99) = run(&e, &cookie, 300).await;
+        let calls = e.idp.count(INTROSPECTION).await;
+        println!("{mode}: p50 {p50:?} p99 {p99:?}, {calls} introspections for 300 sequential checks");
+        e.app.shutdown().await;
+    }
+    let mut e = setup("corp", "ping", "circuit_failure_threshold = 3\ncircuit_open_duration = \"60s\"", "").await;
+    let (cookie, _) = plant(&e.app, "corp", "alice", e.idp.login("alice").await).await;
+    e.idp.stop();
+    run(&e, &cookie, 5).await;
+    let (p50, p99) = run(&e, &cookie, 300).await;
+    println!("breaker open: p50 {p50:?} p99 {p99:?} (503)");
+    e.app.shutdown().await;
+}
