@@ -30,7 +30,10 @@ pub fn wrap(inner: Arc<dyn Validator>, cfg: &RevalidationConfig) -> Arc<dyn Vali
 }
 
 impl Coalescing {
-    /// One call per session id at a time; latecomers await the same result.
+    /// One call per session id at a time; latecomers await the same result. The call runs as its own
+    /// task: Envoy gives up on a Check after its timeout (200 ms by default) and tonic then drops the
+    /// handler, but a refresh the IdP has already rotated must still be written to the session, and its
+    /// lock released, or the session is lost.
     async fn single_flight(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
         let key = s.id.clone();
         let call = {
@@ -40,15 +43,18 @@ impl Coalescing {
                 None => {
                     let (inner, map_ref, k) = (self.inner.clone(), self.in_flight.clone(), key.clone());
                     let (s, t) = (s.clone(), tokens.clone());
-                    let fut = async move {
+                    let task = tokio::spawn(async move {
                         let r = inner.validate(&s, &t, now).await;
                         map_ref.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
                         r
+                    });
+                    let call = async move {
+                        task.await.unwrap_or_else(|e| Err(IdpError::Unavailable(format!("revalidation task: {e}"))))
                     }
                     .boxed()
                     .shared();
-                    map.insert(key, fut.clone());
-                    fut
+                    map.insert(key, call.clone());
+                    call
                 }
             }
         };
