@@ -357,7 +357,7 @@ impl M2mSource for IdpM2m {
     }
 }
 
-/// Provider `name` of `kind` against the test IdP; `extra` adds keys to its table.
+/// Provider `name` of `kind` against the test IdP; `extra` adds keys to its table (timeout 2s unless it sets one).
 pub fn provider_toml(name: &str, kind: &str, idp: &IdpServer, extra: &str) -> String {
     format!(
         r#"
@@ -366,10 +366,11 @@ kind = "{kind}"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
-timeout = "2s"
+{timeout}
 {extra}
 "#,
-        issuer = idp.issuer()
+        issuer = idp.issuer(),
+        timeout = if extra.contains("timeout =") { "" } else { "timeout = \"2s\"" },
     )
 }
 
