@@ -93,9 +93,10 @@ impl Provider {
         }
     }
 
-    /// How long a refresh lock lives: longer than one IdP call can take.
+    /// How long a refresh lock lives: longer than the holder's IdP calls can take (discovery, keys and the
+    /// token endpoint, each bounded by the timeout), so it never lapses while a refresh is in flight.
     pub fn lock_ttl(&self) -> Duration {
-        self.cfg.timeout * 2 + Duration::from_secs(1)
+        self.cfg.timeout * 3 + Duration::from_secs(1)
     }
 }
 

@@ -353,6 +353,32 @@ async fn entra_revalidates_with_graph() {
 }
 
 #[tokio::test]
+async fn entra_refreshes_an_expired_id_token_and_still_asks_graph() {
+    let graph = MockServer::start().await;
+    // Entra refreshes name the scopes again; they must be within the grant (the test IdP drops
+    // offline_access without a consent prompt).
+    let extra = format!(
+        "tenant = \"{TENANT}\"\ngraph_url = \"{}/v1.0\"\nscopes = [\"openid\", \"email\", \"profile\"]",
+        graph.uri()
+    );
+    let e = setup("entra", "entra", &extra, "").await;
+    graph_user(&graph, "oid-carol", json!({"accountEnabled": true}), 200).await;
+    e.idp.set_ttl(json!({"IdToken": 1})).await;
+    let tokens = e.idp.login("carol").await;
+    e.idp.set_ttl(json!({"IdToken": 3600})).await;
+    let exp = exp_of(&tokens.id_token);
+    let (cookie, s) = plant(&e.app, "entra", "oid-carol", tokens).await;
+    let before = session_field(&e.redis, &s, "idToken");
+    until_expired(exp).await;
+    let r = check(&e.app, &cookie).await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(e.idp.count(REFRESH).await, 1);
+    assert_ne!(session_field(&e.redis, &s, "idToken"), before);
+    assert_eq!(graph.received_requests().await.unwrap_or_default().len(), 1);
+    e.app.shutdown().await;
+}
+
+#[tokio::test]
 async fn entra_rejects_another_tenant() {
     let graph = MockServer::start().await;
     let extra = format!("tenant = \"another-tenant\"\ngraph_url = \"{}/v1.0\"", graph.uri());
