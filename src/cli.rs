@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+/// Stand-in until the Redis-shared M2M token manager is wired here: Bearer introspection and Graph calls
+/// answer 503 (fail closed); `oidc` providers with client-authenticated introspection work.
 #[derive(Parser, Debug)]
 #[command(name = "portcullis", version = crate::telemetry::version_string(), about = "Envoy ext_authz sidecar: session cookie to IdP-revalidated identity")]
 pub struct Cli {
@@ -91,10 +93,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(async {
-                let providers = crate::idp::from_config(&cfg).await;
-                crate::server::serve(cfg, providers).await
-            }) {
+            match rt.block_on(async { crate::server::serve(cfg).await }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "portcullis failed");

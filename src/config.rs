@@ -247,8 +247,15 @@ pub struct ProviderConfig {
     pub tenant: Option<String>,
     #[serde(default)]
     pub graph_url: Option<String>,
+    /// Every call to this IdP (discovery, JWKS, introspection, refresh, Graph) gets this long.
     #[serde(default = "d_idp_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Consecutive failed IdP calls that open the provider's circuit breaker.
+    #[serde(default = "d_circuit_failures")]
+    pub circuit_failure_threshold: u32,
+    /// How long an open breaker answers 503 at once before it lets one probe through.
+    #[serde(default = "d_circuit_open", with = "humantime_serde")]
+    pub circuit_open_duration: Duration,
     #[serde(default = "d_email_claim")]
     pub email_claim: String,
     #[serde(default = "d_name_claim")]
@@ -431,6 +438,12 @@ fn d_scopes() -> Vec<String> {
 fn d_idp_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn d_circuit_failures() -> u32 {
+    5
+}
+fn d_circuit_open() -> Duration {
+    Duration::from_secs(30)
+}
 fn d_email_claim() -> String {
     "email".into()
 }
@@ -585,6 +598,12 @@ impl Config {
             }
             if p.timeout.is_zero() {
                 errors.push(format!("{}: must be greater than zero", key("timeout")));
+            }
+            if p.circuit_failure_threshold == 0 {
+                errors.push(format!("{}: must be at least 1", key("circuit_failure_threshold")));
+            }
+            if p.circuit_open_duration.is_zero() {
+                errors.push(format!("{}: must be greater than zero", key("circuit_open_duration")));
             }
         }
     }

@@ -18,6 +18,7 @@ use crate::crypto::KeyRing;
 use crate::http::{self, HttpState};
 use crate::idp::{Providers, Validators};
 use crate::login::{self, LoginState};
+use crate::m2m::{M2mError, M2mSource};
 use crate::session::SessionStore;
 use crate::store::Redis;
 
@@ -55,12 +56,21 @@ impl Server {
         Self::start_with(cfg, Providers { validators, ..Default::default() }).await
     }
 
-    /// Binds both listeners (port 0 picks a free one) and starts serving.
+    /// Starts with the given providers (tests inject their own).
     pub async fn start_with(cfg: &Config, providers: Providers) -> Result<Self, StartError> {
-        crate::telemetry::metrics();
-        let redis = Redis::connect(&cfg.redis)?;
-        let keys = Arc::new(KeyRing::parse(&cfg.session.encryption_keys)?);
-        let store = SessionStore::new(redis.clone(), keys, &cfg.session);
+        let (redis, store) = core(cfg)?;
+        Self::launch(cfg, redis, store, providers).await
+    }
+
+    /// Starts as `portcullis serve` does: providers built from config, M2M tokens from `m2m`.
+    pub async fn start_configured(cfg: &Config, m2m: Arc<dyn M2mSource>) -> Result<Self, StartError> {
+        let (redis, store) = core(cfg)?;
+        let providers = crate::idp::from_config(cfg, m2m, store.clone()).await;
+        Self::launch(cfg, redis, store, providers).await
+    }
+
+    /// Binds both listeners (port 0 picks a free one) and starts serving.
+    async fn launch(cfg: &Config, redis: Redis, store: SessionStore, providers: Providers) -> Result<Self, StartError> {
         let authorizer = Authorizer::new(store.clone(), providers.validators, cfg.session.clone(), cfg.headers.clone());
         let login = Arc::new(LoginState {
             redis: redis.clone(),
@@ -129,6 +139,15 @@ impl Server {
     }
 }
 
+/// The Redis connection and the session store every part shares.
+fn core(cfg: &Config) -> Result<(Redis, SessionStore), StartError> {
+    crate::telemetry::metrics();
+    let redis = Redis::connect(&cfg.redis)?;
+    let keys = Arc::new(KeyRing::parse(&cfg.session.encryption_keys)?);
+    let store = SessionStore::new(redis.clone(), keys, &cfg.session);
+    Ok((redis, store))
+}
+
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr: addr.to_string(), source })
 }
@@ -156,8 +175,8 @@ async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReport
 }
 
 /// `portcullis serve`: runs until SIGTERM or SIGINT, then drains.
-pub async fn serve(cfg: Config, providers: Providers) -> Result<(), StartError> {
-    let server = Server::start_with(&cfg, providers).await?;
+pub async fn serve(cfg: Config) -> Result<(), StartError> {
+    let server = Server::start_configured(&cfg, Arc::new(NoM2m)).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown(cfg.server.shutdown_grace).await;
@@ -183,5 +202,15 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Stand-in until the shared M2M manager is wired: every M2M-authenticated call answers 503.
+struct NoM2m;
+
+#[async_trait::async_trait]
+impl M2mSource for NoM2m {
+    async fn token(&self, _provider: &str) -> Result<String, M2mError> {
+        Err(M2mError::Unavailable("no M2M token manager is configured in this build".into()))
     }
 }

@@ -46,6 +46,16 @@ fn describe() {
     describe_histogram!("portcullis_check_duration_seconds", Unit::Seconds, "Time to answer one Check");
     describe_counter!("portcullis_redis_errors_total", "Redis calls that failed or timed out");
     describe_counter!("portcullis_sessions_revoked_total", "Sessions deleted, by reason");
+    describe_counter!(
+        "portcullis_idp_requests_total",
+        "Calls to identity providers by provider, kind (discovery, jwks, introspection, refresh, graph) and outcome (ok, refused, error, timeout, invalid_reply, circuit_open)"
+    );
+    describe_histogram!(
+        "portcullis_idp_request_duration_seconds",
+        Unit::Seconds,
+        "Time of one IdP call, by provider and kind"
+    );
+    describe_gauge!("portcullis_circuit_state", "IdP circuit breaker per provider: 0 closed, 1 open, 2 half-open");
     describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
     metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);
 }

@@ -73,3 +73,15 @@ fn entra_defaults_follow_the_tenant() {
     assert_eq!(p.graph_url(), "https://graph.microsoft.com/v1.0");
     assert_eq!(p.m2m_scope().as_deref(), Some("https://graph.microsoft.com/.default"));
 }
+
+#[test]
+fn circuit_breaker_keys_default_and_are_checked() {
+    let c = Config::from_toml(&minimal()).unwrap();
+    let p = &c.providers["corp"];
+    assert_eq!(p.circuit_failure_threshold, 5);
+    assert_eq!(p.circuit_open_duration, Duration::from_secs(30));
+    let bad = format!("{}circuit_failure_threshold = 0\ncircuit_open_duration = \"0s\"\n", minimal());
+    let msg = Config::from_toml(&bad).unwrap_err().to_string();
+    assert!(msg.contains("providers.corp.circuit_failure_threshold"), "{msg}");
+    assert!(msg.contains("providers.corp.circuit_open_duration"), "{msg}");
+}

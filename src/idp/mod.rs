@@ -1,11 +1,32 @@
 //! Identity providers: the validator each provider kind implements for the Check path.
+//!
+//! One concern per file: `http` (shared client, timeout, breaker, metrics) over `breaker`; `discovery`
+//! and `jwks` (what a provider publishes); `id_token` (verification); `provider` (what one configured
+//! provider's validators share); `oidc` (ping + oidc: introspection) and `entra` (Graph); `refresh`
+//! (refresh_token grant under a per-session Redis `lock`); `coalesce` (revalidation modes, single-flight).
+//! Every failure to get an answer is [`IdpError::Unavailable`]: the Check path turns it into a 503.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::session::{Session, Tokens};
+use crate::config::{Config, ProviderKind};
+use crate::login::LoginProvider;
+use crate::m2m::M2mSource;
+use crate::session::{Session, SessionStore, Tokens};
 
+pub mod breaker;
 pub mod claims;
+pub mod coalesce;
+pub mod discovery;
+pub mod entra;
+pub mod http;
+pub mod id_token;
+pub mod jwks;
+pub mod lock;
+pub mod login;
+pub mod oidc;
+pub mod provider;
+pub mod refresh;
 
 /// Who the upstream is told the user is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,15 +73,42 @@ pub type Validators = HashMap<String, Arc<dyn Validator>>;
 #[derive(Default)]
 pub struct Providers {
     pub validators: Validators,
-    pub login: std::collections::BTreeMap<String, Arc<crate::login::LoginProvider>>,
+    pub login: std::collections::BTreeMap<String, Arc<LoginProvider>>,
 }
 
-/// Builds a validator for every configured provider. A provider whose validator cannot be built is left
-/// out, and its sessions are denied (fail closed).
-pub async fn from_config(cfg: &crate::config::Config) -> Providers {
-    let v = Providers::default();
+/// Builds a validator for every configured provider: `ping`/`oidc` revalidate by introspection, `entra`
+/// through Microsoft Graph, each wrapped in the configured revalidation mode with single-flight. M2M tokens
+/// come from `m2m`; refreshed tokens go to `store`. Discovery and keys are fetched now, concurrently; a
+/// provider whose IdP is down at start-up still gets its validator (it fetches on first use and answers
+/// 503 until then). Only a provider that cannot be built at all is left out, and its sessions are denied.
+pub async fn from_config(cfg: &Config, m2m: Arc<dyn M2mSource>, store: SessionStore) -> Providers {
+    let mut out = Providers::default();
+    let client = match http::client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the IdP HTTP client: every provider's sessions are denied");
+            return out;
+        }
+    };
+    let mut providers = Vec::new();
     for (name, p) in &cfg.providers {
-        tracing::warn!(provider = %name, kind = ?p.kind, "no validator for this provider kind yet: its sessions are denied");
+        let Some(issuer) = p.issuer() else {
+            tracing::error!(provider = %name, "provider has no issuer: its sessions are denied");
+            continue;
+        };
+        let built = provider::Provider::new(name, p, issuer, client.clone(), m2m.clone(), store.clone());
+        providers.push(Arc::new(built));
     }
-    v
+    futures::future::join_all(providers.iter().map(|p| p.warm_up())).await;
+    for p in providers {
+        let inner: Arc<dyn Validator> = match p.cfg.kind {
+            ProviderKind::Ping | ProviderKind::Oidc => Arc::new(oidc::OidcValidator::new(p.clone())),
+            ProviderKind::Entra => Arc::new(entra::EntraValidator::new(p.clone())),
+        };
+        out.validators.insert(p.name.clone(), coalesce::wrap(inner, &cfg.revalidation));
+        let redirect_uri = format!("{}/oauth2/callback", cfg.server.public_url.trim_end_matches('/'));
+        let login = LoginProvider::new(&p.name, &p.cfg, &p.issuer, &redirect_uri, p.clone());
+        out.login.insert(p.name.clone(), Arc::new(login));
+    }
+    out
 }

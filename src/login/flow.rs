@@ -56,7 +56,13 @@ pub async fn login(State(s): State<Arc<LoginState>>, Query(q): Query<LoginQuery>
         return error_page(StatusCode::BAD_REQUEST, "Refused redirect", "The return address is not allowed.");
     };
     let nonce = cookie::new_value();
-    let (url, state, verifier) = provider.authorize(&nonce);
+    let (url, state, verifier) = match provider.authorize(&nonce).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(provider = %provider.id, error = %e, "cannot start a login");
+            return unavailable();
+        }
+    };
     let pending = Pending { verifier: verifier.secret().clone(), nonce, provider: provider.id.clone(), rd };
     let Ok(json) = serde_json::to_string(&pending) else { return unavailable() };
     let set = redis::cmd("SET").arg(format!("pkce:{}", state.secret())).arg(json).arg("EX").arg(LOGIN_TTL_SECS).clone();
@@ -142,7 +148,7 @@ pub async fn callback(
             return fail(&provider.id, "exchange_failed", "Sign-in failed", &e.to_string());
         }
     };
-    let claims = match provider.verifier.verify_id_token(&tokens.id_token, Some(&pending.nonce)).await {
+    let claims = match provider.backend.verify_id_token(&tokens.id_token, &pending.nonce).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(provider = %provider.id, error = %e, "id token rejected at login");
@@ -150,7 +156,7 @@ pub async fn callback(
             return fail(&provider.id, "invalid_id_token", "Sign-in failed", "The identity token was not valid.");
         }
     };
-    let Some(user_id) = provider.verifier.user_id(&claims) else {
+    let Some(user_id) = provider.backend.user_id(&claims) else {
         return fail(&provider.id, "invalid_id_token", "Sign-in failed", "The identity token names no user.");
     };
     let new = NewSession {

@@ -37,7 +37,7 @@ pub async fn logout(State(s): State<Arc<LoginState>>, headers: HeaderMap) -> Res
                     return cleared(&s, unavailable());
                 }
                 revoked("logout", 1);
-                if let Some(url) = end_session_url(&s, &session) {
+                if let Some(url) = end_session_url(&s, &session).await {
                     target = url;
                 }
             }
@@ -62,12 +62,12 @@ fn cleared(s: &LoginState, mut resp: Response) -> Response {
     resp
 }
 
-fn end_session_url(s: &LoginState, session: &Session) -> Option<String> {
+async fn end_session_url(s: &LoginState, session: &Session) -> Option<String> {
     if !s.login.rp_initiated_logout {
         return None;
     }
     let provider = s.providers.get(&session.provider)?;
-    let mut url = url::Url::parse(provider.end_session_endpoint.as_deref()?).ok()?;
+    let mut url = url::Url::parse(&provider.end_session_endpoint().await?).ok()?;
     {
         let mut q = url.query_pairs_mut();
         if let Ok(tokens) = s.store.decrypt(session) {
@@ -99,11 +99,11 @@ pub async fn backchannel(State(s): State<Arc<LoginState>>, Form(f): Form<Backcha
     let Some(provider) = iss.and_then(|iss| s.providers.values().find(|p| p.issuer == iss)) else {
         return bad("unknown issuer");
     };
-    let claims = match provider.verifier.verify_logout_token(&f.logout_token).await {
+    let claims = match provider.backend.verify_logout_token(&f.logout_token).await {
         Ok(c) => c,
         Err(e) => return bad(&e.to_string()),
     };
-    let set = match (claims.get("sid").and_then(|v| v.as_str()), provider.verifier.user_id(&claims)) {
+    let set = match (claims.get("sid").and_then(|v| v.as_str()), provider.backend.user_id(&claims)) {
         (Some(sid), _) => idp_key(&provider.id, sid),
         (None, Some(user)) => user_key(&user),
         (None, None) => return bad("neither sid nor sub"),

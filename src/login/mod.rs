@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use provider::{IdTokenVerify, LoginEndpoints, LoginProvider};
+pub use provider::{LoginBackend, LoginEndpoints, LoginProvider};
 
 use crate::config::{LoginConfig, SessionConfig};
 use crate::session::SessionStore;

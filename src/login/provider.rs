@@ -18,17 +18,17 @@ use crate::config::ClientAuth;
 use crate::idp::IdpError;
 use crate::session::Tokens;
 
-/// Verifies the JWTs an IdP hands the login routes.
+/// What the login routes need from a provider's IdP side: endpoints (discovered lazily, so a provider that
+/// was down at start-up recovers) and verification of the JWTs it hands out.
 #[async_trait::async_trait]
-pub trait IdTokenVerify: Send + Sync {
-    /// Signature, `iss`, `aud`, `exp`, and `nonce` when given.
-    async fn verify_id_token(&self, token: &str, nonce: Option<&str>) -> Result<Map<String, Value>, IdpError>;
+pub trait LoginBackend: Send + Sync {
+    async fn endpoints(&self) -> Result<LoginEndpoints, IdpError>;
+    /// Signature, `iss`, `aud`, `exp`, and the login's `nonce`.
+    async fn verify_id_token(&self, token: &str, nonce: &str) -> Result<Map<String, Value>, IdpError>;
     /// A back-channel logout token: signature, `iss`, `aud`, `iat`, the logout `events` claim, no `nonce`.
     async fn verify_logout_token(&self, token: &str) -> Result<Map<String, Value>, IdpError>;
     /// The user id a session is filed under (`sub`; Entra uses `oid`).
-    fn user_id(&self, claims: &Map<String, Value>) -> Option<String> {
-        claims.get("sub").and_then(Value::as_str).map(String::from)
-    }
+    fn user_id(&self, claims: &Map<String, Value>) -> Option<String>;
 }
 
 /// The OIDC part of a token response.
@@ -58,11 +58,12 @@ type CodeClient = oauth2::Client<
 pub struct LoginProvider {
     pub id: String,
     pub issuer: String,
-    pub scopes: Vec<String>,
-    pub end_session_endpoint: Option<String>,
     pub client_id: String,
-    pub verifier: Arc<dyn IdTokenVerify>,
-    client: CodeClient,
+    client_secret: String,
+    client_auth: ClientAuth,
+    scopes: Vec<String>,
+    redirect_uri: String,
+    pub backend: Arc<dyn LoginBackend>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,8 @@ pub enum ExchangeError {
     NoIdToken,
 }
 
-/// A login's settings, resolved from config and discovery.
+/// The endpoints a login uses.
+#[derive(Debug, Clone)]
 pub struct LoginEndpoints {
     pub authorization_endpoint: String,
     pub token_endpoint: String,
@@ -85,56 +87,57 @@ pub struct LoginEndpoints {
 }
 
 impl LoginProvider {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: &str,
+        cfg: &crate::config::ProviderConfig,
         issuer: &str,
-        endpoints: LoginEndpoints,
-        client_id: &str,
-        client_secret: &str,
-        client_auth: ClientAuth,
-        scopes: Vec<String>,
         redirect_uri: &str,
-        verifier: Arc<dyn IdTokenVerify>,
-    ) -> Result<Self, url::ParseError> {
-        let client = oauth2::Client::new(ClientId::new(client_id.to_string()))
-            .set_client_secret(ClientSecret::new(client_secret.to_string()))
-            .set_auth_uri(AuthUrl::new(endpoints.authorization_endpoint)?)
-            .set_token_uri(TokenUrl::new(endpoints.token_endpoint)?)
-            .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string())?)
-            .set_auth_type(match client_auth {
-                ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
-                ClientAuth::ClientSecretPost => AuthType::RequestBody,
-            });
-        Ok(Self {
+        backend: Arc<dyn LoginBackend>,
+    ) -> Self {
+        Self {
             id: id.to_string(),
             issuer: issuer.to_string(),
-            scopes,
-            end_session_endpoint: endpoints.end_session_endpoint,
-            client_id: client_id.to_string(),
-            verifier,
-            client,
-        })
+            client_id: cfg.client_id.clone(),
+            client_secret: cfg.client_secret.clone().unwrap_or_default(),
+            client_auth: cfg.client_auth,
+            scopes: cfg.scopes.clone(),
+            redirect_uri: redirect_uri.to_string(),
+            backend,
+        }
     }
 
-    /// The authorize URL for a new login, with the verifier to keep for the callback.
-    pub fn authorize(&self, nonce: &str) -> (String, CsrfToken, PkceCodeVerifier) {
+    fn client(&self, e: &LoginEndpoints) -> Result<CodeClient, IdpError> {
+        let bad = |what: &str, err: url::ParseError| IdpError::Unavailable(format!("{what}: {err}"));
+        Ok(oauth2::Client::new(ClientId::new(self.client_id.clone()))
+            .set_client_secret(ClientSecret::new(self.client_secret.clone()))
+            .set_auth_uri(AuthUrl::new(e.authorization_endpoint.clone()).map_err(|x| bad("authorization_endpoint", x))?)
+            .set_token_uri(TokenUrl::new(e.token_endpoint.clone()).map_err(|x| bad("token_endpoint", x))?)
+            .set_redirect_uri(RedirectUrl::new(self.redirect_uri.clone()).map_err(|x| bad("redirect_uri", x))?)
+            .set_auth_type(match self.client_auth {
+                ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
+                ClientAuth::ClientSecretPost => AuthType::RequestBody,
+            }))
+    }
+
+    /// The authorize URL for a new login, with the state and the verifier to keep for the callback.
+    pub async fn authorize(&self, nonce: &str) -> Result<(String, CsrfToken, PkceCodeVerifier), IdpError> {
+        let client = self.client(&self.backend.endpoints().await?)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let (url, state) = self
-            .client
+        let (url, state) = client
             .authorize_url(CsrfToken::new_random)
             .add_scopes(self.scopes.iter().cloned().map(Scope::new))
             .add_extra_param("nonce", nonce)
             .set_pkce_challenge(challenge)
             .url();
-        (url.to_string(), state, verifier)
+        Ok((url.to_string(), state, verifier))
     }
 
     /// Exchanges the code with its PKCE verifier.
     pub async fn exchange(&self, http: &reqwest::Client, code: &str, verifier: &str) -> Result<Tokens, ExchangeError> {
         use oauth2::RequestTokenError as E;
-        let resp = self
-            .client
+        let endpoints = self.backend.endpoints().await.map_err(|e| ExchangeError::Unavailable(e.to_string()))?;
+        let client = self.client(&endpoints).map_err(|e| ExchangeError::Unavailable(e.to_string()))?;
+        let resp = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
             .request_async(http)
@@ -150,5 +153,10 @@ impl LoginProvider {
             access_token: resp.access_token().secret().clone(),
             refresh_token: resp.refresh_token().map(|r| r.secret().clone()),
         })
+    }
+
+    /// Where RP-initiated logout sends the browser, when the IdP has such an endpoint.
+    pub async fn end_session_endpoint(&self) -> Option<String> {
+        self.backend.endpoints().await.ok()?.end_session_endpoint
     }
 }

@@ -94,6 +94,11 @@ impl SessionStore {
         }
     }
 
+    /// The Redis handle behind the store (refresh locks sit next to the sessions they guard).
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
     pub fn idle_timeout(&self) -> i64 {
         self.idle
     }

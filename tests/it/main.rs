@@ -6,4 +6,5 @@ mod harness;
 mod check;
 mod cli;
 mod envoy;
+mod idp;
 mod sessions;

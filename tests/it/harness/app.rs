@@ -96,6 +96,16 @@ pub struct TestApp {
 impl TestApp {
     pub async fn start(cfg: Config, validators: Validators) -> Self {
         let server = Server::start(&cfg, validators).await.expect("start portcullis");
+        Self::around(server, cfg).await
+    }
+
+    /// As `portcullis serve` starts: providers (validators and login routes) built from `cfg`.
+    pub async fn configured(cfg: Config, m2m: Arc<dyn portcullis::m2m::M2mSource>) -> Self {
+        let server = Server::start_configured(&cfg, m2m).await.expect("start portcullis");
+        Self::around(server, cfg).await
+    }
+
+    async fn around(server: Server, cfg: Config) -> Self {
         let client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr)).await.expect("grpc connect");
         Self { server, cfg, client }
     }

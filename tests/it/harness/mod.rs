@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod envoy;
+pub mod idp;
 pub mod redis;
 pub mod upstream;
 

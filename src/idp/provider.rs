@@ -1,0 +1,115 @@
+//! What every validator of one configured provider shares: its HTTP way out (timeout + breaker),
+//! discovery, keys, M2M tokens, claim names and the session store (for refreshes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::breaker::Breaker;
+use super::claims::ClaimNames;
+use super::discovery::Discovery;
+use super::http::IdpHttp;
+use super::id_token::{self, Expect, IdToken};
+use super::jwks::Jwks;
+use super::IdpError;
+use crate::config::{ClientAuth, ProviderConfig};
+use crate::m2m::M2mSource;
+use crate::session::SessionStore;
+
+pub struct Provider {
+    pub name: String,
+    pub cfg: ProviderConfig,
+    pub issuer: String,
+    pub http: IdpHttp,
+    pub discovery: Discovery,
+    pub jwks: Jwks,
+    pub m2m: Arc<dyn M2mSource>,
+    pub store: SessionStore,
+    pub claims: ClaimNames,
+}
+
+impl Provider {
+    pub fn new(
+        name: &str,
+        cfg: &ProviderConfig,
+        issuer: String,
+        client: reqwest::Client,
+        m2m: Arc<dyn M2mSource>,
+        store: SessionStore,
+    ) -> Self {
+        let breaker = Breaker::new(name, cfg.circuit_failure_threshold, cfg.circuit_open_duration);
+        Self {
+            name: name.to_string(),
+            http: IdpHttp::new(client, name, cfg.timeout, breaker),
+            discovery: Discovery::new(&issuer, cfg),
+            issuer,
+            jwks: Jwks::default(),
+            m2m,
+            store,
+            claims: ClaimNames {
+                email: cfg.email_claim.clone(),
+                name: cfg.name_claim.clone(),
+                groups: cfg.groups_claim.clone(),
+            },
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Start-up warm-up: discovery and keys. Failure is logged, not fatal: both are fetched on first use.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.jwks.fetch(&self.http, &self.discovery).await {
+            tracing::warn!(provider = %self.name, error = %e, "could not load discovery/JWKS at start; will retry on use");
+        }
+    }
+
+    pub async fn verify_id_token(&self, token: &str) -> Result<IdToken, IdpError> {
+        let expect = Expect { issuer: &self.issuer, audience: &self.cfg.client_id };
+        id_token::verify(token, &expect, &self.jwks, &self.http, &self.discovery).await
+    }
+
+    /// The M2M token; without one the IdP cannot be asked, which is ours to fix: 503.
+    pub async fn m2m_token(&self) -> Result<String, IdpError> {
+        self.m2m.token(&self.name).await.map_err(|e| IdpError::Unavailable(e.to_string()))
+    }
+
+    /// Adds client authentication (RFC 6749 §2.3.1) to a token-endpoint style request.
+    pub fn client_auth(
+        &self,
+        req: reqwest::RequestBuilder,
+        how: ClientAuth,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> reqwest::RequestBuilder {
+        let secret = self.cfg.client_secret.clone().unwrap_or_default();
+        match how {
+            ClientAuth::ClientSecretBasic => {
+                req.basic_auth(form_encode(&self.cfg.client_id), Some(form_encode(&secret)))
+            }
+            ClientAuth::ClientSecretPost => {
+                form.push(("client_id", self.cfg.client_id.clone()));
+                form.push(("client_secret", secret));
+                req
+            }
+        }
+    }
+
+    /// How long a refresh lock lives: longer than the holder's IdP calls can take (discovery, keys and the
+    /// token endpoint, each bounded by the timeout), so it never lapses while a refresh is in flight.
+    pub fn lock_ttl(&self) -> Duration {
+        self.cfg.timeout * 3 + Duration::from_secs(1)
+    }
+}
+
+/// `application/x-www-form-urlencoded` of one value, as client_secret_basic requires.
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// `a` with the keys of `b` it lacks.
+pub fn merged(a: &Map<String, Value>, b: &Map<String, Value>) -> Map<String, Value> {
+    let mut m = a.clone();
+    for (k, v) in b {
+        m.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    m
+}
