@@ -7,4 +7,5 @@ mod check;
 mod cli;
 mod envoy;
 mod idp;
+mod login;
 mod sessions;

@@ -1,0 +1,276 @@
+//! Login, callback, logout and back-channel logout against the real OpenID provider, driven by an HTTP
+//! client with a cookie jar as a browser would.
+
+use std::time::Duration;
+
+use portcullis::session::store::session_key;
+use reqwest::header::{LOCATION, SET_COOKIE};
+
+use crate::harness::app::{config, request, TestApp};
+use crate::harness::idp::{provider_toml, IdpM2m, IdpOptions, IdpServer};
+use crate::harness::redis::RedisServer;
+use crate::harness::{eventually, free_port};
+
+struct Env {
+    redis: RedisServer,
+    idp: IdpServer,
+    app: TestApp,
+    /// Where the browser reaches portcullis's HTTP listener (the public URL in these tests).
+    base: String,
+    browser: reqwest::Client,
+}
+
+/// Redis, the IdP (with our callback registered, and back-channel logout when asked), portcullis with its
+/// login routes on a known port. `extra` is TOML after `[session]`; `tweak` edits the parsed config.
+async fn setup(extra: &str, backchannel: bool, tweak: impl FnOnce(&mut portcullis::config::Config)) -> Env {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let idp = IdpServer::start_with(IdpOptions {
+        backchannel_logout_uri: backchannel.then(|| format!("{base}/oauth2/backchannel-logout")),
+        redirect_uris: vec![format!("{base}/oauth2/callback")],
+    })
+    .await;
+    let toml =
+        format!("{extra}\n{}", provider_toml("corp", "oidc", &idp, "introspection_auth = \"client_secret_basic\""));
+    let mut cfg = config(&redis.url(), &toml);
+    cfg.server.http_addr = format!("127.0.0.1:{port}");
+    cfg.server.public_url = base.clone();
+    cfg.redis.timeout = Duration::from_secs(5);
+    tweak(&mut cfg);
+    let app = TestApp::configured(cfg, IdpM2m::new(&idp)).await;
+    let browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap();
+    Env { redis, idp, app, base, browser }
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+impl Env {
+    /// /oauth2/login → the IdP's form → back to our callback; returns the callback URL (not yet visited).
+    async fn to_callback(&self, user: &str, rd: &str) -> String {
+        self.to_callback_in(&self.browser, user, rd).await
+    }
+
+    /// As [`to_callback`](Self::to_callback) in another browser (its own IdP session).
+    async fn to_callback_in(&self, browser: &reqwest::Client, user: &str, rd: &str) -> String {
+        let r = browser.get(format!("{}/oauth2/login", self.base)).query(&[("rd", rd)]).send().await.unwrap();
+        assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+        let mut next = location(&r);
+        assert!(next.starts_with(&self.idp.issuer()), "login must send the browser to the IdP: {next}");
+        let q: Vec<(String, String)> = url::Url::parse(&next).unwrap().query_pairs().into_owned().collect();
+        let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
+        assert!(param("nonce").is_some() && param("state").is_some());
+        assert!(self.redis.exists(&format!("pkce:{}", param("state").unwrap())), "login state stored");
+
+        for _ in 0..8 {
+            if next.starts_with(&format!("{}/oauth2/callback", self.base)) {
+                return next;
+            }
+            let r = if next.contains("/interaction/") && !next.ends_with("/login") {
+                let form = browser.get(&next).send().await.unwrap();
+                assert!(form.status().is_success() || form.status().is_redirection());
+                if form.status().is_redirection() {
+                    next = absolute(&self.idp.issuer(), &location(&form));
+                    continue;
+                }
+                browser.post(&next).form(&[("prompt", "login"), ("login", user), ("password", "x")]).send().await
+            } else {
+                browser.get(&next).send().await
+            }
+            .unwrap();
+            next = absolute(&self.idp.issuer(), &location(&r));
+        }
+        panic!("never came back to the callback: {next}");
+    }
+
+    /// A full login; returns the session cookie value and the Set-Cookie line.
+    async fn login(&self, user: &str) -> (String, String) {
+        self.login_in(&self.browser, user).await
+    }
+
+    async fn login_in(&self, browser: &reqwest::Client, user: &str) -> (String, String) {
+        let cb = self.to_callback_in(browser, user, "/reports?x=1").await;
+        let r = browser.get(&cb).send().await.unwrap();
+        assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+        assert_eq!(location(&r), "/reports?x=1");
+        let set = r.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).expect("session cookie set").to_string();
+        let name = &self.app.cfg.session.cookie_name;
+        let value = set.strip_prefix(&format!("{name}=")).and_then(|v| v.split(';').next()).unwrap().to_string();
+        (value, set)
+    }
+
+    async fn check(&self, value: &str) -> u16 {
+        let c = format!("{}={value}", self.app.cfg.session.cookie_name);
+        self.app.check(request("GET", "/api", &[("cookie", &c), ("accept", "application/json")])).await.status()
+    }
+}
+
+fn absolute(base: &str, loc: &str) -> String {
+    url::Url::parse(base).and_then(|b| b.join(loc)).map(|u| u.to_string()).unwrap()
+}
+
+#[tokio::test]
+async fn full_login_then_check_allows_with_the_idp_subject() {
+    let env = setup("", false, |_| {}).await;
+    let (value, set_cookie) = env.login("alice").await;
+    for attr in ["HttpOnly", "Path=/", "SameSite=Lax", "Max-Age="] {
+        assert!(set_cookie.contains(attr), "{attr} missing in {set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "cookie_secure = false in this test");
+    let c = format!("GATEWAY_SESSION={value}");
+    let r = env.app.check(request("GET", "/api", &[("cookie", &c)])).await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.header("x-auth-user-id").as_deref(), Some("alice"));
+    assert_eq!(r.header("x-auth-provider").as_deref(), Some("corp"));
+    // Each login is a new session (no fixation).
+    let (again, _) = env.login("alice").await;
+    assert_ne!(again, value);
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn callback_replay_wrong_verifier_and_open_redirect_fail() {
+    let env = setup("", false, |_| {}).await;
+    // Replay: the state is consumed by the first use.
+    let cb = env.to_callback("alice", "/").await;
+    assert_eq!(env.browser.get(&cb).send().await.unwrap().status(), 302);
+    let replay = env.browser.get(&cb).send().await.unwrap();
+    assert_eq!(replay.status(), 400);
+    assert_eq!(replay.headers().get("cache-control").unwrap(), "no-store");
+    assert!(replay.headers().get(SET_COOKIE).is_none());
+
+    // A wrong verifier is refused by the IdP at the code exchange.
+    let cb = env.to_callback("alice", "/").await;
+    let state = url::Url::parse(&cb).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.to_string();
+    let key = format!("pkce:{state}");
+    let mut conn = env.redis.conn();
+    let stored: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    v["verifier"] = "A".repeat(64).into();
+    redis::cmd("SET").arg(&key).arg(v.to_string()).query::<()>(&mut conn).unwrap();
+    env.idp.reset_stats().await;
+    let r = env.browser.get(&cb).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    assert!(env.idp.count("/token:authorization_code").await >= 1, "{:?}", env.idp.stats().await);
+
+    // Open redirects are refused before the IdP is involved.
+    for rd in ["https://evil.example", "//evil.example/x", "https://evil.example@127.0.0.1/"] {
+        let r = env.browser.get(format!("{}/oauth2/login", env.base)).query(&[("rd", rd)]).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{rd}");
+        assert!(location(&r).is_empty());
+    }
+    // The IdP's own error is a clear page, not a session.
+    let r = env.browser.get(format!("{}/oauth2/callback?error=access_denied&state=x", env.base)).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("access_denied"));
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_get_429() {
+    let env = setup("[login]\nmax_failures = 3\nfailure_window = \"60s\"", false, |_| {}).await;
+    for _ in 0..3 {
+        let r = env.browser.get(format!("{}/oauth2/callback?code=x&state=forged", env.base)).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    let r = env.browser.get(format!("{}/oauth2/callback?code=x&state=forged", env.base)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_goes_to_the_idp() {
+    let env = setup("", false, |_| {}).await;
+    let (value, _) = env.login("alice").await;
+    assert_eq!(env.check(&value).await, 200);
+    let id = portcullis::session::cookie::session_id(&value);
+    assert!(env.redis.exists(&session_key(&id)));
+
+    let r = env
+        .browser
+        .get(format!("{}/oauth2/logout", env.base))
+        .header("cookie", format!("GATEWAY_SESSION={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let loc = location(&r);
+    assert!(loc.starts_with(&format!("{}/session/end", env.idp.issuer())), "{loc}");
+    assert!(loc.contains("id_token_hint="), "{loc}");
+    let cleared = r.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert_eq!(r.headers().get("x-frame-options").unwrap(), "DENY");
+    assert!(r.headers().get("content-security-policy").is_some());
+
+    assert!(!env.redis.exists(&session_key(&id)), "session key gone");
+    assert_eq!(env.check(&value).await, 401);
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn backchannel_logout_from_the_idp_ends_the_session() {
+    let env = setup("", true, |_| {}).await;
+    let (value, _) = env.login("alice").await;
+    // Bob signs in from another browser: another IdP session, another `sid`.
+    let other_browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap();
+    let (other, _) = env.login_in(&other_browser, "bob").await;
+    assert_eq!(env.check(&value).await, 200);
+
+    // The IdP session lives in the browser's jar; ending it there makes the IdP POST a logout token to us.
+    let id = portcullis::session::cookie::session_id(&value);
+    let stored = env.app.server.authorizer.store().peek(&id).await.unwrap().unwrap();
+    let tokens = env.app.server.authorizer.store().decrypt(&stored).unwrap();
+    env.idp.logout(&env.browser, &tokens.id_token).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || !env.redis.exists(&session_key(&id))).await,
+        "the back-channel logout deleted the session"
+    );
+    assert_eq!(env.check(&value).await, 401);
+
+    // A forged logout token is refused.
+    let forged = env
+        .idp
+        .mint(
+            serde_json::json!({"iss": env.idp.issuer(), "aud": "portcullis", "iat": portcullis::now(),
+                "sub": "bob", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+            "stranger",
+        )
+        .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth2/backchannel-logout", env.base))
+        .form(&[("logout_token", forged)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(env.check(&other).await, 200, "bob's session survives alice's logout and a forged token");
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cookie_carries_the_configured_attributes() {
+    let env = setup("", false, |c| {
+        c.session.cookie_name = "__Host-GATEWAY_SESSION".into();
+        c.session.cookie_secure = true;
+        c.session.same_site = "Strict".into();
+    })
+    .await;
+    let cb = env.to_callback("alice", "/").await;
+    let r = env.browser.get(&cb).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let set = r.headers().get(SET_COOKIE).unwrap().to_str().unwrap().to_string();
+    assert!(set.starts_with("__Host-GATEWAY_SESSION="), "{set}");
+    for attr in ["HttpOnly", "Secure", "Path=/", "SameSite=Strict"] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    assert!(!set.contains("Domain="), "{set}");
+    assert!(r.headers().get("strict-transport-security").is_some(), "HSTS when Secure");
+    env.app.shutdown().await;
+}
