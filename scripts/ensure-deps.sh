@@ -15,6 +15,9 @@ apt_install() {
 command -v redis-server >/dev/null || apt_install redis-server
 command -v cargo >/dev/null || { echo "missing: cargo (install Rust with rustup)" >&2; exit 1; }
 command -v curl >/dev/null || apt_install curl
+# The browser test drives Debian's Chromium through chromedriver.
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
+command -v node >/dev/null || apt_install nodejs npm
 
 # Optional parts land with their own scripts.
 for s in scripts/ensure-idp.sh scripts/ensure-envoy.sh; do

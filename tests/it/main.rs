@@ -5,6 +5,7 @@ mod harness;
 
 mod check;
 mod cli;
+mod e2e;
 mod envoy;
 mod idp;
 mod login;

@@ -80,7 +80,13 @@ impl Envoy {
         let bin = envoy_bin();
         let mut last_logs = String::new();
         for _ in 0..ATTEMPTS {
-            let (port, ops_port, admin_port) = (super::free_port(), super::free_port(), super::free_port());
+            // A caller that must know the public port in advance (an IdP redirect URI) passes it in.
+            let port = vars
+                .iter()
+                .find(|(k, _)| *k == "ENVOY_LISTEN_PORT")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or_else(super::free_port);
+            let (ops_port, admin_port) = (super::free_port(), super::free_port());
             let mut all: HashMap<&str, String> = vars.iter().map(|(k, v)| (*k, v.clone())).collect();
             all.insert("ENVOY_LISTEN_ADDR", "127.0.0.1".into());
             all.insert("ENVOY_LISTEN_PORT", port.to_string());
