@@ -46,6 +46,15 @@ fn describe() {
     describe_histogram!("portcullis_check_duration_seconds", Unit::Seconds, "Time to answer one Check");
     describe_counter!("portcullis_redis_errors_total", "Redis calls that failed or timed out");
     describe_counter!("portcullis_sessions_revoked_total", "Sessions deleted, by reason");
+    describe_counter!(
+        "portcullis_m2m_refresh_total",
+        "M2M token-endpoint calls and follower give-ups, by provider and outcome (success, error, timeout, follower_timeout)"
+    );
+    describe_gauge!(
+        "portcullis_m2m_token_expires_in_seconds",
+        Unit::Seconds,
+        "Seconds left on this replica's M2M token per provider (updated on fetch and each refresh round)"
+    );
     describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
     metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);
 }

@@ -73,3 +73,15 @@ fn entra_defaults_follow_the_tenant() {
     assert_eq!(p.graph_url(), "https://graph.microsoft.com/v1.0");
     assert_eq!(p.m2m_scope().as_deref(), Some("https://graph.microsoft.com/.default"));
 }
+
+#[test]
+fn zero_m2m_durations_are_named() {
+    let text = minimal().replace(
+        "[revalidation]",
+        "[m2m]\nrefresh_interval = \"0s\"\nlock_ttl = \"0s\"\nfollower_delay = \"0s\"\n\n[revalidation]",
+    );
+    let err = Config::from_toml(&text).unwrap_err().to_string();
+    for key in ["m2m.refresh_interval", "m2m.lock_ttl", "m2m.follower_delay"] {
+        assert!(err.contains(key), "{key} not named in: {err}");
+    }
+}
