@@ -34,6 +34,8 @@ pub enum AcquireError {
     Fetch(#[from] FetchError),
     #[error("no token from the leader within {0:?}")]
     FollowerTimeout(Duration),
+    #[error("m2m acquisition task failed: {0}")]
+    Task(String),
 }
 
 impl M2mManager {

@@ -1,9 +1,12 @@
 //! The manager each replica holds: an in-process copy of every provider's token so the Check hot path does
 //! not touch Redis while the token is fresh, and single-flight acquisition (moka's `try_get_with`) so
-//! concurrent callers in one process share one trip through the election. Also the admin operations
-//! (status, forced refresh, forget) and the metrics.
+//! concurrent callers in one process share one trip through the election. That trip runs in its own task:
+//! a caller dropped mid-call (Envoy's ext_authz timeout cancels the Check) must not abandon the IdP call and
+//! leave its lock to expire while every replica waits. Also the admin operations (status, forced refresh,
+//! forget) and the metrics.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
@@ -19,11 +22,13 @@ use crate::store::{Redis, StoreError};
 pub(super) const OUTCOME_SUCCESS: &str = "success";
 pub(super) const OUTCOME_FOLLOWER_TIMEOUT: &str = "follower_timeout";
 
-/// One replica's M2M token manager. Share it as `Arc<M2mManager>`.
+/// One replica's M2M token manager. Cheap to clone (all clones share the cache); share it as
+/// `Arc<M2mManager>` or `Arc<dyn M2mSource>`.
+#[derive(Clone)]
 pub struct M2mManager {
     pub(super) redis: Redis,
     pub(super) cfg: M2mConfig,
-    pub(super) clients: HashMap<String, TokenClient>,
+    pub(super) clients: Arc<HashMap<String, TokenClient>>,
     /// Provider → token, each entry evicted when it enters the safety margin.
     local: Cache<String, CachedToken>,
 }
@@ -63,11 +68,10 @@ impl Expiry<String, CachedToken> for UntilMargin {
 impl M2mManager {
     /// `clients`: one resolved token client per provider id (the ids used in `m2m_token:{PROVIDER}`).
     pub fn new(redis: Redis, cfg: &M2mConfig, clients: HashMap<String, TokenClient>) -> Self {
-        let local = Cache::builder()
-            .max_capacity(clients.len().max(1) as u64 * 2)
-            .expire_after(UntilMargin { margin: cfg.safety_margin })
-            .build();
-        Self { redis, cfg: cfg.clone(), clients, local }
+        // No size bound: keys are the configured providers only, and a bound would bring moka's admission
+        // policy, which may decline an insert.
+        let local = Cache::builder().expire_after(UntilMargin { margin: cfg.safety_margin }).build();
+        Self { redis, cfg: cfg.clone(), clients: Arc::new(clients), local }
     }
 
     /// The configured provider ids, sorted.
@@ -113,18 +117,11 @@ impl M2mManager {
         }
         // Twice at most: the local expiry and the unix clock may disagree by a fraction of a second.
         for _ in 0..2 {
-            let mut fresh_insert = false;
             let t = self
                 .local
-                .try_get_with_by_ref(provider, async {
-                    fresh_insert = true;
-                    self.acquire(provider, Want::Usable).await
-                })
+                .try_get_with_by_ref(provider, self.acquire_detached(provider, Want::Usable))
                 .await
                 .map_err(|e| M2mError::Unavailable(e.to_string()))?;
-            if fresh_insert {
-                self.gauge(provider, Some(&t));
-            }
             if t.is_fresh(crate::now(), self.margin_secs()) {
                 return Ok(t);
             }
@@ -141,9 +138,23 @@ impl M2mManager {
             Ok(None) => Want::Usable,
             Err(e) => return Err(M2mError::Unavailable(e.to_string())),
         };
-        let t = self.acquire(provider, want).await.map_err(|e| M2mError::Unavailable(e.to_string()))?;
+        let t = self.acquire_detached(provider, want).await.map_err(|e| M2mError::Unavailable(e.to_string()))?;
         self.keep(&t).await;
         Ok(t)
+    }
+
+    /// [`Self::acquire`] in a task of its own, which finishes (stores the token, releases the lock) even when
+    /// the caller is dropped.
+    async fn acquire_detached(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
+        let (me, p) = (self.clone(), provider.to_string());
+        let task = tokio::spawn(async move {
+            let r = me.acquire(&p, want).await;
+            if let Ok(t) = &r {
+                me.gauge(&p, Some(t));
+            }
+            r
+        });
+        task.await.unwrap_or_else(|e| Err(AcquireError::Task(e.to_string())))
     }
 
     /// Drops the token everywhere (Redis and this process): the next caller fetches a new one.

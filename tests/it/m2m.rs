@@ -510,3 +510,24 @@ client_secret = "gateway-secret"
     assert!(ok && out.contains("corp: cached, expires in"), "{out}");
     assert!(!out.contains("tok-"), "status never prints the token: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_mid_call_does_not_abandon_the_fetch_or_the_lock() {
+    let redis = RedisServer::start();
+    let slow = Answer::Token { expires_in: 3600, delay: Duration::from_millis(400) };
+    let (server, ep) = idp(vec![slow]).await;
+    let m = manager(&redis.url(), &server.uri(), &M2mConfig { lock_ttl: Duration::from_secs(10), ..cfg() });
+
+    // Envoy's ext_authz timeout drops the Check while the token call is in flight.
+    let dropped = tokio::time::timeout(Duration::from_millis(50), m.token(P)).await;
+    assert!(dropped.is_err(), "the call should still have been in flight");
+
+    // The fetch completes anyway: the token is shared and the lock released, not left to its 10 s TTL.
+    let stored = crate::harness::eventually(Duration::from_secs(10), async || redis.exists("m2m_token:corp")).await;
+    assert!(stored, "the abandoned fetch never stored its token");
+    assert!(crate::harness::eventually(Duration::from_secs(10), async || !redis.exists("lock:m2m_token:corp")).await);
+    let other = manager(&redis.url(), &server.uri(), &cfg());
+    assert_eq!(other.token(P).await.unwrap(), "tok-1");
+    assert_eq!(m.token(P).await.unwrap(), "tok-1");
+    assert_eq!(ep.calls(), 1);
+}
