@@ -29,10 +29,14 @@ pub fn describe(s: &ProviderStatus) -> String {
         Some(left) if left > 0 => format!("cached, expires in {left} s"),
         Some(left) => format!("cached but expired {} s ago", -left),
     };
-    match s.local_expires_in {
-        Some(local) => format!("{}: {state} (this process: expires in {local} s)", s.provider),
-        None => format!("{}: {state}", s.provider),
+    let mut line = format!("{}: {state}", s.provider);
+    if let Some(local) = s.local_expires_in {
+        line.push_str(&format!(" (this process: expires in {local} s)"));
     }
+    if s.locked {
+        line.push_str(", lock held (a refresh is in progress)");
+    }
+    line
 }
 
 /// `portcullis m2m status`: reads Redis only.

@@ -41,6 +41,9 @@ pub struct ProviderStatus {
     pub shared_expires_in: Option<i64>,
     /// Seconds left on this process's copy, if it holds one.
     pub local_expires_in: Option<i64>,
+    /// Someone holds `lock:m2m_token:{PROVIDER}`: a token-endpoint call is in progress (or its leader died
+    /// and the lock has not expired yet).
+    pub locked: bool,
 }
 
 /// Evicts a local entry when it comes within `margin` of its expiry.
@@ -180,10 +183,12 @@ pub async fn shared_status(redis: &Redis, providers: &[String], now: i64) -> Res
     let mut out = Vec::with_capacity(providers.len());
     for p in providers {
         let t = shared::read(redis, p).await?;
+        let locked: bool = redis.query(redis::cmd("EXISTS").arg(super::lock::lock_key(p))).await?;
         out.push(ProviderStatus {
             provider: p.clone(),
             shared_expires_in: t.map(|t| t.expires_in(now)),
             local_expires_in: None,
+            locked,
         });
     }
     Ok(out)

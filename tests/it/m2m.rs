@@ -430,7 +430,10 @@ async fn status_forced_refresh_and_forget() {
     let (server, ep) = idp(vec![token(3600)]).await;
     let m = manager(&redis.url(), &server.uri(), &cfg());
     let s = m.status().await.unwrap();
-    assert_eq!((s[0].provider.as_str(), s[0].shared_expires_in, s[0].local_expires_in), (P, None, None));
+    assert_eq!(
+        (s[0].provider.as_str(), s[0].shared_expires_in, s[0].local_expires_in, s[0].locked),
+        (P, None, None, false)
+    );
 
     assert_eq!(m.token(P).await.unwrap(), "tok-1");
     let t = m.force_refresh(P).await.unwrap();
@@ -498,6 +501,7 @@ client_secret = "gateway-secret"
     .await
     .unwrap();
     assert!(ok && out.contains("corp: not cached"), "{out}");
+    assert!(!out.contains("lock held"), "{out}");
     let (ok, out) = tokio::task::spawn_blocking({
         let run = run.clone();
         move || run(&["refresh"])
@@ -506,9 +510,24 @@ client_secret = "gateway-secret"
     .unwrap();
     assert!(ok && out.contains("corp: refreshed"), "{out}");
     assert_eq!(ep.calls(), 1);
-    let (ok, out) = tokio::task::spawn_blocking(move || run(&["status"])).await.unwrap();
+    let (ok, _) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["refresh", "nope"])
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "an unknown provider is an error");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["status"])
+    })
+    .await
+    .unwrap();
     assert!(ok && out.contains("corp: cached, expires in"), "{out}");
     assert!(!out.contains("tok-"), "status never prints the token: {out}");
+    redis::cmd("SET").arg("lock:m2m_token:corp").arg("x").arg("PX").arg(20_000).query::<()>(&mut redis.conn()).unwrap();
+    let (ok, out) = tokio::task::spawn_blocking(move || run(&["status"])).await.unwrap();
+    assert!(ok && out.contains("lock held"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
