@@ -63,6 +63,7 @@ impl M2mManager {
         match self.acquire(provider, want).await {
             Ok(t) => self.keep(&t).await,
             Err(e) => {
+                self.gauge(provider, current.as_ref());
                 tracing::warn!(provider, error = %e, "background m2m refresh failed; callers keep the current token while it is fresh")
             }
         }
