@@ -7,24 +7,26 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::m2m::M2mManager;
 use crate::session::store::user_key;
 use crate::session::{Session, SessionStore};
 
 pub struct AdminState {
     pub store: SessionStore,
+    pub m2m: Option<Arc<M2mManager>>,
     /// SHA-256 of the admin token: compared digest to digest.
     token_digest: [u8; 32],
 }
 
 impl AdminState {
-    pub fn new(store: SessionStore, token: &str) -> Self {
-        Self { store, token_digest: Sha256::digest(token.as_bytes()).into() }
+    pub fn new(store: SessionStore, m2m: Option<Arc<M2mManager>>, token: &str) -> Self {
+        Self { store, m2m, token_digest: Sha256::digest(token.as_bytes()).into() }
     }
 }
 
@@ -33,6 +35,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/sessions", get(list).delete(revoke_user))
         .route("/admin/sessions/{handle}", delete(revoke_one))
         .route("/admin/stats", get(stats))
+        .route("/admin/m2m", get(m2m_status))
+        .route("/admin/m2m/{provider}/refresh", post(m2m_refresh))
+        .route("/admin/m2m/{provider}", delete(m2m_forget))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -131,4 +136,44 @@ async fn stats(_: State<Arc<AdminState>>, _: HeaderMap) -> Response {
         "version": crate::telemetry::version_string(),
     }))
     .into_response()
+}
+
+fn no_m2m() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": "no shared M2M manager in this process"}))).into_response()
+}
+
+/// Per provider: seconds left on the shared and local tokens, and whether a refresh holds the lock.
+async fn m2m_status(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(m) = &s.m2m else { return no_m2m() };
+    match m.status().await {
+        Ok(list) => Json(json!({"providers": list.iter().map(|p| json!({
+            "provider": p.provider,
+            "sharedExpiresIn": p.shared_expires_in,
+            "localExpiresIn": p.local_expires_in,
+            "locked": p.locked,
+        })).collect::<Vec<_>>()}))
+        .into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+/// Fetches a new token through the same lock the Check path uses.
+async fn m2m_refresh(State(s): State<Arc<AdminState>>, Path(provider): Path<String>) -> Response {
+    let Some(m) = &s.m2m else { return no_m2m() };
+    if !m.providers().contains(&provider) {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "unknown provider"}))).into_response();
+    }
+    match m.force_refresh(&provider).await {
+        Ok(t) => Json(json!({"provider": provider, "expiresIn": t.expires_in(crate::now())})).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+/// Drops the shared token (e.g. after the IdP revoked it); the next use fetches a new one.
+async fn m2m_forget(State(s): State<Arc<AdminState>>, Path(provider): Path<String>) -> Response {
+    let Some(m) = &s.m2m else { return no_m2m() };
+    match m.forget(&provider).await {
+        Ok(existed) => Json(json!({"provider": provider, "deleted": existed})).into_response(),
+        Err(_) => unavailable(),
+    }
 }

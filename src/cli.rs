@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check-config`, `keygen`. Exit codes: 0 ok, 1 runtime failure, 64 bad config.
+//! The command line: `serve`, `check-config`, `keygen`, `sessions list|revoke`, `m2m status|refresh`.
+//! Exit codes: 0 ok, 1 runtime failure, 64 bad config.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +8,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
-/// Stand-in until the Redis-shared M2M token manager is wired here: Bearer introspection and Graph calls
-/// answer 503 (fail closed); `oidc` providers with client-authenticated introspection work.
 #[derive(Parser, Debug)]
 #[command(name = "portcullis", version = crate::telemetry::version_string(), about = "Envoy ext_authz sidecar: session cookie to IdP-revalidated identity")]
 pub struct Cli {
@@ -32,6 +31,11 @@ pub enum Command {
         #[command(subcommand)]
         action: SessionsAction,
     },
+    /// The shared M2M (client-credentials) tokens in Redis.
+    M2m {
+        #[command(subcommand)]
+        command: M2mCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,64 +52,58 @@ pub enum SessionsAction {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum M2mCommand {
+    /// Per provider: is a token cached in Redis, and when does it expire (never the token itself).
+    Status,
+    /// Fetch a new token now, through the same lock the servers use.
+    Refresh {
+        /// Only this provider (default: every configured provider).
+        provider: Option<String>,
+    },
+}
+
 const EX_CONFIG: u8 = 64;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keygen = cli.command {
+        println!("{}", crate::crypto::generate_key());
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", cli.config.display());
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     match cli.command {
-        Command::Keygen => {
-            println!("{}", crate::crypto::generate_key());
+        Command::Keygen => ExitCode::SUCCESS,
+        Command::CheckConfig => {
+            println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
             ExitCode::SUCCESS
         }
-        Command::Sessions { action } => {
-            let cfg = match Config::load(&cli.config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: {e}", cli.config.display());
-                    return ExitCode::from(EX_CONFIG);
-                }
-            };
-            run_async(sessions(cfg, action))
+        Command::Sessions { action } => run(false, sessions(cfg, action)),
+        Command::M2m { command } => {
+            crate::telemetry::init_logs("text");
+            run(false, m2m(cfg, command))
         }
-        Command::CheckConfig => match Config::load(&cli.config) {
-            Ok(cfg) => {
-                println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", cli.config.display());
-                ExitCode::from(EX_CONFIG)
-            }
-        },
         Command::Serve => {
-            let cfg = match Config::load(&cli.config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: {e}", cli.config.display());
-                    return ExitCode::from(EX_CONFIG);
-                }
-            };
             crate::telemetry::init_logs(&cfg.server.log_format);
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(async { crate::server::serve(cfg).await }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "portcullis failed");
-                    ExitCode::FAILURE
-                }
-            }
+            run(true, async { crate::server::serve(cfg).await.map_err(|e| e.to_string()) })
         }
     }
 }
 
-fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+/// Runs `fut` on a runtime (multi-threaded for the server); an error is printed and exits 1.
+fn run(server: bool, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = if server {
+        tokio::runtime::Runtime::new()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -115,6 +113,9 @@ fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> Exit
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if server {
+                tracing::error!(error = %e, "portcullis failed");
+            }
             eprintln!("{e}");
             ExitCode::FAILURE
         }
@@ -138,4 +139,18 @@ async fn sessions(cfg: Config, action: SessionsAction) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+async fn m2m(cfg: Config, command: M2mCommand) -> Result<(), String> {
+    let mut out = std::io::stdout();
+    let ok = match command {
+        M2mCommand::Status => crate::m2m::command::status(&cfg, &mut out).await.map(|()| true),
+        M2mCommand::Refresh { provider } => crate::m2m::command::refresh(&cfg, provider.as_deref(), &mut out).await,
+    }
+    .map_err(|e| format!("m2m: {e}"))?;
+    if ok {
+        Ok(())
+    } else {
+        Err("m2m: the refresh did not succeed for every provider".into())
+    }
 }

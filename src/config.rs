@@ -569,6 +569,15 @@ impl Config {
         if self.m2m.follower_retries == 0 {
             errors.push("m2m.follower_retries: must be at least 1".into());
         }
+        for (key, d) in [
+            ("m2m.refresh_interval", self.m2m.refresh_interval),
+            ("m2m.lock_ttl", self.m2m.lock_ttl),
+            ("m2m.follower_delay", self.m2m.follower_delay),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{key}: must be greater than zero"));
+            }
+        }
         for h in self.headers.all() {
             if h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase() || !(b.is_ascii_alphanumeric() || b == b'-')) {
                 errors.push(format!("headers: {h:?} must be a lower-case header name"));

@@ -16,9 +16,9 @@ use crate::authz::Authorizer;
 use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::http::{self, HttpState};
-use crate::idp::{Providers, Validators};
+use crate::idp::{M2mChoice, Providers, Validators};
 use crate::login::{self, LoginState};
-use crate::m2m::{M2mError, M2mSource};
+
 use crate::session::SessionStore;
 use crate::store::Redis;
 
@@ -62,8 +62,8 @@ impl Server {
         Self::launch(cfg, redis, store, providers).await
     }
 
-    /// Starts as `portcullis serve` does: providers built from config, M2M tokens from `m2m`.
-    pub async fn start_configured(cfg: &Config, m2m: Arc<dyn M2mSource>) -> Result<Self, StartError> {
+    /// Starts as `portcullis serve` does: providers built from config, M2M tokens as `m2m` says.
+    pub async fn start_configured(cfg: &Config, m2m: M2mChoice) -> Result<Self, StartError> {
         let (redis, store) = core(cfg)?;
         let providers = crate::idp::from_config(cfg, m2m, store.clone()).await;
         Self::launch(cfg, redis, store, providers).await
@@ -87,6 +87,9 @@ impl Server {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
+        if let Some(m2m) = &providers.m2m {
+            tasks.push(m2m.spawn_refresher(cancel.clone()));
+        }
         let (reporter, health) = tonic_health::server::health_reporter();
         tasks.push(tokio::spawn(follow_redis(redis.clone(), reporter, cancel.clone())));
 
@@ -116,7 +119,11 @@ impl Server {
         if let (Some(addr), Some(token)) = (&cfg.server.admin_addr, &cfg.server.admin_token) {
             let l = bind("admin", addr).await?;
             admin_addr = Some(local(&l));
-            let app = crate::admin::router(Arc::new(crate::admin::AdminState::new(login.store.clone(), token)));
+            let app = crate::admin::router(Arc::new(crate::admin::AdminState::new(
+                login.store.clone(),
+                providers.m2m.clone(),
+                token,
+            )));
             let c = cancel.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, app).with_graceful_shutdown(c.cancelled_owned()).await {
@@ -176,7 +183,7 @@ async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReport
 
 /// `portcullis serve`: runs until SIGTERM or SIGINT, then drains.
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
-    let server = Server::start_configured(&cfg, Arc::new(NoM2m)).await?;
+    let server = Server::start_configured(&cfg, M2mChoice::Shared).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown(cfg.server.shutdown_grace).await;
@@ -202,15 +209,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Stand-in until the shared M2M manager is wired: every M2M-authenticated call answers 503.
-struct NoM2m;
-
-#[async_trait::async_trait]
-impl M2mSource for NoM2m {
-    async fn token(&self, _provider: &str) -> Result<String, M2mError> {
-        Err(M2mError::Unavailable("no M2M token manager is configured in this build".into()))
     }
 }

@@ -56,6 +56,15 @@ fn describe() {
         "Time of one IdP call, by provider and kind"
     );
     describe_gauge!("portcullis_circuit_state", "IdP circuit breaker per provider: 0 closed, 1 open, 2 half-open");
+    describe_counter!(
+        "portcullis_m2m_refresh_total",
+        "M2M token-endpoint calls and follower give-ups, by provider and outcome (success, error, timeout, follower_timeout)"
+    );
+    describe_gauge!(
+        "portcullis_m2m_token_expires_in_seconds",
+        Unit::Seconds,
+        "Seconds left on this replica's M2M token per provider (updated on fetch and each refresh round)"
+    );
     describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
     metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);
 }

@@ -85,3 +85,15 @@ fn circuit_breaker_keys_default_and_are_checked() {
     assert!(msg.contains("providers.corp.circuit_failure_threshold"), "{msg}");
     assert!(msg.contains("providers.corp.circuit_open_duration"), "{msg}");
 }
+
+#[test]
+fn zero_m2m_durations_are_named() {
+    let text = minimal().replace(
+        "[revalidation]",
+        "[m2m]\nrefresh_interval = \"0s\"\nlock_ttl = \"0s\"\nfollower_delay = \"0s\"\n\n[revalidation]",
+    );
+    let err = Config::from_toml(&text).unwrap_err().to_string();
+    for key in ["m2m.refresh_interval", "m2m.lock_ttl", "m2m.follower_delay"] {
+        assert!(err.contains(key), "{key} not named in: {err}");
+    }
+}

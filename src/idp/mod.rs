@@ -24,6 +24,7 @@ pub mod id_token;
 pub mod jwks;
 pub mod lock;
 pub mod login;
+pub mod m2m;
 pub mod oidc;
 pub mod provider;
 pub mod refresh;
@@ -74,6 +75,16 @@ pub type Validators = HashMap<String, Arc<dyn Validator>>;
 pub struct Providers {
     pub validators: Validators,
     pub login: std::collections::BTreeMap<String, Arc<LoginProvider>>,
+    /// The Redis-shared M2M manager, when [`from_config`] built one (its refresher is the server's to run).
+    pub m2m: Option<Arc<crate::m2m::M2mManager>>,
+}
+
+/// Where the providers' M2M tokens come from.
+pub enum M2mChoice {
+    /// The Redis-shared manager, one token-endpoint call per expiry across replicas (production).
+    Shared,
+    /// A given source (tests).
+    Given(Arc<dyn M2mSource>),
 }
 
 /// Builds a validator for every configured provider: `ping`/`oidc` revalidate by introspection, `entra`
@@ -81,8 +92,15 @@ pub struct Providers {
 /// come from `m2m`; refreshed tokens go to `store`. Discovery and keys are fetched now, concurrently; a
 /// provider whose IdP is down at start-up still gets its validator (it fetches on first use and answers
 /// 503 until then). Only a provider that cannot be built at all is left out, and its sessions are denied.
-pub async fn from_config(cfg: &Config, m2m: Arc<dyn M2mSource>, store: SessionStore) -> Providers {
+pub async fn from_config(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Providers {
     let mut out = Providers::default();
+    let (m2m, shared): (Arc<dyn M2mSource>, _) = match m2m {
+        M2mChoice::Given(s) => (s, None),
+        M2mChoice::Shared => {
+            let late = Arc::new(m2m::LateM2m::default());
+            (late.clone(), Some(late))
+        }
+    };
     let client = match http::client() {
         Ok(c) => c,
         Err(e) => {
@@ -98,6 +116,22 @@ pub async fn from_config(cfg: &Config, m2m: Arc<dyn M2mSource>, store: SessionSt
         };
         let built = provider::Provider::new(name, p, issuer, client.clone(), m2m.clone(), store.clone());
         providers.push(Arc::new(built));
+    }
+    if let Some(late) = shared {
+        let mut clients = HashMap::new();
+        for p in &providers {
+            let settings = crate::m2m::ClientSettings::from_provider(&p.cfg, "");
+            let resolver = Arc::new(m2m::DiscoveredTokenEndpoint(Arc::downgrade(p)));
+            match crate::m2m::TokenClient::discovered(settings, resolver) {
+                Ok(c) => {
+                    clients.insert(p.name.clone(), c);
+                }
+                Err(e) => tracing::error!(provider = %p.name, error = %e, "no M2M client: its checks answer 503"),
+            }
+        }
+        let manager = Arc::new(crate::m2m::M2mManager::new(store.redis().clone(), &cfg.m2m, clients));
+        late.set(manager.clone());
+        out.m2m = Some(manager);
     }
     futures::future::join_all(providers.iter().map(|p| p.warm_up())).await;
     for p in providers {

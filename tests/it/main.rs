@@ -9,4 +9,5 @@ mod e2e;
 mod envoy;
 mod idp;
 mod login;
+mod m2m;
 mod sessions;

@@ -1,0 +1,138 @@
+//! Who calls the token endpoint: across all replicas, the one holding `lock:m2m_token:{PROVIDER}`. Everyone
+//! else re-reads the shared token `follower_retries` times, `follower_delay` apart, also retrying the lock
+//! so a dead leader is replaced once its lock expires, then gives up (fail closed). The leader re-reads the
+//! shared token after taking the lock, because another leader may have stored one just before.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::client::FetchError;
+use super::lock::LeaderLock;
+use super::manager::{M2mManager, OUTCOME_FOLLOWER_TIMEOUT, OUTCOME_SUCCESS};
+use super::shared;
+use super::token::CachedToken;
+use crate::store::StoreError;
+
+/// What token the caller will take from Redis instead of asking the IdP.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Want {
+    /// One a caller can use now: more than `safety_margin` left.
+    Usable,
+    /// A usable one with more than `min_left` seconds left, or one that expires later than `than` (another
+    /// replica already replaced the token the caller saw).
+    Newer { than: Option<i64>, min_left: i64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("no m2m client for provider {0:?}")]
+    UnknownProvider(String),
+    #[error("redis: {0}")]
+    Redis(#[from] StoreError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("no token from the leader within {0:?}")]
+    FollowerTimeout(Duration),
+    #[error("m2m acquisition task failed: {0}")]
+    Task(String),
+}
+
+impl M2mManager {
+    fn accepts(&self, want: Want, t: &CachedToken, now: i64) -> bool {
+        if !t.is_fresh(now, self.margin_secs()) {
+            return false;
+        }
+        match want {
+            Want::Usable => true,
+            Want::Newer { than, min_left } => t.expires_in(now) > min_left || than.is_some_and(|e| t.expires_at > e),
+        }
+    }
+
+    /// A token satisfying `want`, from Redis or, as the leader, from the IdP.
+    pub(super) async fn acquire(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
+        let span = tracing::info_span!("m2m_acquire", provider, ?want);
+        self.acquire_inner(provider, want).instrument(span).await
+    }
+
+    async fn acquire_inner(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
+        if !self.clients.contains_key(provider) {
+            return Err(AcquireError::UnknownProvider(provider.to_string()));
+        }
+        let retries = self.cfg.follower_retries;
+        for attempt in 0..=retries {
+            if attempt > 0 {
+                tokio::time::sleep(self.cfg.follower_delay).await;
+            }
+            if let Some(t) = shared::read(&self.redis, provider).await? {
+                if self.accepts(want, &t, crate::now()) {
+                    return Ok(t);
+                }
+            }
+            if let Some(lock) = LeaderLock::try_acquire(&self.redis, provider, self.cfg.lock_ttl).await? {
+                let out = self.lead(provider, want).await;
+                match lock.release(&self.redis).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(provider, "m2m lock expired before the leader released it"),
+                    Err(e) => tracing::warn!(provider, error = %e, "m2m lock release failed; it expires by itself"),
+                }
+                return out;
+            }
+            tracing::debug!(provider, attempt, "m2m lock held elsewhere: waiting for the leader's token");
+        }
+        let waited = self.cfg.follower_delay.saturating_mul(retries);
+        self.count(provider, OUTCOME_FOLLOWER_TIMEOUT);
+        tracing::warn!(provider, ?waited, "no m2m token from the leader: failing closed");
+        Err(AcquireError::FollowerTimeout(waited))
+    }
+
+    /// Holding the lock: double-check Redis, then call the IdP and share the result.
+    async fn lead(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
+        if let Some(t) = shared::read(&self.redis, provider).await? {
+            if self.accepts(want, &t, crate::now()) {
+                return Ok(t);
+            }
+        }
+        let client = self.clients.get(provider).ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
+        // Never outlive the lock while calling: past it another replica may lead, and calls would double.
+        let deadline = client.timeout().min(self.cfg.lock_ttl);
+        let fetched = match tokio::time::timeout(deadline, client.fetch()).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout(deadline)),
+        };
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                self.count(provider, e.outcome());
+                tracing::warn!(provider, error = %e, "m2m token request failed");
+                return Err(e.into());
+            }
+        };
+        self.count(provider, OUTCOME_SUCCESS);
+        let now = crate::now();
+        let lifetime = i64::try_from(fetched.expires_in.as_secs()).unwrap_or(i64::MAX / 2);
+        let token = CachedToken {
+            token_provider: provider.to_string(),
+            access_token: fetched.access_token,
+            expires_at: now.saturating_add(lifetime),
+        };
+        if lifetime <= self.margin_secs() {
+            tracing::error!(
+                provider,
+                lifetime,
+                "m2m token lifetime is within m2m.safety_margin: callers cannot use it"
+            );
+        } else if lifetime <= self.refresh_before_secs() {
+            tracing::warn!(
+                provider,
+                lifetime,
+                "m2m token lifetime is within m2m.refresh_before: every refresh round fetches"
+            );
+        }
+        if let Err(e) = shared::write(&self.redis, &token, now).await {
+            tracing::warn!(provider, error = %e, "could not share the m2m token: other replicas will fetch their own");
+        }
+        tracing::info!(provider, expires_in = lifetime, "m2m token fetched");
+        Ok(token)
+    }
+}

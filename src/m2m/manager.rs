@@ -1,0 +1,218 @@
+//! The manager each replica holds: an in-process copy of every provider's token so the Check hot path does
+//! not touch Redis while the token is fresh, and single-flight acquisition (moka's `try_get_with`) so
+//! concurrent callers in one process share one trip through the election. That trip runs in its own task:
+//! a caller dropped mid-call (Envoy's ext_authz timeout cancels the Check) must not abandon the IdP call and
+//! leave its lock to expire while every replica waits. Also the admin operations (status, forced refresh,
+//! forget) and the metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use super::client::TokenClient;
+use super::election::{AcquireError, Want};
+use super::token::CachedToken;
+use super::{shared, M2mError, M2mSource};
+use crate::config::M2mConfig;
+use crate::store::{Redis, StoreError};
+
+pub(super) const OUTCOME_SUCCESS: &str = "success";
+pub(super) const OUTCOME_FOLLOWER_TIMEOUT: &str = "follower_timeout";
+
+/// One replica's M2M token manager. Cheap to clone (all clones share the cache); share it as
+/// `Arc<M2mManager>` or `Arc<dyn M2mSource>`.
+#[derive(Clone)]
+pub struct M2mManager {
+    pub(super) redis: Redis,
+    pub(super) cfg: M2mConfig,
+    pub(super) clients: Arc<HashMap<String, TokenClient>>,
+    /// Provider → token, each entry evicted when it enters the safety margin.
+    local: Cache<String, CachedToken>,
+}
+
+/// What `portcullis m2m status` and the admin API show: never the token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProviderStatus {
+    pub provider: String,
+    /// Seconds left on the token in Redis, if one is there.
+    pub shared_expires_in: Option<i64>,
+    /// Seconds left on this process's copy, if it holds one.
+    pub local_expires_in: Option<i64>,
+    /// Someone holds `lock:m2m_token:{PROVIDER}`: a token-endpoint call is in progress (or its leader died
+    /// and the lock has not expired yet).
+    pub locked: bool,
+}
+
+/// Evicts a local entry when it comes within `margin` of its expiry.
+struct UntilMargin {
+    margin: Duration,
+}
+
+impl UntilMargin {
+    fn left(&self, t: &CachedToken) -> Duration {
+        let stale_at = Duration::from_secs(u64::try_from(t.expires_at).unwrap_or(0)).saturating_sub(self.margin);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        stale_at.saturating_sub(now)
+    }
+}
+
+impl Expiry<String, CachedToken> for UntilMargin {
+    fn expire_after_create(&self, _: &String, t: &CachedToken, _: Instant) -> Option<Duration> {
+        Some(self.left(t))
+    }
+    fn expire_after_update(&self, _: &String, t: &CachedToken, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(self.left(t))
+    }
+}
+
+impl M2mManager {
+    /// `clients`: one resolved token client per provider id (the ids used in `m2m_token:{PROVIDER}`).
+    pub fn new(redis: Redis, cfg: &M2mConfig, clients: HashMap<String, TokenClient>) -> Self {
+        // No size bound: keys are the configured providers only, and a bound would bring moka's admission
+        // policy, which may decline an insert.
+        let local = Cache::builder().expire_after(UntilMargin { margin: cfg.safety_margin }).build();
+        Self { redis, cfg: cfg.clone(), clients: Arc::new(clients), local }
+    }
+
+    /// The configured provider ids, sorted.
+    pub fn providers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.clients.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub(super) fn margin_secs(&self) -> i64 {
+        secs(self.cfg.safety_margin)
+    }
+
+    pub(super) fn refresh_before_secs(&self) -> i64 {
+        secs(self.cfg.refresh_before)
+    }
+
+    pub(super) fn count(&self, provider: &str, outcome: &'static str) {
+        metrics::counter!("portcullis_m2m_refresh_total", "provider" => provider.to_string(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    pub(super) fn gauge(&self, provider: &str, t: Option<&CachedToken>) {
+        let left = t.map_or(0, |t| t.expires_in(crate::now()).max(0));
+        metrics::gauge!("portcullis_m2m_token_expires_in_seconds", "provider" => provider.to_string()).set(left as f64);
+    }
+
+    /// This process's fresh copy, if any (no Redis).
+    pub(super) async fn local(&self, provider: &str) -> Option<CachedToken> {
+        self.local.get(provider).await.filter(|t| t.is_fresh(crate::now(), self.margin_secs()))
+    }
+
+    pub(super) async fn keep(&self, t: &CachedToken) {
+        self.local.insert(t.token_provider.clone(), t.clone()).await;
+        self.gauge(&t.token_provider, Some(t));
+    }
+
+    /// A token with more than `safety_margin` left: from this process's copy, else through one shared
+    /// acquisition per process. Fails closed.
+    pub async fn usable(&self, provider: &str) -> Result<CachedToken, M2mError> {
+        if !self.clients.contains_key(provider) {
+            return Err(M2mError::Unavailable(format!("no m2m client for provider {provider:?}")));
+        }
+        // Twice at most: the local expiry and the unix clock may disagree by a fraction of a second.
+        for _ in 0..2 {
+            let t = self
+                .local
+                .try_get_with_by_ref(provider, self.acquire_detached(provider, Want::Usable))
+                .await
+                .map_err(|e| M2mError::Unavailable(e.to_string()))?;
+            if t.is_fresh(crate::now(), self.margin_secs()) {
+                return Ok(t);
+            }
+            self.local.invalidate(provider).await;
+        }
+        Err(M2mError::Unavailable("the m2m token is within its safety margin".into()))
+    }
+
+    /// Fetches a new token through the same lock, whatever the cache holds (CLI and admin "refresh"). When
+    /// another replica replaces the token meanwhile, that one is taken instead of calling again.
+    pub async fn force_refresh(&self, provider: &str) -> Result<CachedToken, M2mError> {
+        let want = match shared::read(&self.redis, provider).await {
+            Ok(Some(t)) => Want::Newer { than: Some(t.expires_at), min_left: i64::MAX },
+            Ok(None) => Want::Usable,
+            Err(e) => return Err(M2mError::Unavailable(e.to_string())),
+        };
+        let t = self.acquire_detached(provider, want).await.map_err(|e| M2mError::Unavailable(e.to_string()))?;
+        self.keep(&t).await;
+        Ok(t)
+    }
+
+    /// [`Self::acquire`] in a task of its own, which finishes (stores the token, releases the lock) even when
+    /// the caller is dropped.
+    async fn acquire_detached(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
+        let (me, p) = (self.clone(), provider.to_string());
+        let task = tokio::spawn(async move {
+            let r = me.acquire(&p, want).await;
+            if let Ok(t) = &r {
+                me.gauge(&p, Some(t));
+            }
+            r
+        });
+        task.await.unwrap_or_else(|e| Err(AcquireError::Task(e.to_string())))
+    }
+
+    /// Drops the token everywhere (Redis and this process): the next caller fetches a new one.
+    pub async fn forget(&self, provider: &str) -> Result<bool, StoreError> {
+        self.local.invalidate(provider).await;
+        self.gauge(provider, None);
+        shared::delete(&self.redis, provider).await
+    }
+
+    /// Per provider: what Redis and this process hold, as seconds left.
+    pub async fn status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
+        let now = crate::now();
+        let mut out = shared_status(&self.redis, &self.providers(), now).await?;
+        for s in &mut out {
+            s.local_expires_in = self.local.get(&s.provider).await.map(|t| t.expires_in(now));
+        }
+        Ok(out)
+    }
+}
+
+/// What Redis holds for each of `providers` (no manager needed: the CLI's `m2m status`).
+pub async fn shared_status(redis: &Redis, providers: &[String], now: i64) -> Result<Vec<ProviderStatus>, StoreError> {
+    let mut out = Vec::with_capacity(providers.len());
+    for p in providers {
+        let t = shared::read(redis, p).await?;
+        let locked: bool = redis.query(redis::cmd("EXISTS").arg(super::lock::lock_key(p))).await?;
+        out.push(ProviderStatus {
+            provider: p.clone(),
+            shared_expires_in: t.map(|t| t.expires_in(now)),
+            local_expires_in: None,
+            locked,
+        });
+    }
+    Ok(out)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+#[async_trait::async_trait]
+impl M2mSource for M2mManager {
+    async fn token(&self, provider: &str) -> Result<String, M2mError> {
+        self.usable(provider).await.map(|t| t.access_token)
+    }
+}
+
+impl std::fmt::Debug for M2mManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("M2mManager").field("providers", &self.providers()).field("cfg", &self.cfg).finish()
+    }
+}
+
+// The error type moka shares between coalesced callers must be Send + Sync.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<AcquireError>();
+};

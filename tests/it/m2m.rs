@@ -1,0 +1,649 @@
+//! The M2M token manager against a real redis-server and a counting token endpoint (wiremock): one
+//! token-endpoint call per expiry whatever the number of callers and replicas, fail closed, locks only
+//! released by their owner. Durations are short; assertions are on counts and outcomes, never on timings.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use portcullis::config::{ClientAuth, M2mConfig, RedisConfig};
+use portcullis::m2m::lock::LeaderLock;
+use portcullis::m2m::{ClientSettings, M2mError, M2mManager, M2mSource, TokenClient};
+use portcullis::store::Redis;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::harness::redis::RedisServer;
+
+const P: &str = "corp";
+/// Bounds a call that must return (fail closed, never hang); generous, so load cannot make it flaky.
+const MUST_RETURN: Duration = Duration::from_secs(20);
+
+/// What the token endpoint does for one call.
+#[derive(Clone, Debug)]
+enum Answer {
+    /// 200 with `tok-N` (N = call number) living `expires_in` seconds, after `delay`.
+    Token {
+        expires_in: u64,
+        delay: Duration,
+    },
+    Status(u16),
+    /// Answers only after `0`: longer than the client's timeout.
+    Hang(Duration),
+}
+
+fn token(expires_in: u64) -> Answer {
+    // The delay makes concurrent callers overlap the call in flight.
+    Answer::Token { expires_in, delay: Duration::from_millis(150) }
+}
+
+/// A token endpoint that counts its calls; call N gets `script[N-1]` (the last entry repeats).
+struct Endpoint {
+    calls: AtomicUsize,
+    script: Mutex<Vec<Answer>>,
+}
+
+impl Endpoint {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn set(&self, script: Vec<Answer>) {
+        *self.script.lock().unwrap() = script;
+    }
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = {
+            let script = self.script.lock().unwrap();
+            script.get(n - 1).or(script.last()).cloned().unwrap_or(Answer::Status(500))
+        };
+        let body =
+            |expires_in| json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": expires_in});
+        match answer {
+            Answer::Token { expires_in, delay } => {
+                ResponseTemplate::new(200).set_body_json(body(expires_in)).set_delay(delay)
+            }
+            Answer::Status(s) => ResponseTemplate::new(s).set_body_string("upstream exploded"),
+            Answer::Hang(d) => ResponseTemplate::new(200).set_body_json(body(3600)).set_delay(d),
+        }
+    }
+}
+
+async fn idp(script: Vec<Answer>) -> (MockServer, Arc<Endpoint>) {
+    let server = MockServer::start().await;
+    let ep = Arc::new(Endpoint { calls: AtomicUsize::new(0), script: Mutex::new(script) });
+    let e = ep.clone();
+    Mock::given(method("POST")).and(path("/token")).respond_with(move |r: &Request| e.respond(r)).mount(&server).await;
+    (server, ep)
+}
+
+fn cfg() -> M2mConfig {
+    M2mConfig {
+        refresh_interval: Duration::from_millis(100),
+        refresh_before: Duration::from_secs(60),
+        lock_ttl: Duration::from_millis(500),
+        follower_retries: 40,
+        follower_delay: Duration::from_millis(50),
+        safety_margin: Duration::from_secs(5),
+    }
+}
+
+fn redis_cfg(url: &str) -> RedisConfig {
+    let mut c = crate::harness::app::config(url, "").redis;
+    c.timeout = Duration::from_secs(2);
+    c.pool_size = 4;
+    c
+}
+
+fn settings(idp_uri: &str, auth: ClientAuth) -> ClientSettings {
+    ClientSettings {
+        token_endpoint: format!("{idp_uri}/token"),
+        client_id: "gateway".into(),
+        client_secret: "gateway-secret".into(),
+        auth,
+        scope: Some("m2m.read".into()),
+        // The manager cuts this to the lock TTL.
+        timeout: Duration::from_secs(2),
+    }
+}
+
+fn manager_with(redis_url: &str, idp_uri: &str, cfg: &M2mConfig, auth: ClientAuth) -> Arc<M2mManager> {
+    let redis = Redis::connect(&redis_cfg(redis_url)).expect("redis config");
+    let clients = HashMap::from([(P.to_string(), TokenClient::new(settings(idp_uri, auth)).expect("client"))]);
+    Arc::new(M2mManager::new(redis, cfg, clients))
+}
+
+fn manager(redis_url: &str, idp_uri: &str, cfg: &M2mConfig) -> Arc<M2mManager> {
+    manager_with(redis_url, idp_uri, cfg, ClientAuth::ClientSecretBasic)
+}
+
+async fn callers(m: &Arc<M2mManager>, n: usize) -> Vec<Result<String, M2mError>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { m.token(P).await })
+        })
+        .collect();
+    let all = tokio::time::timeout(MUST_RETURN, futures::future::join_all(tasks)).await.expect("callers hung");
+    all.into_iter().map(|r| r.expect("caller panicked")).collect()
+}
+
+/// `n` replicas, each its own thread, tokio runtime, Redis connection and in-process cache, released at
+/// once; each runs `per_replica` concurrent callers. Returns each replica's results.
+async fn replicas(
+    n: usize,
+    redis_url: &str,
+    idp_uri: &str,
+    cfg: &M2mConfig,
+    per_replica: usize,
+) -> Vec<Vec<Result<String, M2mError>>> {
+    let start = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, uri, cfg, start) = (redis_url.to_string(), idp_uri.to_string(), cfg.clone(), start.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+                rt.block_on(async move {
+                    let m = manager(&url, &uri, &cfg);
+                    start.wait();
+                    callers(&m, per_replica).await
+                })
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || threads.into_iter().map(|t| t.join().expect("replica panicked")).collect())
+        .await
+        .unwrap()
+}
+
+fn get(redis: &RedisServer, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(&mut redis.conn()).unwrap()
+}
+
+fn all_ok(results: &[Result<String, M2mError>]) -> Vec<String> {
+    results.iter().map(|r| r.clone().unwrap_or_else(|e| panic!("caller failed: {e}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_callers_share_one_call_and_then_stay_off_redis() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![token(3600)]).await;
+    let m = manager(&redis.url(), &server.uri(), &cfg());
+    redis.reset_stats();
+
+    let tokens = all_ok(&callers(&m, 200).await);
+    assert_eq!(ep.calls(), 1, "token-endpoint calls");
+    assert!(tokens.iter().all(|t| t == "tok-1"), "{tokens:?}");
+
+    // One trip through the election for the whole process: GET, SET NX, GET (double check), SET token, and
+    // the release script (its own GET and DEL count too). Without single flight: ~200 SET NX.
+    let stats = redis.commandstats();
+    let (gets, sets) = (stats.get("get").copied().unwrap_or(0), stats.get("set").copied().unwrap_or(0));
+    assert!(gets <= 3 && sets <= 2, "single flight: expected at most 3 GET and 2 SET, got {stats:?}");
+    assert!(!redis.exists("lock:m2m_token:corp"), "the leader releases its lock");
+
+    let stored: serde_json::Value = serde_json::from_str(&get(&redis, "m2m_token:corp").unwrap()).unwrap();
+    assert_eq!(stored["tokenProvider"], "corp");
+    assert_eq!(stored["accessToken"], "tok-1");
+    let left = stored["expiresAt"].as_i64().unwrap() - portcullis::now();
+    assert!((3590..=3600).contains(&left), "expiresAt is now + expires_in: {left}");
+    let ttl: i64 = redis::cmd("TTL").arg("m2m_token:corp").query(&mut redis.conn()).unwrap();
+    assert!((3590..=3600).contains(&ttl), "TTL = remaining lifetime: {ttl}");
+
+    // Fresh token: the hot path does not touch Redis.
+    redis.reset_stats();
+    for _ in 0..1000 {
+        assert_eq!(m.token(P).await.unwrap(), "tok-1");
+    }
+    let stats = redis.commandstats();
+    for cmd in ["get", "set", "evalsha", "eval"] {
+        assert!(!stats.contains_key(cmd), "hot path used redis: {stats:?}");
+    }
+    assert_eq!(ep.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_started_at_once_make_one_call() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![token(3600)]).await;
+    let results = replicas(4, &redis.url(), &server.uri(), &cfg(), 50).await;
+    for r in &results {
+        let tokens = all_ok(r);
+        assert!(tokens.iter().all(|t| t == "tok-1"), "{tokens:?}");
+    }
+    assert_eq!(ep.calls(), 1, "token-endpoint calls across 4 replicas");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn background_refresh_replaces_an_expiring_token_while_callers_keep_the_old_one() {
+    let redis = RedisServer::start();
+    // tok-1 is usable for ~10 s (15 s minus the 5 s margin) but due for refresh at once (refresh_before 60 s);
+    // tok-2 takes a second to arrive, so callers run while the refresh is in flight.
+    let slow = Answer::Token { expires_in: 3600, delay: Duration::from_secs(1) };
+    let (server, ep) = idp(vec![token(15), slow]).await;
+    let m = manager(&redis.url(), &server.uri(), &M2mConfig { lock_ttl: Duration::from_secs(3), ..cfg() });
+    assert_eq!(m.token(P).await.unwrap(), "tok-1");
+
+    let cancel = CancellationToken::new();
+    let refresher = m.spawn_refresher(cancel.clone());
+    // Each caller records the token it got and how many endpoint calls had begun by then.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (m, ep) = (m.clone(), ep.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..1500 {
+                    let t = m.token(P).await;
+                    let done = matches!(&t, Ok(t) if t == "tok-2");
+                    seen.push((t, ep.calls()));
+                    if done {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                seen
+            })
+        })
+        .collect();
+    let seen: Vec<_> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+
+    for (t, _) in &seen {
+        match t {
+            Ok(t) => assert!(t == "tok-1" || t == "tok-2", "unexpected token {t}"),
+            Err(e) => panic!("a caller failed during the refresh: {e}"),
+        }
+    }
+    assert!(seen.iter().any(|(t, _)| matches!(t, Ok(t) if t == "tok-2")), "the refresh never landed");
+    let served_during_refresh =
+        seen.iter().filter(|(t, calls)| *calls >= 2 && matches!(t, Ok(t) if t == "tok-1")).count();
+    assert!(served_during_refresh > 0, "callers waited for the refresh instead of using the current token");
+    assert_eq!(ep.calls(), 2, "one initial fetch, one background refresh");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&get(&redis, "m2m_token:corp").unwrap()).unwrap()["accessToken"],
+        "tok-2"
+    );
+
+    // A few more rounds: tok-2 is not due, so nothing is fetched; then the task stops on cancel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ep.calls(), 2);
+    cancel.cancel();
+    tokio::time::timeout(MUST_RETURN, refresher).await.expect("refresher did not stop").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leaders_lock_expires_and_another_replica_takes_over() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![token(3600)]).await;
+    // A leader that took the lock and died: another owner's value, a short PX, no token.
+    redis::cmd("SET")
+        .arg("lock:m2m_token:corp")
+        .arg("dead-leader")
+        .arg("PX")
+        .arg(500)
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+
+    let results = replicas(4, &redis.url(), &server.uri(), &cfg(), 20).await;
+    for r in &results {
+        assert!(all_ok(r).iter().all(|t| t == "tok-1"));
+    }
+    assert!(ep.calls() >= 1 && ep.calls() <= 2, "calls: {}", ep.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_errors_fail_closed_then_recover() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![Answer::Status(500)]).await;
+    let c = cfg();
+
+    let results = replicas(3, &redis.url(), &server.uri(), &c, 10).await;
+    for r in results.iter().flatten() {
+        assert!(matches!(r, Err(M2mError::Unavailable(_))), "500 must fail closed: {r:?}");
+    }
+    assert!(ep.calls() >= 1);
+    assert!(!redis.exists("m2m_token:corp"), "nothing stored from a failed call");
+    assert!(!redis.exists("lock:m2m_token:corp"), "the failed leader released its lock");
+
+    // The endpoint answers again: the next attempt anywhere succeeds, with one more call in all.
+    ep.set(vec![token(3600)]);
+    let before = ep.calls();
+    let results = replicas(3, &redis.url(), &server.uri(), &c, 10).await;
+    for r in &results {
+        assert!(all_ok(r).iter().all(|t| *t == format!("tok-{}", before + 1)));
+    }
+    assert_eq!(ep.calls(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_token_endpoint_times_out_closed_then_recovers() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![Answer::Hang(Duration::from_secs(3))]).await;
+    let m = manager(&redis.url(), &server.uri(), &cfg());
+
+    for r in callers(&m, 50).await {
+        match r {
+            Err(M2mError::Unavailable(msg)) => assert!(msg.contains("timed out"), "{msg}"),
+            Ok(_) => panic!("a timed-out call handed out a token"),
+        }
+    }
+    assert_eq!(ep.calls(), 1, "concurrent callers share the failing call too");
+
+    ep.set(vec![token(3600)]);
+    assert_eq!(m.token(P).await.unwrap(), "tok-2");
+    assert_eq!(ep.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_lock_owned_by_someone_else_is_never_deleted() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![token(3600)]).await;
+    redis::cmd("SET")
+        .arg("lock:m2m_token:corp")
+        .arg("someone-else")
+        .arg("PX")
+        .arg(20_000)
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+    let c = M2mConfig { follower_retries: 3, ..cfg() };
+    let m = manager(&redis.url(), &server.uri(), &c);
+
+    // A follower that never sees a token gives up (fail closed) and leaves the lock alone.
+    let r = tokio::time::timeout(MUST_RETURN, m.token(P)).await.expect("follower hung");
+    assert!(matches!(r, Err(M2mError::Unavailable(_))), "{r:?}");
+    assert_eq!(ep.calls(), 0, "a follower never calls the endpoint");
+    assert_eq!(get(&redis, "lock:m2m_token:corp").as_deref(), Some("someone-else"));
+
+    // Release by a non-owner: refused, the key keeps the other owner's value.
+    let store = Redis::connect(&redis_cfg(&redis.url())).unwrap();
+    assert!(!LeaderLock::assume(P, "me").release(&store).await.unwrap());
+    assert_eq!(get(&redis, "lock:m2m_token:corp").as_deref(), Some("someone-else"));
+
+    // A leader whose lock expired and was taken by another: its late release deletes nothing.
+    let mine = LeaderLock::try_acquire(&store, "other", Duration::from_secs(10)).await.unwrap().expect("free lock");
+    assert!(LeaderLock::try_acquire(&store, "other", Duration::from_secs(10)).await.unwrap().is_none(), "NX");
+    redis::cmd("SET").arg("lock:m2m_token:other").arg("new-owner").query::<()>(&mut redis.conn()).unwrap();
+    assert!(!mine.release(&store).await.unwrap());
+    assert_eq!(get(&redis, "lock:m2m_token:other").as_deref(), Some("new-owner"));
+
+    // The owner's own release works.
+    let own = LeaderLock::try_acquire(&store, "third", Duration::from_secs(10)).await.unwrap().unwrap();
+    assert_eq!(get(&redis, "lock:m2m_token:third").as_deref(), Some(own.owner()));
+    assert!(own.release(&store).await.unwrap());
+    assert!(!redis.exists("lock:m2m_token:third"));
+}
+
+#[tokio::test]
+async fn garbage_or_expired_tokens_in_redis_are_treated_as_missing() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![token(3600)]).await;
+    redis::cmd("SET").arg("m2m_token:corp").arg("{not json").query::<()>(&mut redis.conn()).unwrap();
+    let m = manager(&redis.url(), &server.uri(), &cfg());
+    assert_eq!(m.token(P).await.unwrap(), "tok-1");
+    assert_eq!(ep.calls(), 1);
+    let stored: serde_json::Value = serde_json::from_str(&get(&redis, "m2m_token:corp").unwrap()).unwrap();
+    assert_eq!(stored["accessToken"], "tok-1");
+
+    // A token within the safety margin is never handed out, even from Redis.
+    let near = json!({"tokenProvider": "corp", "accessToken": "almost-expired", "expiresAt": portcullis::now() + 2});
+    redis::cmd("SET").arg("m2m_token:corp").arg(near.to_string()).query::<()>(&mut redis.conn()).unwrap();
+    let fresh = manager(&redis.url(), &server.uri(), &cfg());
+    assert_eq!(fresh.token(P).await.unwrap(), "tok-2");
+
+    // A valid token in Redis is shared without a call.
+    let other = manager(&redis.url(), &server.uri(), &cfg());
+    assert_eq!(other.token(P).await.unwrap(), "tok-2");
+    assert_eq!(ep.calls(), 2);
+    assert!(matches!(other.token("unknown").await, Err(M2mError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn client_auth_basic_or_post_with_the_scope() {
+    let redis = RedisServer::start();
+    let (server, _ep) = idp(vec![token(3600)]).await;
+    manager_with(&redis.url(), &server.uri(), &cfg(), ClientAuth::ClientSecretBasic).token(P).await.unwrap();
+    let _ = redis::cmd("DEL").arg("m2m_token:corp").query::<i64>(&mut redis.conn());
+    manager_with(&redis.url(), &server.uri(), &cfg(), ClientAuth::ClientSecretPost).token(P).await.unwrap();
+
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 2);
+    let form = |r: &Request| -> HashMap<String, String> { url::form_urlencoded::parse(&r.body).into_owned().collect() };
+    let (basic, post) = (&reqs[0], &reqs[1]);
+    let auth = basic.headers.get("authorization").map(|v| v.to_str().unwrap().to_string());
+    use base64::Engine;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("gateway:gateway-secret"));
+    assert_eq!(auth.as_deref(), Some(expected.as_str()));
+    assert_eq!(form(basic).get("grant_type").map(String::as_str), Some("client_credentials"));
+    assert_eq!(form(basic).get("scope").map(String::as_str), Some("m2m.read"));
+    assert!(!form(basic).contains_key("client_secret"));
+
+    assert!(post.headers.get("authorization").is_none());
+    assert_eq!(form(post).get("client_id").map(String::as_str), Some("gateway"));
+    assert_eq!(form(post).get("client_secret").map(String::as_str), Some("gateway-secret"));
+    assert_eq!(form(post).get("scope").map(String::as_str), Some("m2m.read"));
+}
+
+#[tokio::test]
+async fn status_forced_refresh_and_forget() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![token(3600)]).await;
+    let m = manager(&redis.url(), &server.uri(), &cfg());
+    let s = m.status().await.unwrap();
+    assert_eq!(
+        (s[0].provider.as_str(), s[0].shared_expires_in, s[0].local_expires_in, s[0].locked),
+        (P, None, None, false)
+    );
+
+    assert_eq!(m.token(P).await.unwrap(), "tok-1");
+    let t = m.force_refresh(P).await.unwrap();
+    assert_eq!(t.access_token, "tok-2", "a forced refresh calls even with a fresh token");
+    assert_eq!(m.token(P).await.unwrap(), "tok-2", "and replaces the local copy");
+    let s = m.status().await.unwrap();
+    assert!(s[0].shared_expires_in.unwrap() > 3500 && s[0].local_expires_in.unwrap() > 3500, "{s:?}");
+    assert!(!format!("{s:?} {t:?} {m:?}").contains("tok-"), "status and Debug never show the token");
+
+    assert!(m.forget(P).await.unwrap());
+    assert!(!redis.exists("m2m_token:corp"));
+    assert_eq!(m.token(P).await.unwrap(), "tok-3");
+    assert_eq!(ep.calls(), 3);
+}
+
+#[tokio::test]
+async fn cli_m2m_refresh_and_status() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![token(3600)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portcullis.toml");
+    let text = format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:9001"
+http_addr = "127.0.0.1:9002"
+public_url = "https://app.example.com"
+
+[redis]
+url = "{}"
+
+[session]
+cookie_secure = false
+encryption_keys = ["{}"]
+
+[providers.corp]
+kind = "oidc"
+issuer = "{}"
+token_endpoint = "{}/token"
+client_id = "gateway"
+client_secret = "gateway-secret"
+"#,
+        redis.url(),
+        portcullis::crypto::generate_key(),
+        server.uri(),
+        server.uri()
+    );
+    std::fs::write(&file, text).unwrap();
+    let run = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["m2m"])
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .env_remove("PORTCULLIS_CONFIG")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+
+    let (ok, out) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["status"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("corp: not cached"), "{out}");
+    assert!(!out.contains("lock held"), "{out}");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["refresh"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("corp: refreshed"), "{out}");
+    assert_eq!(ep.calls(), 1);
+    let (ok, _) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["refresh", "nope"])
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "an unknown provider is an error");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["status"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("corp: cached, expires in"), "{out}");
+    assert!(!out.contains("tok-"), "status never prints the token: {out}");
+    redis::cmd("SET").arg("lock:m2m_token:corp").arg("x").arg("PX").arg(20_000).query::<()>(&mut redis.conn()).unwrap();
+    let (ok, out) = tokio::task::spawn_blocking(move || run(&["status"])).await.unwrap();
+    assert!(ok && out.contains("lock held"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_mid_call_does_not_abandon_the_fetch_or_the_lock() {
+    let redis = RedisServer::start();
+    let slow = Answer::Token { expires_in: 3600, delay: Duration::from_millis(400) };
+    let (server, ep) = idp(vec![slow]).await;
+    let m = manager(&redis.url(), &server.uri(), &M2mConfig { lock_ttl: Duration::from_secs(10), ..cfg() });
+
+    // Envoy's ext_authz timeout drops the Check while the token call is in flight.
+    let dropped = tokio::time::timeout(Duration::from_millis(50), m.token(P)).await;
+    assert!(dropped.is_err(), "the call should still have been in flight");
+
+    // The fetch completes anyway: the token is shared and the lock released, not left to its 10 s TTL.
+    let stored = crate::harness::eventually(Duration::from_secs(10), async || redis.exists("m2m_token:corp")).await;
+    assert!(stored, "the abandoned fetch never stored its token");
+    assert!(crate::harness::eventually(Duration::from_secs(10), async || !redis.exists("lock:m2m_token:corp")).await);
+    let other = manager(&redis.url(), &server.uri(), &cfg());
+    assert_eq!(other.token(P).await.unwrap(), "tok-1");
+    assert_eq!(m.token(P).await.unwrap(), "tok-1");
+    assert_eq!(ep.calls(), 1);
+}
+
+/// Numbers for the report, not a pass/fail check: `cargo test --test it m2m_measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn m2m_measure() {
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![Answer::Token { expires_in: 3600, delay: Duration::ZERO }]).await;
+    let m = manager(&redis.url(), &server.uri(), &cfg());
+    let t0 = std::time::Instant::now();
+    m.token(P).await.unwrap();
+    eprintln!("cold acquisition (GET, SET NX, GET, token call, SET, release): {:?}", t0.elapsed());
+
+    let n = 200_000u32;
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        m.token(P).await.unwrap();
+    }
+    eprintln!("hot path, one task: {:?} per call", t0.elapsed() / n);
+
+    let t0 = std::time::Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                for _ in 0..n / 8 {
+                    m.token(P).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(tasks).await;
+    eprintln!("hot path, 8 tasks on 2 workers: {:?} per call", t0.elapsed() / n);
+
+    let _ = redis::cmd("DEL").arg("m2m_token:corp").query::<i64>(&mut redis.conn());
+    let t0 = std::time::Instant::now();
+    let results = replicas(4, &redis.url(), &server.uri(), &cfg(), 50).await;
+    assert!(results.iter().flatten().all(|r| r.is_ok()));
+    eprintln!("4 replicas x 50 callers, cold: {:?} wall, {} endpoint calls in all", t0.elapsed(), ep.calls());
+}
+
+/// The real provider's client_credentials grant, through the manager exactly as `serve` wires it: Ping-style
+/// introspection with `Authorization: Bearer <M2M token>`, the token endpoint found by discovery, one grant
+/// for two replicas and many checks.
+#[tokio::test]
+async fn real_idp_client_credentials_back_ping_style_introspection_in_two_replicas() {
+    use crate::harness::app::{config, request, TestApp};
+    use crate::harness::idp::{provider_toml, IdpServer};
+    let redis = RedisServer::start();
+    let idp = IdpServer::start().await;
+    let mut cfg = config(&redis.url(), &provider_toml("corp", "ping", &idp, ""));
+    cfg.redis.timeout = Duration::from_secs(5);
+    let b = TestApp::serve_like(cfg.clone()).await;
+    cfg.server.admin_addr = Some("127.0.0.1:0".into());
+    cfg.server.admin_token = Some("admin-token-for-tests-only".into());
+    let a = TestApp::serve_like(cfg).await;
+
+    let tokens = idp.login("alice").await;
+    let store = a.server.authorizer.store();
+    let new = portcullis::session::NewSession {
+        user_id: "alice".into(),
+        provider: "corp".into(),
+        sid: None,
+        tokens,
+        client_fingerprint: None,
+    };
+    let (value, _) = store.create(new, portcullis::now()).await.unwrap();
+    let c = format!("GATEWAY_SESSION={value}");
+    let checks = (0..10).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let req = request("GET", "/", &[("cookie", c.as_str())]);
+        async move { app.check(req).await.status() }
+    });
+    let statuses = futures::future::join_all(checks).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Both replicas pre-warm at start and every check needs the token: still one grant in all.
+    assert_eq!(idp.count("/token:client_credentials").await, 1, "{:?}", idp.stats().await);
+    assert!(idp.count("/token/introspection").await >= 1);
+    let shared = get(&redis, "m2m_token:corp").expect("m2m token shared in redis");
+    assert!(shared.contains("\"tokenProvider\":\"corp\""), "{shared}");
+
+    // The admin API shows, refreshes and drops it, never printing it.
+    let token: serde_json::Value = serde_json::from_str(&shared).unwrap();
+    let token = token["accessToken"].as_str().unwrap().to_string();
+    let admin = format!("http://{}/admin/m2m", a.server.admin_addr.unwrap());
+    let http = reqwest::Client::new();
+    let status = http.get(&admin).bearer_auth("admin-token-for-tests-only").send().await.unwrap().text().await.unwrap();
+    assert!(status.contains("\"provider\":\"corp\"") && !status.contains(&token), "{status}");
+    let r = http.post(format!("{admin}/corp/refresh")).bearer_auth("admin-token-for-tests-only").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.text().await.unwrap().contains(&token));
+    assert_eq!(idp.count("/token:client_credentials").await, 2);
+    let r = http.delete(format!("{admin}/corp")).bearer_auth("admin-token-for-tests-only").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(get(&redis, "m2m_token:corp").is_none());
+    a.shutdown().await;
+    b.shutdown().await;
+}
