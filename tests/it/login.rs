@@ -56,35 +56,18 @@ impl Env {
 
     /// As [`to_callback`](Self::to_callback) in another browser (its own IdP session).
     async fn to_callback_in(&self, browser: &reqwest::Client, user: &str, rd: &str) -> String {
-        let r = browser.get(format!("{}/oauth2/login", self.base)).query(&[("rd", rd)]).send().await.unwrap();
-        assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
-        let mut next = location(&r);
-        assert!(next.starts_with(&self.idp.issuer()), "login must send the browser to the IdP: {next}");
-        let q: Vec<(String, String)> = url::Url::parse(&next).unwrap().query_pairs().into_owned().collect();
-        let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
-        assert!(param("nonce").is_some() && param("state").is_some());
-        assert!(self.redis.exists(&format!("pkce:{}", param("state").unwrap())), "login state stored");
-
-        for _ in 0..8 {
-            if next.starts_with(&format!("{}/oauth2/callback", self.base)) {
-                return next;
-            }
-            let r = if next.contains("/interaction/") && !next.ends_with("/login") {
-                let form = browser.get(&next).send().await.unwrap();
-                assert!(form.status().is_success() || form.status().is_redirection());
-                if form.status().is_redirection() {
-                    next = absolute(&self.idp.issuer(), &location(&form));
-                    continue;
-                }
-                browser.post(&next).form(&[("prompt", "login"), ("login", user), ("password", "x")]).send().await
-            } else {
-                browser.get(&next).send().await
-            }
-            .unwrap();
-            next = absolute(&self.idp.issuer(), &location(&r));
-        }
-        panic!("never came back to the callback: {next}");
+        let state_key = |next: &str| {
+            let q: Vec<(String, String)> = url::Url::parse(next).unwrap().query_pairs().into_owned().collect();
+            let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
+            assert!(param("nonce").is_some());
+            format!("pkce:{}", param("state").expect("state"))
+        };
+        let cb = crate::harness::idp::sign_in(browser, &self.base, &self.idp.issuer(), user, rd, |authorize| {
+            assert!(self.redis.exists(&state_key(authorize)), "login state stored");
+        })
+        .await;
+        cb
     }
 
     /// A full login; returns the session cookie value and the Set-Cookie line.
@@ -107,10 +90,6 @@ impl Env {
         let c = format!("{}={value}", self.app.cfg.session.cookie_name);
         self.app.check(request("GET", "/api", &[("cookie", &c), ("accept", "application/json")])).await.status()
     }
-}
-
-fn absolute(base: &str, loc: &str) -> String {
-    url::Url::parse(base).and_then(|b| b.join(loc)).map(|u| u.to_string()).unwrap()
 }
 
 #[tokio::test]

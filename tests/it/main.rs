@@ -9,5 +9,6 @@ mod e2e;
 mod envoy;
 mod idp;
 mod login;
+mod logs;
 mod m2m;
 mod sessions;

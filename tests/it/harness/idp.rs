@@ -378,3 +378,43 @@ client_secret = "{CLIENT_SECRET}"
 pub async fn start_app(cfg: &portcullis::config::Config, m2m: std::sync::Arc<IdpM2m>) -> super::app::TestApp {
     super::app::TestApp::configured(cfg.clone(), m2m).await
 }
+
+/// Drives a sign-in through portcullis's login route at `base` like a browser: /oauth2/login -> the IdP
+/// (`issuer`) -> its login form as `user` -> back to portcullis's callback. Returns the callback URL, not yet
+/// visited. `at_authorize` sees the IdP authorize URL portcullis redirected to.
+pub async fn sign_in(
+    browser: &reqwest::Client,
+    base: &str,
+    issuer: &str,
+    user: &str,
+    rd: &str,
+    at_authorize: impl FnOnce(&str),
+) -> String {
+    let location = |r: &reqwest::Response| {
+        let loc = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        url::Url::parse(issuer).and_then(|b| b.join(&loc)).map(|u| u.to_string()).unwrap_or(loc)
+    };
+    let r = browser.get(format!("{base}/oauth2/login")).query(&[("rd", rd)]).send().await.expect("login route");
+    assert_eq!(r.status(), 302, "login route: {}", r.text().await.unwrap_or_default());
+    let mut next = location(&r);
+    assert!(next.starts_with(issuer), "login must send the browser to the IdP: {next}");
+    at_authorize(&next);
+    for _ in 0..8 {
+        if next.starts_with(&format!("{base}/oauth2/callback")) {
+            return next;
+        }
+        let r = if next.contains("/interaction/") && !next.ends_with("/login") {
+            let form = browser.get(&next).send().await.expect("login form");
+            if form.status().is_redirection() {
+                next = location(&form);
+                continue;
+            }
+            browser.post(&next).form(&[("prompt", "login"), ("login", user), ("password", "x")]).send().await
+        } else {
+            browser.get(&next).send().await
+        }
+        .expect("idp step");
+        next = location(&r);
+    }
+    panic!("never came back to the callback: {next}");
+}

@@ -1,0 +1,114 @@
+//! What the logs never contain: the real binary at the most verbose level through a full sign-in, checks,
+//! a tampered cookie and a logout; then its log is searched for every secret the run produced.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+use crate::harness::app::request;
+use crate::harness::idp::{sign_in, IdpOptions, IdpServer, CLIENT_SECRET};
+use crate::harness::redis::RedisServer;
+use crate::harness::{eventually, free_port};
+
+#[tokio::test]
+async fn no_token_cookie_or_session_id_reaches_the_logs_at_any_level() {
+    let redis = RedisServer::start();
+    let (grpc, http) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{http}");
+    let idp = IdpServer::start_with(IdpOptions {
+        backchannel_logout_uri: None,
+        redirect_uris: vec![format!("{base}/oauth2/callback")],
+    })
+    .await;
+    let key = portcullis::crypto::generate_key();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+grpc_addr = "127.0.0.1:{grpc}"
+http_addr = "127.0.0.1:{http}"
+public_url = "{base}"
+log_format = "json"
+[redis]
+url = "{redis}"
+timeout = "5s"
+[session]
+cookie_secure = false
+encryption_keys = ["{key}"]
+[providers.corp]
+kind = "ping"
+issuer = "{issuer}"
+client_id = "portcullis"
+client_secret = "{CLIENT_SECRET}"
+"#,
+            redis = redis.url(),
+            issuer = idp.issuer()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("portcullis.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = eventually(Duration::from_secs(20), async || {
+        reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "portcullis did not become ready");
+
+    // A full sign-in.
+    let browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap();
+    let callback = sign_in(&browser, &base, &idp.issuer(), "alice", "/", |_| {}).await;
+    let r = browser.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let set = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    let value = set.strip_prefix("GATEWAY_SESSION=").and_then(|v| v.split(';').next()).unwrap().to_string();
+    let session_id = portcullis::session::cookie::session_id(&value);
+
+    // Checks: allowed, tampered, missing.
+    let mut grpc_client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+    let c = format!("GATEWAY_SESSION={value}");
+    let tampered = format!("GATEWAY_SESSION={}x", &value[..value.len() - 1]);
+    for (cookie, want) in [(c.as_str(), 200), (tampered.as_str(), 401), ("other=1", 401)] {
+        let resp = grpc_client.check(request("GET", "/x", &[("cookie", cookie)])).await.unwrap().into_inner();
+        assert_eq!(crate::harness::app::Checked(resp).status(), want, "{cookie}");
+    }
+
+    // The secrets of this run, read before logout deletes them.
+    let stored: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(format!("session:{session_id}")).query(&mut redis.conn()).unwrap();
+    let ring = portcullis::crypto::KeyRing::parse(&[key]).unwrap();
+    let mut secrets = vec![value.clone(), session_id.clone(), CLIENT_SECRET.to_string()];
+    for field in ["idToken", "accessToken", "refreshToken"] {
+        let sealed = stored.get(field).unwrap_or_else(|| panic!("{field} stored"));
+        secrets.push(sealed.clone());
+        secrets.push(ring.decrypt(&session_id, field, sealed).unwrap());
+    }
+    let m2m: String = redis::cmd("GET").arg("m2m_token:corp").query(&mut redis.conn()).unwrap();
+    let m2m: serde_json::Value = serde_json::from_str(&m2m).unwrap();
+    secrets.push(m2m["accessToken"].as_str().unwrap().to_string());
+
+    let r = browser.get(format!("{base}/oauth2/logout")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.lines().count() > 10 && log.contains("\"level\":\"TRACE\""), "not at the most verbose level: {log}");
+    assert!(log.contains("deny"), "the denies were logged");
+    for s in &secrets {
+        assert!(s.len() >= 16, "a secret too short to search for: {s}");
+        let needle = &s[..s.len().min(24)];
+        assert!(!log.contains(needle), "a secret prefix {needle:?}... appears in the log");
+    }
+}
