@@ -23,7 +23,7 @@ lint:
 ## test: everything — lint, unit and integration tests against real Redis, IdP and Envoy, manifests.
 test: deps lint
 	$(CARGO) test --all-targets
-	@if [ -x scripts/validate-manifests.sh ]; then scripts/validate-manifests.sh; fi
+	STRICT_METRICS=1 scripts/validate-manifests.sh
 
 ## demo: Redis, the IdP, Envoy, an upstream and portcullis on free local ports; Ctrl-C stops everything.
 demo: deps
