@@ -122,10 +122,15 @@ fn run(server: bool, fut: impl std::future::Future<Output = Result<(), String>>)
     }
 }
 
-async fn sessions(cfg: Config, action: SessionsAction) -> Result<(), String> {
+/// The session store on the configured Redis and keys, as the server has it.
+fn session_store(cfg: &Config) -> Result<crate::session::SessionStore, String> {
     let redis = crate::store::Redis::connect(&cfg.redis).map_err(|e| e.to_string())?;
     let keys = crate::crypto::KeyRing::parse(&cfg.session.encryption_keys).map_err(|e| e.to_string())?;
-    let store = crate::session::SessionStore::new(redis, std::sync::Arc::new(keys), &cfg.session);
+    Ok(crate::session::SessionStore::new(redis, std::sync::Arc::new(keys), &cfg.session))
+}
+
+async fn sessions(cfg: Config, action: SessionsAction) -> Result<(), String> {
+    let store = session_store(&cfg)?;
     match action {
         SessionsAction::List { user } => {
             for s in store.user_sessions(&user).await.map_err(|e| format!("redis: {e}"))? {
@@ -145,7 +150,14 @@ async fn m2m(cfg: Config, command: M2mCommand) -> Result<(), String> {
     let mut out = std::io::stdout();
     let ok = match command {
         M2mCommand::Status => crate::m2m::command::status(&cfg, &mut out).await.map(|()| true),
-        M2mCommand::Refresh { provider } => crate::m2m::command::refresh(&cfg, provider.as_deref(), &mut out).await,
+        M2mCommand::Refresh { provider } => {
+            // Built as `serve` builds it: the same discovery finds the token endpoints.
+            let built = crate::idp::from_config(&cfg, crate::idp::M2mChoice::Shared, session_store(&cfg)?).await;
+            match built.m2m {
+                Some(m) => crate::m2m::command::refresh(&m, provider.as_deref(), &mut out).await,
+                None => Err(crate::m2m::command::CommandError::NoManager),
+            }
+        }
     }
     .map_err(|e| format!("m2m: {e}"))?;
     if ok {

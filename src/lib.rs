@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod idp;
+pub mod lock;
 pub mod login;
 pub mod m2m;
 pub mod server;

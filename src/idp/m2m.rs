@@ -8,13 +8,16 @@ use std::sync::{Arc, OnceLock, Weak};
 use super::provider::Provider;
 use crate::m2m::{M2mError, M2mSource, TokenEndpoint};
 
-/// The provider's token endpoint, discovered on first use.
+/// The provider's token endpoint: as configured, else discovered on first use.
 pub struct DiscoveredTokenEndpoint(pub Weak<Provider>);
 
 #[async_trait::async_trait]
 impl TokenEndpoint for DiscoveredTokenEndpoint {
     async fn token_endpoint(&self) -> Result<String, String> {
         let p = self.0.upgrade().ok_or("provider is gone")?;
+        if let Some(configured) = &p.cfg.token_endpoint {
+            return Ok(configured.clone());
+        }
         let e = p.discovery.endpoints(&p.http).await.map_err(|e| e.to_string())?;
         Ok(e.token_endpoint.clone())
     }

@@ -11,10 +11,11 @@ use serde::Deserialize;
 
 use super::http::{Kind, Reply};
 use super::id_token::IdToken;
-use super::lock::{refresh_key, Lock};
+use super::lock::refresh_key;
 use super::provider::Provider;
 use super::IdpError;
 use crate::config::ProviderKind;
+use crate::lock::RedisLock;
 use crate::session::{Session, Tokens};
 
 /// How often a waiting replica looks for the holder's result.
@@ -42,11 +43,14 @@ pub async fn refresh(p: &Provider, session: &Session, now: i64, user_claim: &str
     let ttl = p.lock_ttl();
     let deadline = Instant::now() + ttl * 2;
     loop {
-        match Lock::try_acquire(redis, key.clone(), ttl).await {
+        match RedisLock::try_acquire(redis, key.clone(), ttl).await {
             Err(e) => return Err(IdpError::Unavailable(format!("refresh lock: {e}"))),
             Ok(Some(lock)) => {
                 let r = lead(p, session, now, user_claim).await;
-                lock.release(redis).await;
+                if let Err(e) = lock.release(redis).await {
+                    // The TTL frees it soon enough.
+                    tracing::warn!(error = %e, "could not release a refresh lock");
+                }
                 return r;
             }
             Ok(None) => {

@@ -2,12 +2,10 @@
 //! tokens. `refresh` goes through the same lock as the servers, so it adds no extra token-endpoint call when
 //! a replica is refreshing at that moment.
 
-use std::collections::HashMap;
 use std::io::Write;
 
-use super::client::{ClientSettings, TokenClient};
 use super::manager::{shared_status, M2mManager, ProviderStatus};
-use crate::config::{Config, ProviderConfig};
+use crate::config::Config;
 use crate::store::Redis;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,8 +14,8 @@ pub enum CommandError {
     Redis(#[from] crate::store::StoreError),
     #[error("unknown provider {0:?}")]
     UnknownProvider(String),
-    #[error("providers.{provider}: {message}")]
-    Provider { provider: String, message: String },
+    #[error("no M2M manager could be built from this configuration")]
+    NoManager,
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -49,26 +47,18 @@ pub async fn status(cfg: &Config, out: &mut impl Write) -> Result<(), CommandErr
     Ok(())
 }
 
-/// `portcullis m2m refresh [PROVIDER]`: a new token for one or every provider. Returns whether all succeeded.
-pub async fn refresh(cfg: &Config, only: Option<&str>, out: &mut impl Write) -> Result<bool, CommandError> {
+/// `portcullis m2m refresh [PROVIDER]`: a new token for one or every provider of `manager` (built exactly
+/// as the server builds it, so endpoints come from the same discovery). Returns whether all succeeded.
+pub async fn refresh(manager: &M2mManager, only: Option<&str>, out: &mut impl Write) -> Result<bool, CommandError> {
+    let providers = manager.providers();
     if let Some(p) = only {
-        if !cfg.providers.contains_key(p) {
+        if !providers.iter().any(|x| x == p) {
             return Err(CommandError::UnknownProvider(p.to_string()));
         }
     }
-    let mut clients = HashMap::new();
-    for (name, p) in cfg.providers.iter().filter(|(n, _)| only.is_none_or(|o| o == n.as_str())) {
-        let endpoint = resolve_token_endpoint(p)
-            .await
-            .map_err(|message| CommandError::Provider { provider: name.clone(), message })?;
-        let client = TokenClient::new(ClientSettings::from_provider(p, &endpoint))
-            .map_err(|e| CommandError::Provider { provider: name.clone(), message: e.to_string() })?;
-        clients.insert(name.clone(), client);
-    }
-    let manager = M2mManager::new(Redis::connect(&cfg.redis)?, &cfg.m2m, clients);
     let mut all_ok = true;
-    for p in manager.providers() {
-        match manager.force_refresh(&p).await {
+    for p in providers.iter().filter(|n| only.is_none_or(|o| o == n.as_str())) {
+        match manager.force_refresh(p).await {
             Ok(t) => writeln!(out, "{p}: refreshed, expires in {} s", t.expires_in(crate::now()))?,
             Err(e) => {
                 all_ok = false;
@@ -77,28 +67,4 @@ pub async fn refresh(cfg: &Config, only: Option<&str>, out: &mut impl Write) -> 
         }
     }
     Ok(all_ok)
-}
-
-/// `providers.X.token_endpoint`, else the issuer's discovery document. The server gets endpoints from the
-/// IdP module's discovery; this keeps the CLI standalone.
-pub async fn resolve_token_endpoint(p: &ProviderConfig) -> Result<String, String> {
-    if let Some(e) = &p.token_endpoint {
-        return Ok(e.clone());
-    }
-    let issuer = p.issuer().ok_or("no issuer and no token_endpoint")?;
-    let url = format!("{issuer}/.well-known/openid-configuration");
-    let http = reqwest::Client::builder().timeout(p.timeout).build().map_err(|e| e.to_string())?;
-    let doc: serde_json::Value = http
-        .get(&url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| format!("discovery {url}: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("discovery {url}: {e}"))?;
-    doc.get("token_endpoint")
-        .and_then(|v| v.as_str())
-        .map(String::from)
-        .ok_or_else(|| format!("discovery {url}: no token_endpoint"))
 }
