@@ -1,4 +1,5 @@
-//! The Redis connection, standalone or cluster, and the three ways the rest of the crate talks to it.
+//! The Redis connection (standalone, cluster, or a master found through Sentinel) and the three ways the
+//! rest of the crate talks to it.
 //!
 //! Connections are redis-rs multiplexed connections (`ConnectionManager`, or the cluster client), shared
 //! by every task. A checkout pool such as deadpool-redis PINGs on every checkout, which would double the
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
@@ -31,8 +33,21 @@ pub struct Redis {
 }
 
 enum Backend {
-    Standalone { conns: Vec<ConnectionManager>, next: AtomicUsize },
-    Cluster { client: Box<redis::cluster::ClusterClient>, conn: OnceCell<ClusterConnection> },
+    Standalone {
+        conns: Vec<ConnectionManager>,
+        next: AtomicUsize,
+    },
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        conn: OnceCell<ClusterConnection>,
+    },
+    /// The master Sentinel names; forgotten on a connection error, a timeout or READONLY (a failover made it
+    /// a replica), so the next call asks Sentinel again.
+    Sentinel {
+        sentinel: Box<tokio::sync::Mutex<SentinelClient>>,
+        master: tokio::sync::RwLock<Option<ConnectionManager>>,
+        config: ConnectionManagerConfig,
+    },
 }
 
 struct Inner {
@@ -85,14 +100,31 @@ impl Redis {
                     .build()?;
                 Backend::Cluster { client: Box::new(client), conn: OnceCell::new() }
             }
+            "sentinel" => {
+                let mut node = redis::RedisConnectionInfo::default();
+                if let Some(u) = &cfg.username {
+                    node = node.set_username(u);
+                }
+                if let Some(p) = &cfg.password {
+                    node = node.set_password(p);
+                }
+                let info = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+                let sentinel = SentinelClient::build(
+                    cfg.urls.clone(),
+                    cfg.sentinel_master.clone().unwrap_or_default(),
+                    Some(info),
+                    SentinelServerType::Master,
+                )?;
+                Backend::Sentinel {
+                    sentinel: Box::new(tokio::sync::Mutex::new(sentinel)),
+                    master: tokio::sync::RwLock::new(None),
+                    config: manager_config(cfg),
+                }
+            }
             _ => {
                 let url = with_credentials(cfg.url.as_deref().unwrap_or_default(), cfg);
                 let client = redis::Client::open(url)?;
-                let mcfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(cfg.connect_timeout))
-                    .set_response_timeout(Some(cfg.timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(1));
+                let mcfg = manager_config(cfg);
                 let conns = (0..cfg.pool_size.max(1))
                     .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -112,6 +144,38 @@ impl Redis {
                 let c = conn.get_or_try_init(|| client.get_async_connection()).await?;
                 Ok(Conn::Cluster(c.clone()))
             }
+            Backend::Sentinel { sentinel, master, config } => {
+                if let Some(m) = master.read().await.as_ref() {
+                    return Ok(Conn::Standalone(m.clone()));
+                }
+                let mut slot = master.write().await;
+                if let Some(m) = slot.as_ref() {
+                    return Ok(Conn::Standalone(m.clone()));
+                }
+                let client = sentinel.lock().await.async_get_client().await?;
+                let m = ConnectionManager::new_with_config(client, config.clone()).await?;
+                *slot = Some(m.clone());
+                tracing::info!("redis master resolved through sentinel");
+                Ok(Conn::Standalone(m))
+            }
+        }
+    }
+
+    /// After a failed call in Sentinel mode, forget the master unless the error was the command's own.
+    async fn after_error(&self, e: &StoreError) {
+        let Backend::Sentinel { master, .. } = &self.inner.backend else { return };
+        let failover = match e {
+            StoreError::Timeout => true,
+            StoreError::Redis(r) => {
+                r.is_io_error()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+                    || r.is_timeout()
+                    || r.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            }
+        };
+        if failover {
+            *master.write().await = None;
         }
     }
 
@@ -126,6 +190,7 @@ impl Redis {
         if let Err(e) = &out {
             metrics::counter!("portcullis_redis_errors_total").increment(1);
             tracing::warn!(error = %e, "redis call failed");
+            self.after_error(e).await;
         }
         out
     }
@@ -166,6 +231,14 @@ impl Redis {
 /// Convenience for building a [`ScriptInvocation`] from a shared script.
 pub fn invoke(script: &Script) -> ScriptInvocation<'_> {
     script.prepare_invoke()
+}
+
+fn manager_config(cfg: &RedisConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        .set_response_timeout(Some(cfg.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1))
 }
 
 fn with_credentials(url: &str, cfg: &RedisConfig) -> String {

@@ -445,3 +445,49 @@ async fn redis_cluster_mode_serves_checks() {
     assert_eq!(app.check(request("GET", "/", &[("cookie", &cookies[1].0)])).await.status(), 200);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn redis_sentinel_mode_follows_a_failover() {
+    use crate::harness::redis::{RedisSentinel, SENTINEL_MASTER};
+    let mut rs = RedisSentinel::start();
+    let mut cfg = config("redis://127.0.0.1:1", "");
+    cfg.redis.mode = "sentinel".into();
+    cfg.redis.url = None;
+    cfg.redis.urls = vec![rs.url()];
+    cfg.redis.sentinel_master = Some(SENTINEL_MASTER.into());
+    let v = StaticValidator::new();
+    let app = TestApp::with_validator(cfg, v).await;
+    let (value, s) = app.login("alice", json!({})).await;
+    let c = cookie(&app, &value);
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
+    assert!(rs.exists_on(rs.master, &session_key(&s.id)), "written to the master Sentinel named");
+
+    rs.kill_master();
+    // The master is gone: calls fail (503 meanwhile), portcullis asks Sentinel again and finds the new one.
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 503);
+    let store = app.server.authorizer.store();
+    let mut created = None;
+    for _ in 0..20 {
+        let new = portcullis::session::NewSession {
+            user_id: "bob".into(),
+            provider: "corp".into(),
+            sid: None,
+            tokens: portcullis::session::Tokens {
+                id_token: crate::harness::app::fake_jwt(json!({})),
+                access_token: "at".into(),
+                refresh_token: None,
+            },
+            client_fingerprint: None,
+        };
+        if let Ok(ok) = store.create(new, portcullis::now()).await {
+            created = Some(ok);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (value2, s2) = created.expect("a session could be created after the failover");
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200, "alice's replicated session");
+    assert!(rs.exists_on(rs.replica, &session_key(&s2.id)), "new sessions go to the new master");
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &cookie(&app, &value2))])).await.status(), 200);
+    app.shutdown().await;
+}

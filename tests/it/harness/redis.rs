@@ -192,3 +192,103 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// A master, one replica and one Sentinel watching them as `mymaster` (quorum 1); killed on drop.
+pub struct RedisSentinel {
+    pub master: u16,
+    pub replica: u16,
+    pub sentinel: u16,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (master, replica, sentinel) = (super::free_port(), super::free_port(), super::free_port());
+        let node = |port: u16, extra: &[String]| {
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (install Debian's redis-server)")
+        };
+        let mut children =
+            vec![node(master, &[]), node(replica, &["--replicaof".into(), "127.0.0.1".into(), master.to_string()])];
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel}\nbind 127.0.0.1\nsentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\nsentinel failover-timeout {SENTINEL_MASTER} 5000\n"
+            ),
+        )
+        .expect("sentinel.conf");
+        children.push(
+            Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel"),
+        );
+        let s = Self { master, replica, sentinel, children, _dir: dir };
+        let end = Instant::now() + Duration::from_secs(15);
+        while !(s.master_port() == Some(master)
+            && cli(replica, &["info", "replication"]).contains("master_link_status:up"))
+        {
+            assert!(Instant::now() < end, "sentinel/replica did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel)
+    }
+
+    /// The master's port as Sentinel reports it.
+    pub fn master_port(&self) -> Option<u16> {
+        cli(self.sentinel, &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER])
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Kills the master (after its writes reached the replica) and waits until Sentinel promotes the replica.
+    pub fn kill_master(&mut self) {
+        let _ = cli(self.master, &["wait", "1", "2000"]);
+        let _ = self.children[0].kill();
+        let _ = self.children[0].wait();
+        let end = Instant::now() + Duration::from_secs(30);
+        while self.master_port() != Some(self.replica) {
+            assert!(Instant::now() < end, "Sentinel did not promote the replica");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn exists_on(&self, port: u16, key: &str) -> bool {
+        cli(port, &["exists", key]).trim() == "1"
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
