@@ -243,9 +243,11 @@ impl RedisSentinel {
                 .expect("redis-server --sentinel"),
         );
         let s = Self { master, replica, sentinel, children, _dir: dir };
-        let end = Instant::now() + Duration::from_secs(15);
+        // Sentinel learns of replicas from the master's INFO (every 10 s): it can only promote one it knows.
+        let end = Instant::now() + Duration::from_secs(30);
         while !(s.master_port() == Some(master)
-            && cli(replica, &["info", "replication"]).contains("master_link_status:up"))
+            && cli(replica, &["info", "replication"]).contains("master_link_status:up")
+            && cli(sentinel, &["sentinel", "replicas", SENTINEL_MASTER]).contains(&replica.to_string()))
         {
             assert!(Instant::now() < end, "sentinel/replica did not come up");
             std::thread::sleep(Duration::from_millis(50));
