@@ -551,45 +551,6 @@ async fn a_caller_dropped_mid_call_does_not_abandon_the_fetch_or_the_lock() {
     assert_eq!(ep.calls(), 1);
 }
 
-/// Numbers for the report, not a pass/fail check: `cargo test --test it m2m_measure -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn m2m_measure() {
-    let redis = RedisServer::start();
-    let (server, ep) = idp(vec![Answer::Token { expires_in: 3600, delay: Duration::ZERO }]).await;
-    let m = manager(&redis.url(), &server.uri(), &cfg());
-    let t0 = std::time::Instant::now();
-    m.token(P).await.unwrap();
-    eprintln!("cold acquisition (GET, SET NX, GET, token call, SET, release): {:?}", t0.elapsed());
-
-    let n = 200_000u32;
-    let t0 = std::time::Instant::now();
-    for _ in 0..n {
-        m.token(P).await.unwrap();
-    }
-    eprintln!("hot path, one task: {:?} per call", t0.elapsed() / n);
-
-    let t0 = std::time::Instant::now();
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let m = m.clone();
-            tokio::spawn(async move {
-                for _ in 0..n / 8 {
-                    m.token(P).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    futures::future::join_all(tasks).await;
-    eprintln!("hot path, 8 tasks on 2 workers: {:?} per call", t0.elapsed() / n);
-
-    let _ = redis::cmd("DEL").arg("m2m_token:corp").query::<i64>(&mut redis.conn());
-    let t0 = std::time::Instant::now();
-    let results = replicas(4, &redis.url(), &server.uri(), &cfg(), 50).await;
-    assert!(results.iter().flatten().all(|r| r.is_ok()));
-    eprintln!("4 replicas x 50 callers, cold: {:?} wall, {} endpoint calls in all", t0.elapsed(), ep.calls());
-}
-
 /// The real provider's client_credentials grant, through the manager exactly as `serve` wires it: Ping-style
 /// introspection with `Authorization: Bearer <M2M token>`, the token endpoint found by discovery, one grant
 /// for two replicas and many checks.

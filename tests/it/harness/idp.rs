@@ -209,64 +209,7 @@ impl IdpServer {
 
     /// Like [`login`](Self::login), also returning the browser (its cookie jar holds the IdP session).
     pub async fn browser_login(&self, user: &str) -> (reqwest::Client, Tokens) {
-        let browser = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .cookie_store(true)
-            .build()
-            .expect("browser client");
-        let verifier = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        let mut auth = url::Url::parse(&self.url("/auth")).expect("auth url");
-        auth.query_pairs_mut()
-            .append_pair("client_id", CLIENT_ID)
-            .append_pair("response_type", "code")
-            .append_pair("scope", "openid email profile groups offline_access")
-            .append_pair("redirect_uri", REDIRECT_URI)
-            .append_pair("state", "st")
-            .append_pair("nonce", "nn")
-            .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256");
-        // /auth -> /interaction/<uid> (login form)
-        let form_url = self.follow(browser.get(auth.as_str())).await;
-        assert!(form_url.contains("/interaction/"), "expected the login form, got {form_url}");
-        // POST the form -> /auth/<uid> -> redirect_uri?code=...
-        let mut next =
-            self.follow(browser.post(&form_url).form(&[("prompt", "login"), ("login", user), ("password", "x")])).await;
-        for _ in 0..5 {
-            if next.starts_with(REDIRECT_URI) {
-                break;
-            }
-            next = self.follow(browser.get(&next)).await;
-        }
-        let code = url::Url::parse(&next)
-            .expect("callback url")
-            .query_pairs()
-            .find(|(k, _)| k == "code")
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_else(|| panic!("no code in {next}"));
-        let r: Value = self
-            .http
-            .post(self.url("/token"))
-            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT_URI),
-                ("code_verifier", &verifier),
-            ])
-            .send()
-            .await
-            .expect("code exchange")
-            .json()
-            .await
-            .expect("token json");
-        let text = |k: &str| r[k].as_str().unwrap_or_else(|| panic!("no {k} in {r}")).to_string();
-        let tokens = Tokens {
-            id_token: text("id_token"),
-            access_token: text("access_token"),
-            refresh_token: Some(text("refresh_token")),
-        };
-        (browser, tokens)
+        login_at(&self.issuer(), user).await
     }
 
     /// RP-initiated logout in `browser`: end_session with `id_token_hint`, then the confirmation form.
@@ -294,18 +237,6 @@ impl IdpServer {
             .await
             .expect("logout confirm");
         assert!(r.status().is_redirection() || r.status().is_success(), "logout answered {}", r.status());
-    }
-
-    /// Sends `req` and returns its absolute `Location`.
-    async fn follow(&self, req: reqwest::RequestBuilder) -> String {
-        let r = req.send().await.expect("idp request");
-        let loc = r
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_else(|| panic!("no redirect from the IdP (HTTP {})", r.status()))
-            .to_string();
-        url::Url::parse(&self.issuer()).and_then(|b| b.join(&loc)).map(|u| u.to_string()).expect("location")
     }
 }
 
@@ -417,4 +348,81 @@ pub async fn sign_in(
         next = location(&r);
     }
     panic!("never came back to the callback: {next}");
+}
+
+/// A real Authorization Code + PKCE login of `user` through the login form of the provider at `issuer`
+/// (any running `tests/idp/provider.mjs`, e.g. one a load script started); returns the browser (its cookie
+/// jar holds the IdP session) and the tokens.
+pub async fn login_at(issuer: &str, user: &str) -> (reqwest::Client, Tokens) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
+    let at = |path: &str| format!("{issuer}{path}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("browser client");
+    let verifier = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let mut auth = url::Url::parse(&at("/auth")).expect("auth url");
+    auth.query_pairs_mut()
+        .append_pair("client_id", CLIENT_ID)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid email profile groups offline_access")
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .append_pair("state", "st")
+        .append_pair("nonce", "nn")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    // /auth -> /interaction/<uid> (login form)
+    let form_url = follow(issuer, browser.get(auth.as_str())).await;
+    assert!(form_url.contains("/interaction/"), "expected the login form, got {form_url}");
+    // POST the form -> /auth/<uid> -> redirect_uri?code=...
+    let mut next =
+        follow(issuer, browser.post(&form_url).form(&[("prompt", "login"), ("login", user), ("password", "x")])).await;
+    for _ in 0..5 {
+        if next.starts_with(REDIRECT_URI) {
+            break;
+        }
+        next = follow(issuer, browser.get(&next)).await;
+    }
+    let code = url::Url::parse(&next)
+        .expect("callback url")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("no code in {next}"));
+    let r: Value = http
+        .post(at("/token"))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT_URI),
+            ("code_verifier", &verifier),
+        ])
+        .send()
+        .await
+        .expect("code exchange")
+        .json()
+        .await
+        .expect("token json");
+    let text = |k: &str| r[k].as_str().unwrap_or_else(|| panic!("no {k} in {r}")).to_string();
+    let tokens = Tokens {
+        id_token: text("id_token"),
+        access_token: text("access_token"),
+        refresh_token: Some(text("refresh_token")),
+    };
+    (browser, tokens)
+}
+
+/// Sends `req` and returns its absolute `Location`.
+async fn follow(issuer: &str, req: reqwest::RequestBuilder) -> String {
+    let r = req.send().await.expect("idp request");
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no redirect from the IdP (HTTP {})", r.status()))
+        .to_string();
+    url::Url::parse(issuer).and_then(|b| b.join(&loc)).map(|u| u.to_string()).expect("location")
 }

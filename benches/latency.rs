@@ -1,0 +1,280 @@
+//! Latency of the Check path and of the M2M token source, against the real parts the integration tests use
+//! (redis-server, the node OpenID provider in `tests/idp`, portcullis in-process). Every table has a
+//! baseline measured in the same run and a ratio column against it: compare ratios, not absolute times,
+//! across machines and runs.
+//!
+//!   cargo bench --bench latency             # every section
+//!   cargo bench --bench latency -- check    # only sections whose name contains an argument (check, m2m)
+//!
+//! Numbers only, no pass/fail. `cargo test --all-targets` (`make test`) also builds this target and, since
+//! it has `harness = false`, runs it without arguments: `main` returns at once unless cargo bench passed
+//! `--bench`, so the test run stays fast.
+
+#[path = "../tests/it/harness/mod.rs"]
+mod harness;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::config::{ClientAuth, Config};
+use portcullis::m2m::{ClientSettings, M2mManager, M2mSource, TokenClient};
+use portcullis::session::NewSession;
+use portcullis::store::Redis;
+use serde_json::json;
+
+use harness::app::{config, request, StaticValidator, TestApp};
+use harness::idp::{provider_toml, IdpServer, CLIENT_ID, CLIENT_SECRET};
+use harness::redis::RedisServer;
+
+const P: &str = "corp";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        // Run by `cargo test --all-targets`: nothing to check here, and the numbers take a while.
+        return;
+    }
+    let filters: Vec<&str> = args.iter().filter(|a| !a.starts_with("--")).map(String::as_str).collect();
+    let wanted = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f));
+    // Two workers: the machine this was written for has two cores, as a small sidecar would.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        if wanted("check") {
+            check_section().await;
+        }
+        if wanted("m2m") {
+            m2m_section().await;
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Measuring and printing.
+
+struct Row {
+    name: String,
+    n: usize,
+    p50: Duration,
+    p99: Duration,
+    mean: Duration,
+    note: String,
+}
+
+fn row(name: &str, mut samples: Vec<Duration>, note: String) -> Row {
+    assert!(!samples.is_empty());
+    samples.sort();
+    let n = samples.len();
+    let mean = samples.iter().sum::<Duration>() / n as u32;
+    Row { name: name.to_string(), n, p50: samples[n / 2], p99: samples[(n * 99 / 100).min(n - 1)], mean, note }
+}
+
+/// Runs `f` `warmup` times untimed, then `n` times timed one by one.
+async fn measure<F, Fut>(warmup: usize, n: usize, mut f: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for _ in 0..warmup {
+        f().await;
+    }
+    let mut t = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        f().await;
+        t.push(start.elapsed());
+    }
+    t
+}
+
+fn fmt(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 10.0 {
+        format!("{us:.2} µs")
+    } else if us < 10_000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.1} ms", us / 1000.0)
+    }
+}
+
+fn ratio(x: Duration, base: Duration) -> String {
+    format!("{:.2}x", x.as_secs_f64() / base.as_secs_f64().max(1e-12))
+}
+
+/// The first row is the baseline.
+fn print_table(title: &str, rows: &[Row]) {
+    let base = &rows[0];
+    let w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0).max(4);
+    println!("\n{title}");
+    println!(
+        "{:<w$}  {:>7}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  note",
+        "case", "n", "p50", "p99", "mean", "p50/base", "p99/base"
+    );
+    for r in rows {
+        println!(
+            "{:<w$}  {:>7}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  {}",
+            r.name,
+            r.n,
+            fmt(r.p50),
+            fmt(r.p99),
+            fmt(r.mean),
+            ratio(r.p50, base.p50),
+            ratio(r.p99, base.p99),
+            r.note
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Check: sequential gRPC Check calls from one client over loopback.
+
+/// portcullis as `serve` builds it against the real IdP (Redis-shared M2M manager included).
+async fn idp_app(redis: &RedisServer, idp: &IdpServer, provider_extra: &str, extra: &str) -> TestApp {
+    let mut cfg: Config = config(&redis.url(), &format!("{extra}\n{}", provider_toml(P, "ping", idp, provider_extra)));
+    cfg.redis.timeout = Duration::from_secs(5);
+    TestApp::serve_like(cfg).await
+}
+
+/// A real login at the IdP planted as a session, as the callback route would; returns the Cookie header.
+async fn real_session(app: &TestApp, idp: &IdpServer) -> String {
+    let new = NewSession {
+        user_id: "alice".into(),
+        provider: P.into(),
+        sid: None,
+        tokens: idp.login("alice").await,
+        client_fingerprint: None,
+    };
+    let (value, _) = app.server.authorizer.store().create(new, portcullis::now()).await.expect("create session");
+    format!("{}={value}", app.cookie_name())
+}
+
+async fn checks(app: &TestApp, cookie: Option<&str>, want: u16, warmup: usize, n: usize) -> Vec<Duration> {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+    let req = request("GET", "/api/me", &headers);
+    measure(warmup, n, || {
+        let req = req.clone();
+        async move {
+            let got = app.check(req).await.status();
+            assert_eq!(got, want, "the bench measures the wrong thing");
+        }
+    })
+    .await
+}
+
+async fn check_section() {
+    let redis = RedisServer::start();
+    let mut idp = IdpServer::start().await;
+    let mut rows = Vec::new();
+
+    // Baseline: no cookie, decided without Redis. Then one Redis round trip and a validator that answers at once.
+    let v = StaticValidator::new();
+    let app = TestApp::with_validator(config(&redis.url(), ""), v.clone()).await;
+    let (value, _) = app.login("alice", json!({"sub": "alice", "email": "alice@example.com"})).await;
+    let cookie = format!("{}={value}", app.cookie_name());
+    rows.push(row("no cookie -> 401 (baseline: no Redis)", checks(&app, None, 401, 500, 5000).await, String::new()));
+    rows.push(row(
+        "session + static validator (1 Redis round trip)",
+        checks(&app, Some(&cookie), 200, 500, 5000).await,
+        String::new(),
+    ));
+    app.shutdown().await;
+
+    for (name, extra) in [
+        ("every_request, real IdP (introspection)", ""),
+        ("max_staleness 30s, real IdP", "[revalidation]\nmode = \"max_staleness\"\nmax_staleness = \"30s\""),
+    ] {
+        let app = idp_app(&redis, &idp, "", extra).await;
+        let cookie = real_session(&app, &idp).await;
+        let n = 1000;
+        let warm = checks(&app, Some(&cookie), 200, 50, 0).await;
+        drop(warm);
+        idp.reset_stats().await;
+        let t = checks(&app, Some(&cookie), 200, 0, n).await;
+        let calls = idp.count("/token/introspection").await;
+        rows.push(row(name, t, format!("{calls} introspections for {n} checks")));
+        app.shutdown().await;
+    }
+
+    // Fail fast: the IdP is down and the breaker is open, every check is a 503 without an IdP call.
+    let app = idp_app(&redis, &idp, "circuit_failure_threshold = 3\ncircuit_open_duration = \"60s\"", "").await;
+    let cookie = real_session(&app, &idp).await;
+    idp.stop();
+    rows.push(row(
+        "every_request, IdP down, breaker open -> 503",
+        checks(&app, Some(&cookie), 503, 10, 2000).await,
+        String::new(),
+    ));
+    app.shutdown().await;
+
+    print_table("Check: sequential gRPC calls, one client, loopback (2 tokio workers)", &rows);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// M2M: the token every IdP call needs, against a raw Redis GET of the same key.
+
+async fn m2m_section() {
+    let redis = RedisServer::start();
+    let idp = IdpServer::start().await;
+    let mut cfg = config(&redis.url(), "");
+    cfg.redis.timeout = Duration::from_secs(2);
+    let r = Redis::connect(&cfg.redis).expect("redis");
+    let settings = ClientSettings {
+        token_endpoint: format!("{}/token", idp.issuer()),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        auth: ClientAuth::ClientSecretBasic,
+        scope: None,
+        timeout: Duration::from_secs(2),
+    };
+    let clients = HashMap::from([(P.to_string(), TokenClient::new(settings).expect("token client"))]);
+    let m = Arc::new(M2mManager::new(r.clone(), &cfg.m2m, clients));
+    m.token(P).await.expect("first token");
+
+    let mut rows = Vec::new();
+    let get = redis::cmd("GET").arg(portcullis::m2m::shared::token_key(P)).clone();
+    let t = measure(1000, 20_000, || async {
+        let v: Option<String> = r.query(&get).await.expect("GET");
+        assert!(v.is_some());
+    })
+    .await;
+    rows.push(row("raw Redis GET m2m_token:corp (baseline)", t, String::new()));
+
+    let t = measure(10_000, 200_000, || async {
+        m.token(P).await.expect("token");
+    })
+    .await;
+    rows.push(row("M2M token, hot (in-process cache), 1 task", t, String::new()));
+
+    // Eight tasks on two workers: latency per call as each caller sees it, and the total rate.
+    let per_task = 25_000;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                measure(1000, per_task, || async {
+                    m.token(P).await.expect("token");
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in futures::future::join_all(tasks).await {
+        all.extend(t.expect("task"));
+    }
+    let rate = (8 * (per_task + 1000)) as f64 / start.elapsed().as_secs_f64();
+    rows.push(row("M2M token, hot, 8 tasks on 2 workers", all, format!("{:.1} M calls/s in all", rate / 1e6)));
+
+    // Cold: nothing cached anywhere, so GET (miss), SET NX lock, GET, token call to the IdP, SET, release.
+    let t = measure(3, 100, || async {
+        m.forget(P).await.expect("forget");
+        m.token(P).await.expect("token");
+    })
+    .await;
+    rows.push(row("M2M token, cold (lock + IdP client_credentials)", t, "includes the DEL of forget()".into()));
+
+    print_table("M2M token source (2 tokio workers)", &rows);
+}
