@@ -5,10 +5,14 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# TLS is rustls with bundled roots: no OpenSSL, no cmake, gcc only. .git is not copied (.dockerignore), so
-# build.rs records the revision as "unknown" in portcullis_build_info and --version.
+# TLS is rustls with bundled roots: no OpenSSL, no cmake, gcc only. .git is not copied (.dockerignore): pass
+# the revision for portcullis_build_info and --version with --build-arg GIT_REV=$(git rev-parse --short=12 HEAD).
+ARG GIT_REV=unknown
+ENV PORTCULLIS_GIT_REV=$GIT_REV
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# Declared in Cargo.toml, so the manifest needs the file (it is not built here).
+COPY benches ./benches
 # The registry and target caches survive between builds (BuildKit); the binary is copied out of them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
