@@ -211,6 +211,16 @@ pub enum ClientAuth {
     ClientSecretPost,
 }
 
+impl From<ClientAuth> for oauth2::AuthType {
+    /// How the oauth2 crate sends the client credentials to a token endpoint (RFC 6749 §2.3.1).
+    fn from(a: ClientAuth) -> Self {
+        match a {
+            ClientAuth::ClientSecretBasic => oauth2::AuthType::BasicAuth,
+            ClientAuth::ClientSecretPost => oauth2::AuthType::RequestBody,
+        }
+    }
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {

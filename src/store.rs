@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
@@ -226,11 +226,6 @@ impl Redis {
     pub async fn ping(&self) -> bool {
         self.query::<String>(&redis::cmd("PING")).await.is_ok()
     }
-}
-
-/// Convenience for building a [`ScriptInvocation`] from a shared script.
-pub fn invoke(script: &Script) -> ScriptInvocation<'_> {
-    script.prepare_invoke()
 }
 
 fn manager_config(cfg: &RedisConfig) -> ConnectionManagerConfig {

@@ -7,9 +7,9 @@ use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
 };
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
-    ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, StandardRevocableToken,
-    StandardTokenResponse, TokenResponse, TokenUrl,
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, ExtraTokenFields,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, StandardRevocableToken, StandardTokenResponse,
+    TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -113,10 +113,7 @@ impl LoginProvider {
             .set_auth_uri(AuthUrl::new(e.authorization_endpoint.clone()).map_err(|x| bad("authorization_endpoint", x))?)
             .set_token_uri(TokenUrl::new(e.token_endpoint.clone()).map_err(|x| bad("token_endpoint", x))?)
             .set_redirect_uri(RedirectUrl::new(self.redirect_uri.clone()).map_err(|x| bad("redirect_uri", x))?)
-            .set_auth_type(match self.client_auth {
-                ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
-                ClientAuth::ClientSecretPost => AuthType::RequestBody,
-            }))
+            .set_auth_type(self.client_auth.into()))
     }
 
     /// The authorize URL for a new login, with the state and the verifier to keep for the callback.

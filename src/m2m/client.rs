@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use oauth2::basic::BasicClient;
-use oauth2::{AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, Scope, TokenResponse, TokenUrl};
+use oauth2::{ClientId, ClientSecret, EndpointNotSet, EndpointSet, Scope, TokenResponse, TokenUrl};
 
 use crate::config::{ClientAuth, ProviderConfig};
 
@@ -214,12 +214,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn oauth_client(s: &ClientSettings, endpoint: &str) -> Result<Oauth2Client, ClientError> {
     let url = TokenUrl::new(endpoint.to_string()).map_err(|_| ClientError::BadEndpoint(endpoint.to_string()))?;
-    let auth = match s.auth {
-        ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
-        ClientAuth::ClientSecretPost => AuthType::RequestBody,
-    };
     Ok(BasicClient::new(ClientId::new(s.client_id.clone()))
         .set_client_secret(ClientSecret::new(s.client_secret.clone()))
-        .set_auth_type(auth)
+        .set_auth_type(s.auth.into())
         .set_token_uri(url))
 }
