@@ -9,10 +9,12 @@ WORKDIR /src
 # the revision for portcullis_build_info and --version with --build-arg GIT_REV=$(git rev-parse --short=12 HEAD).
 ARG GIT_REV=unknown
 ENV PORTCULLIS_GIT_REV=$GIT_REV
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock build.rs clippy.toml ./
 COPY src ./src
-# Declared in Cargo.toml, so the manifest needs the file (it is not built here).
+# Declared in Cargo.toml (the bench target, the test-kit workspace member), so the manifest needs them; neither
+# is built here.
 COPY benches ./benches
+COPY testkit ./testkit
 # The registry and target caches survive between builds (BuildKit); the binary is copied out of them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

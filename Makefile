@@ -15,14 +15,16 @@ build:
 deps:
 	@scripts/ensure-deps.sh
 
-## lint: formatting and clippy, warnings are errors.
-lint:
+## lint: formatting, clippy (warnings are errors) and cargo-deny's licence, ban and source checks (deny.toml).
+## The advisory check needs a database that cannot be fetched here, so it stays out.
+lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny check licenses bans sources
 
 ## test: everything — lint, unit and integration tests against real Redis, IdP and Envoy, manifests.
 test: deps lint
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 	STRICT_METRICS=1 scripts/validate-manifests.sh
 
 ## demo: Redis, the IdP, Envoy, an upstream and portcullis on free local ports; Ctrl-C stops everything.

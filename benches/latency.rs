@@ -10,8 +10,10 @@
 //! it has `harness = false`, runs it without arguments: `main` returns at once unless cargo bench passed
 //! `--bench`, so the test run stays fast.
 
-#[path = "../tests/it/harness/mod.rs"]
-mod harness;
+// Test code: a failed expectation is a panic with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use portcullis_testkit as harness;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -8,10 +8,12 @@
 //!       flow), stores each as a session exactly as the callback route would, and prints one cookie value
 //!       per line
 //!
-//! The login is the integration tests' own (`tests/it/harness`).
+//! The login is the integration tests' own (`testkit`).
 
-#[path = "../tests/it/harness/mod.rs"]
-mod harness;
+// Test code: a failed expectation is a panic with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use portcullis_testkit as harness;
 
 use std::sync::Arc;
 

@@ -27,7 +27,7 @@ REDIS=$(free_port); IDP=$(free_port); APP=$(free_port); GRPC=$(free_port); HTTP=
 ENVOY=$(free_port); ENVOY_ADMIN=$(free_port); ENVOY_OPS=$(free_port)
 PUBLIC="http://127.0.0.1:$ENVOY"
 
-redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >"$DEMO/redis.log" 2>&1 &
+redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$DEMO" >"$DEMO/redis.log" 2>&1 &
 pids+=($!)
 IDP_PORT=$IDP IDP_REDIRECT_URIS="$PUBLIC/oauth2/callback" node tests/idp/provider.mjs >"$DEMO/idp.log" 2>&1 &
 pids+=($!)

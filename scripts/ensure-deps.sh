@@ -19,6 +19,9 @@ command -v curl >/dev/null || apt_install curl
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 command -v node >/dev/null || apt_install nodejs npm
 
+# `make lint` checks licences, bans and sources with cargo-deny (built from crates.io: no release downloads here).
+command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.20.2
+
 # Optional parts land with their own scripts.
 for s in scripts/ensure-idp.sh scripts/ensure-envoy.sh; do
   if [ -x "$s" ]; then "$s"; fi

@@ -94,7 +94,7 @@ REDIS_PORT=$(free_port); IDP_PORT=$(free_port); UP_PORT=$(free_port)
 GRPC_PORT=$(free_port); HTTP_PORT=$(free_port)
 LISTEN_PORT=$(free_port); OPS_PORT=$(free_port); ADMIN_PORT=$(free_port)
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
 IDP_PORT=$IDP_PORT node tests/idp/provider.mjs >"$work/idp.log" 2>&1 &
 pids+=($!)

@@ -1,7 +1,10 @@
 //! The one integration-test binary (every extra binary relinks the whole graph). Each module starts the
 //! real parts it needs through `harness`.
 
-mod harness;
+// Test code: a failed expectation is a panic with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use portcullis_testkit as harness;
 
 mod check;
 mod cli;

@@ -1,17 +1,23 @@
 //! A real `redis-server` on a free port, owned by the test (killed on drop).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    dir: tempfile::TempDir,
 }
 
-fn spawn(port: u16) -> Child {
+/// Every server writes (a replica's full sync, a cluster's node file) into its own temporary `dir`, never the
+/// working directory.
+fn spawn(port: u16, dir: &Path) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -23,7 +29,8 @@ fn spawn(port: u16) -> Child {
 impl RedisServer {
     pub fn start() -> Self {
         let port = super::free_port();
-        let s = Self { port, child: Some(spawn(port)) };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Self { port, child: Some(spawn(port, dir.path())), dir };
         s.wait_up();
         s
     }
@@ -86,7 +93,7 @@ impl RedisServer {
     /// Starts a fresh server on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Some(spawn(self.port));
+        self.child = Some(spawn(self.port, self.dir.path()));
         self.wait_up();
     }
 
@@ -214,8 +221,12 @@ impl RedisSentinel {
         let dir = tempfile::tempdir().expect("tempdir");
         let (master, replica, sentinel) = (super::free_port(), super::free_port(), super::free_port());
         let node = |port: u16, extra: &[String]| {
+            let own = dir.path().join(port.to_string());
+            std::fs::create_dir(&own).expect("node dir");
             Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&own)
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -237,6 +248,8 @@ impl RedisSentinel {
             Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
+                .arg("--dir")
+                .arg(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

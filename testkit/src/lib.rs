@@ -1,6 +1,8 @@
-//! Real dependencies for tests, started per test and stopped on drop.
+//! Real dependencies for tests, benches and the load kit, started per use and stopped on drop: Redis
+//! (standalone, Sentinel, Cluster), the node OpenID provider, Envoy, an upstream, portcullis in-process.
+//! A crate of its own so tests, benches and examples share it without `#[path]` includes.
 
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod app;
 pub mod envoy;
@@ -10,6 +12,9 @@ pub mod upstream;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
+
+/// The repository root: where `envoy/`, `tests/idp`, `scripts/` and `.venv` live.
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
