@@ -6,7 +6,14 @@
 //!   loadkit plant --config PORTCULLIS.toml --issuer URL [--provider corp] [--user alice] [--count N]
 //!       logs in N times at the test OpenID provider at URL (tests/idp, a real Authorization Code + PKCE
 //!       flow), stores each as a session exactly as the callback route would, and prints one cookie value
-//!       per line
+//!       per line; with --reuse it logs in once and plants N sessions holding those same tokens (cheap for a
+//!       10,000-session mix)
+//!   loadkit ceiling PORT
+//!       a do-nothing `envoy.service.auth.v3.Authorization` gRPC server on 127.0.0.1:PORT that allows every
+//!       Check with no I/O: the ceiling of the ext_authz design, swapped in for portcullis on the authz cluster
+//!   loadkit introspect PORT
+//!       a fast RFC 7662 introspection responder on 127.0.0.1:PORT answering every POST `{"active":true,...}`,
+//!       so `every_request` is measured without the node IdP's own speed
 //!
 //! The login is the integration tests' own (`testkit`).
 
@@ -17,6 +24,10 @@ use portcullis_testkit as harness;
 
 use std::sync::Arc;
 
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc::Status;
 use portcullis::config::Config;
 use portcullis::crypto::KeyRing;
 use portcullis::session::{NewSession, SessionStore};
@@ -24,7 +35,8 @@ use portcullis::store::Redis;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loadkit upstream PORT | loadkit plant --config FILE --issuer URL [--provider P] [--user U] [--count N]"
+        "usage: loadkit upstream PORT | loadkit ceiling PORT | loadkit introspect PORT\n       \
+         loadkit plant --config FILE --issuer URL [--provider P] [--user U] [--count N] [--reuse]"
     );
     std::process::exit(64);
 }
@@ -33,10 +45,52 @@ fn usage() -> ! {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("upstream") => upstream(args.get(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| usage())).await,
+        Some("upstream") => upstream(port(&args)).await,
         Some("plant") => plant(&args[1..]).await,
+        Some("ceiling") => ceiling(port(&args)).await,
+        Some("introspect") => introspect(port(&args)).await,
         _ => usage(),
     }
+}
+
+fn port(args: &[String]) -> u16 {
+    args.get(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| usage())
+}
+
+/// Allows everything, reads nothing: what Envoy + any ext_authz gRPC server costs at the least.
+struct Ceiling;
+
+#[tonic::async_trait]
+impl Authorization for Ceiling {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(Status { code: 0, ..Default::default() }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            ..Default::default()
+        }))
+    }
+}
+
+async fn ceiling(port: u16) {
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(Ceiling))
+        .serve(([127, 0, 0, 1], port).into())
+        .await
+        .expect("ceiling gRPC server");
+}
+
+async fn introspect(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind introspect");
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [("content-type", "application/json")],
+            r#"{"active":true,"sub":"alice","client_id":"portcullis","token_type":"Bearer","scope":"openid"}"#,
+        )
+    });
+    axum::serve(listener, app).await.expect("introspect");
 }
 
 async fn upstream(port: u16) {
@@ -51,13 +105,22 @@ async fn plant(args: &[String]) {
     let provider = opt("--provider").unwrap_or_else(|| "corp".into());
     let user = opt("--user").unwrap_or_else(|| "alice".into());
     let count: usize = opt("--count").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let reuse = args.iter().any(|a| a == "--reuse");
 
     let cfg = Config::load(std::path::Path::new(&config)).unwrap_or_else(|e| panic!("{config}: {e}"));
     let redis = Redis::connect(&cfg.redis).expect("redis config");
     let keys = KeyRing::parse(&cfg.session.encryption_keys).expect("session.encryption_keys");
     let store = SessionStore::new(redis, Arc::new(keys), &cfg.session);
+    let mut once = None;
     for _ in 0..count {
-        let (_browser, tokens) = harness::idp::login_at(&issuer, &user).await;
+        let tokens = match (&once, reuse) {
+            (Some(t), true) => Clone::clone(t),
+            _ => {
+                let (_browser, tokens) = harness::idp::login_at(&issuer, &user).await;
+                once = Some(Clone::clone(&tokens));
+                tokens
+            }
+        };
         let new = NewSession {
             user_id: user.clone(),
             provider: provider.clone(),
