@@ -21,6 +21,8 @@
 #   CONNECTIONS  wrk connections (default 32)        THREADS      wrk threads (default 1)
 #   SESSIONS     sessions to rotate (default 32)     ENVOY_CONCURRENCY  Envoy workers (default 1)
 #   PROFILE      cargo profile to build (default release)
+#   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,max_staleness,
+#                max_staleness-10k,every_request,breaker_open)      MIX  sessions of the big mix (default 10000)
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +35,9 @@ THREADS="${THREADS:-1}"
 SESSIONS="${SESSIONS:-32}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-1}"
 PROFILE="${PROFILE:-release}"
+CASES="${CASES:-baseline,ceiling,deny-no-cookie,max_staleness,max_staleness-10k,every_request,breaker_open}"
+MIX="${MIX:-10000}"
+want_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")"
 pids=()
@@ -129,6 +134,14 @@ TOML
 log "logging in $SESSIONS times at the IdP and planting the sessions"
 "$KIT" plant --config "$work/portcullis.toml" --issuer "$ISSUER" --count "$SESSIONS" >"$work/cookies"
 [[ $(wc -l <"$work/cookies") -eq $SESSIONS ]] || die "planted $(wc -l <"$work/cookies") sessions, wanted $SESSIONS"
+if want_case max_staleness-10k; then
+    log "planting $MIX sessions (one login, tokens reused)"
+    "$KIT" plant --config "$work/portcullis.toml" --issuer "$ISSUER" --count "$MIX" --reuse >"$work/cookies-mix"
+fi
+INTRO_PORT=$(free_port); DEAD_PORT=$(free_port)
+"$KIT" introspect "$INTRO_PORT" >"$work/introspect.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$INTRO_PORT/"
 : >"$work/no-cookies"
 
 # wrk: every request carries the next cookie of COOKIES (none when the file is empty).
@@ -155,18 +168,26 @@ PORTCULLIS_HTTP_PORT=$UP_PORT UPSTREAM_PORT=$UP_PORT \
 pids+=($!)
 wait_http "http://127.0.0.1:$ADMIN_PORT/ready"
 
-start_portcullis() { # mode
+start_portcullis() { # mode [introspection endpoint]
     local env=(PORTCULLIS__REVALIDATION__MODE="$1")
+    [[ -n "${2:-}" ]] && env+=(PORTCULLIS__PROVIDERS__CORP__INTROSPECTION_ENDPOINT="$2")
     [[ "$1" == max_staleness ]] && env+=(PORTCULLIS__REVALIDATION__MAX_STALENESS=30s)
     env "${env[@]}" "$BIN" serve --config "$work/portcullis.toml" >>"$work/portcullis.log" 2>&1 &
     portcullis_pid=$!
     wait_http "http://127.0.0.1:$HTTP_PORT/readyz"
 }
+start_ceiling() { "$KIT" ceiling "$GRPC_PORT" >>"$work/ceiling.log" 2>&1 & portcullis_pid=$!; sleep 0.5; }
 stop_portcullis() { stop_pid "$portcullis_pid"; wait "$portcullis_pid" 2>/dev/null || true; portcullis_pid=""; }
 introspections() { curl -fsS "$ISSUER/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("/token/introspection", 0))'; }
 
 # wrk's duration ("12.34ms", "850.00us", "1.02s") in ms.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+
+# Redis: commands executed (INFO commandstats, scripts' inner commands included) and CPU seconds (INFO cpu).
+redis_calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,]' '/^cmdstat_/ && !/cmdstat_info/ {n += $2} END {print n + 0}'; }
+redis_cpu_us() { redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%d", s * 1e6}'; }
+# utime + stime of PID in µs (/proc/PID/stat fields 14 and 15, clock ticks).
+proc_cpu_us() { [[ -n "${1:-}" ]] || { echo 0; return; }; awk -v hz="$(getconf CLK_TCK)" '{printf "%d", ($14 + $15) * 1e6 / hz}' "/proc/$1/stat"; }
 
 results=()
 run_case() { # name path cookies-file expected-status
@@ -176,8 +197,9 @@ run_case() { # name path cookies-file expected-status
     [[ "$got" == "$want" ]] || die "$name: $path answered $got, expected $want (logs in $work)"
     COOKIES="$cookies" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$work/rotate.lua" \
         "http://127.0.0.1:$LISTEN_PORT$path" >/dev/null
-    local before_idp rss_before out rps p50 p99 other
+    local before_idp rss_before out rps p50 p99 other rc0 rcpu0 pcpu0
     before_idp=$(introspections)
+    rc0=$(redis_calls); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid")
     rss_before=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     out=$(COOKIES="$cookies" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" \
         "http://127.0.0.1:$LISTEN_PORT$path")
@@ -189,40 +211,77 @@ run_case() { # name path cookies-file expected-status
     local reqs idp_calls
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     idp_calls=$(( $(introspections) - before_idp ))
+    local rcmd rcpu pcpu
+    rcmd=$(awk -v a="$(redis_calls)" -v b="$rc0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b - 1) / n}')
+    rcpu=$(awk -v a="$(redis_cpu_us)" -v b="$rcpu0" -v n="$reqs" 'BEGIN {printf "%.1f", (a - b) / n}')
+    pcpu=$(awk -v a="$(proc_cpu_us "$portcullis_pid")" -v b="$pcpu0" -v n="$reqs" 'BEGIN {printf "%.1f", (a - b) / n}')
     local rss_after
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
-    results+=("$name|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after")
+    results+=("$name|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$(cut -d' ' -f1 /proc/loadavg)")
     log "$name: $rps req/s, p99 ${p99} ms"
 }
 
+if want_case ceiling; then
+    log "ceiling: loadkit ceiling (allows everything, no I/O) on the authz cluster's port"
+    start_ceiling
+    run_case ceiling /api/bench "$work/no-cookies" 200
+    stop_portcullis
+fi
 log "portcullis: max_staleness (30s)"
 start_portcullis max_staleness
 rss_start=$(rss_kb "$portcullis_pid")
-run_case baseline /oauth2/bench "$work/cookies" 200
-run_case deny-no-cookie /api/bench "$work/no-cookies" 401
-run_case max_staleness /api/bench "$work/cookies" 200
+want_case baseline && run_case baseline /oauth2/bench "$work/cookies" 200
+want_case deny-no-cookie && run_case deny-no-cookie /api/bench "$work/no-cookies" 401
+want_case max_staleness && run_case max_staleness /api/bench "$work/cookies" 200
+if [[ -n "${PERF:-}" ]] && want_case max_staleness; then
+    log "perf record -g on portcullis during a max_staleness run"
+    perf record -g -o "$work/perf.data" -p "$portcullis_pid" -- sleep 5 >/dev/null 2>&1 &
+    perf_pid=$!
+    COOKIES="$work/cookies" wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s "$work/rotate.lua" "http://127.0.0.1:$LISTEN_PORT/api/bench" >/dev/null
+    wait "$perf_pid" || true
+    perf report -i "$work/perf.data" --no-children --stdio --percent-limit 1 >"$PERF" 2>/dev/null || true
+fi
+if want_case max_staleness-10k; then
+    run_case max_staleness-10k /api/bench "$work/cookies-mix" 200
+    rss_mix=$(rss_kb "$portcullis_pid")
+fi
 stop_portcullis
-log "portcullis: every_request"
-start_portcullis every_request
-run_case every_request /api/bench "$work/cookies" 200
-stop_portcullis
+if want_case every_request; then
+    log "portcullis: every_request against loadkit introspect"
+    start_portcullis every_request "http://127.0.0.1:$INTRO_PORT/introspect"
+    run_case every_request /api/bench "$work/cookies" 200
+    stop_portcullis
+fi
+if want_case breaker_open; then
+    log "portcullis: every_request, introspection endpoint down (breaker opens)"
+    start_portcullis every_request "http://127.0.0.1:$DEAD_PORT/introspect"
+    run_case breaker_open /api/bench "$work/cookies" 503
+    stop_portcullis
+fi
 
 # --- report --------------------------------------------------------------------------------------------------
 echo
 echo "Through Envoy ($ENVOY_CONCURRENCY worker), wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $SESSIONS sessions rotated, $(nproc) cores"
-echo "portcullis RSS right after start: $((rss_start / 1024)) MiB"
-printf '%-15s %6s %10s %9s %9s %8s %9s %9s %12s %14s\n' \
-    case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'IdP/request' 'RSS MiB b->a'
-base_rps="" base_p99=""
+echo "portcullis RSS right after start: $((rss_start / 1024)) MiB; after the $MIX-session mix: $(( ${rss_mix:-0} / 1024 )) MiB"
+printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %9s %6s\n' \
+    case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'rps/ceil' 'p99/ceil' 'IdP/req' \
+    'RSS b->a' 'redis cmd/chk us/chk' 'authz us/chk' load1
+base_rps="" base_p99="" ceil_rps="" ceil_p99=""
 for r in "${results[@]}"; do
-    IFS='|' read -r name want rps p50 p99 other reqs idp rb ra <<<"$r"
-    [[ -z "$base_rps" ]] && base_rps=$rps && base_p99=$p99
+    IFS='|' read -r name _ rps _ p99 _ <<<"$r"
+    [[ "$name" == baseline ]] && base_rps=$rps && base_p99=$p99
+    [[ "$name" == ceiling ]] && ceil_rps=$rps && ceil_p99=$p99
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else printf "-"}'; }
+for r in "${results[@]}"; do
+    IFS='|' read -r name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu load <<<"$r"
     rss="-"
     [[ "$rb" != - ]] && rss="$((rb / 1024))->$((ra / 1024))"
     # 401 is the expected answer of the deny case: wrk counts it as non-2xx.
     [[ "$want" != 200 ]] && other="($other)"
-    printf '%-15s %6s %10s %9s %9s %8s %9s %9s %12s %14s\n' "$name" "$want" "$rps" "$p50" "$p99" "$other" \
-        "$(awk -v a="$rps" -v b="$base_rps" 'BEGIN {printf "%.3f", a / b}')" \
-        "$(awk -v a="$p99" -v b="$base_p99" 'BEGIN {printf "%.2f", a / b}')" \
-        "$(awk -v a="$idp" -v b="$reqs" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')" "$rss"
+    printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
+        "$other" "$(ratio "$rps" "$base_rps")" "$(ratio "$p99" "$base_p99")" "$(ratio "$rps" "$ceil_rps")" \
+        "$(ratio "$p99" "$ceil_p99")" "$(awk -v a="$idp" -v b="$reqs" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')" \
+        "$rss" "$rcmd" "$rcpu" "$pcpu" "$load"
 done
+echo "authz us/chk: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
