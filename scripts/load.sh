@@ -212,7 +212,7 @@ run_case() { # name path cookies-file expected-status
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     idp_calls=$(( $(introspections) - before_idp ))
     local rcmd rcpu pcpu
-    rcmd=$(awk -v a="$(redis_calls)" -v b="$rc0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b - 1) / n}')
+    rcmd=$(awk -v a="$(redis_calls)" -v b="$rc0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b) / n}')
     rcpu=$(awk -v a="$(redis_cpu_us)" -v b="$rcpu0" -v n="$reqs" 'BEGIN {printf "%.1f", (a - b) / n}')
     pcpu=$(awk -v a="$(proc_cpu_us "$portcullis_pid")" -v b="$pcpu0" -v n="$reqs" 'BEGIN {printf "%.1f", (a - b) / n}')
     local rss_after
@@ -263,9 +263,9 @@ fi
 echo
 echo "Through Envoy ($ENVOY_CONCURRENCY worker), wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $SESSIONS sessions rotated, $(nproc) cores"
 echo "portcullis RSS right after start: $((rss_start / 1024)) MiB; after the $MIX-session mix: $(( ${rss_mix:-0} / 1024 )) MiB"
-printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %9s %6s\n' \
+printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' \
     case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'rps/ceil' 'p99/ceil' 'IdP/req' \
-    'RSS b->a' 'redis cmd/chk us/chk' 'authz us/chk' load1
+    'RSS b->a' 'r.cmd' 'r.us' 'authz_us' load1
 base_rps="" base_p99="" ceil_rps="" ceil_p99=""
 for r in "${results[@]}"; do
     IFS='|' read -r name _ rps _ p99 _ <<<"$r"
