@@ -22,7 +22,7 @@ command -v node >/dev/null || apt_install nodejs npm
 # `make lint` checks licences, bans and sources with cargo-deny (built from crates.io: no release downloads here).
 command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.20.2
 
-# Optional parts land with their own scripts.
-for s in scripts/ensure-idp.sh scripts/ensure-envoy.sh; do
+# Parts with their own scripts (the manifest checkers of `make test` included).
+for s in scripts/ensure-idp.sh scripts/ensure-envoy.sh scripts/ensure-k8s-tools.sh; do
   if [ -x "$s" ]; then "$s"; fi
 done

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check-config`, `keygen`, `sessions list|revoke`, `m2m status|refresh`.
+//! The command line: `serve`, `check-config`, `keygen`, `sessions list|revoke`, `m2m status|refresh`,
+//! `healthcheck`.
 //! Exit codes: 0 ok, 1 runtime failure, 64 bad config.
 
 use std::path::PathBuf;
@@ -36,6 +37,15 @@ pub enum Command {
         #[command(subcommand)]
         command: M2mCommand,
     },
+    /// Exit 0 when the readiness route answers 2xx, 1 otherwise (Docker HEALTHCHECK, exec probes: the image
+    /// has no curl). Reads no configuration.
+    Healthcheck {
+        #[arg(long, default_value = crate::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,6 +81,10 @@ pub fn main() -> ExitCode {
         println!("{}", crate::crypto::generate_key());
         return ExitCode::SUCCESS;
     }
+    if let Command::Healthcheck { url, timeout_secs } = &cli.command {
+        let timeout = std::time::Duration::from_secs(*timeout_secs);
+        return run(false, async { crate::healthcheck::probe(url, timeout).await.map(|ok| println!("{ok}")) });
+    }
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -79,7 +93,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen => ExitCode::SUCCESS,
+        Command::Keygen | Command::Healthcheck { .. } => ExitCode::SUCCESS,
         Command::CheckConfig => {
             println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
             ExitCode::SUCCESS

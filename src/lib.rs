@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod healthcheck;
 pub mod http;
 pub mod idp;
 pub mod lock;

@@ -62,3 +62,35 @@ fn version_names_the_revision() {
     let v = String::from_utf8(out.stdout).unwrap();
     assert!(v.starts_with("portcullis 0.") && v.contains('('), "{v}");
 }
+
+/// `portcullis healthcheck --url URL`, run off the async runtime: (exit code, stdout + stderr).
+async fn healthcheck(url: String) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = portcullis().args(["healthcheck", "--timeout-secs", "2", "--url", &url]).output().unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    })
+    .await
+    .unwrap()
+}
+
+/// The image's HEALTHCHECK and the sidecar's exec probes: 0 while /readyz answers 200, 1 once Redis is gone
+/// (503) and 1 when nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_follows_readiness() {
+    use crate::harness::app::{config, StaticValidator, TestApp};
+    let mut redis = crate::harness::redis::RedisServer::start();
+    let app = TestApp::with_validator(config(&redis.url(), ""), StaticValidator::new()).await;
+    let url = format!("http://{}/readyz", app.server.http_addr);
+
+    let (code, out) = healthcheck(url.clone()).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("200"), "{out}");
+
+    redis.stop();
+    let (code, out) = healthcheck(url).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("503"), "{out}");
+
+    let (code, out) = healthcheck(format!("http://127.0.0.1:{}/readyz", crate::harness::free_port())).await;
+    assert_eq!(code, Some(1), "{out}");
+}

@@ -252,6 +252,26 @@ async fn spoofed_identity_headers_never_reach_the_upstream_on_any_route() {
     assert_eq!(s.upstream.hits(), hits);
 }
 
+/// `x_auth_groups` is `X-Auth-Groups` to WSGI/CGI-style apps: the shipped Envoy refuses such names (400)
+/// before any filter runs, so nothing reaches portcullis or the upstream.
+#[tokio::test]
+async fn header_names_with_underscores_are_refused_by_the_shipped_envoy() {
+    let s = Stack::start(OAuth2Route::Echo).await;
+    let plain = s.login("erin", json!({"groups": ["dev"]})).await;
+    let hits = s.upstream.hits();
+    let calls = s.validator.calls();
+    for (name, value) in
+        [("x_auth_groups", "admins"), ("x_auth_user_id", "alice"), ("X_Auth_Email", "a@x"), ("x_other", "1")]
+    {
+        for path in ["/", "/admin", "/oauth2/login?rd=%2F"] {
+            let r = s.get(path, &[("cookie", plain.as_str()), (name, value)]).await;
+            assert_eq!(r.status(), 400, "{name} on {path}");
+        }
+    }
+    assert_eq!(s.upstream.hits(), hits, "a refused request reached the upstream");
+    assert_eq!(s.validator.calls(), calls, "a refused request reached portcullis");
+}
+
 #[tokio::test]
 async fn admin_route_requires_the_admins_group() {
     let s = Stack::start(OAuth2Route::Portcullis).await;
@@ -311,6 +331,11 @@ async fn ops_listener_exposes_only_readiness_and_prometheus_stats() {
     assert_eq!(r.status(), 200);
     let stats = r.text().await.expect("stats");
     assert!(stats.contains("envoy_http_ext_authz_"), "ext_authz counters (used by the alert rules) missing");
+
+    // portcullis's own metrics, through Envoy: its HTTP listener stays on the pod's loopback (k8s sidecar).
+    let r = s.http.get(ops("/portcullis/metrics")).send().await.expect("ops /portcullis/metrics");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("metrics").contains("portcullis_"), "portcullis metrics missing");
 
     // The rest of the admin interface (config dump with secrets, shutdown, log levels) stays on loopback.
     for path in ["/config_dump", "/clusters", "/stats", "/logging", "/"] {
