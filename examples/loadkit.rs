@@ -18,7 +18,6 @@ use portcullis_testkit as harness;
 use std::sync::Arc;
 
 use portcullis::config::Config;
-use portcullis::crypto::KeyRing;
 use portcullis::session::{NewSession, SessionStore};
 use portcullis::store::Redis;
 
@@ -54,7 +53,7 @@ async fn plant(args: &[String]) {
 
     let cfg = Config::load(std::path::Path::new(&config)).unwrap_or_else(|e| panic!("{config}: {e}"));
     let redis = Redis::connect(&cfg.redis).expect("redis config");
-    let keys = KeyRing::parse(&cfg.session.encryption_keys).expect("session.encryption_keys");
+    let keys = cfg.session.key_ring().expect("session.encryption_keys");
     let store = SessionStore::new(redis, Arc::new(keys), &cfg.session);
     for _ in 0..count {
         let (_browser, tokens) = harness::idp::login_at(&issuer, &user).await;
