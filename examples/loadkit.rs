@@ -29,7 +29,6 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::rpc::Status;
 use portcullis::config::Config;
-use portcullis::crypto::KeyRing;
 use portcullis::session::{NewSession, SessionStore};
 use portcullis::store::Redis;
 
@@ -109,7 +108,7 @@ async fn plant(args: &[String]) {
 
     let cfg = Config::load(std::path::Path::new(&config)).unwrap_or_else(|e| panic!("{config}: {e}"));
     let redis = Redis::connect(&cfg.redis).expect("redis config");
-    let keys = KeyRing::parse(&cfg.session.encryption_keys).expect("session.encryption_keys");
+    let keys = cfg.session.key_ring().expect("session.encryption_keys");
     let store = SessionStore::new(redis, Arc::new(keys), &cfg.session);
     let mut once = None;
     for _ in 0..count {

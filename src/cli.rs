@@ -100,11 +100,11 @@ pub fn main() -> ExitCode {
         }
         Command::Sessions { action } => run(false, sessions(cfg, action)),
         Command::M2m { command } => {
-            crate::telemetry::init_logs("text");
+            crate::telemetry::init_logs(crate::config::LogFormat::Text);
             run(false, m2m(cfg, command))
         }
         Command::Serve => {
-            crate::telemetry::init_logs(&cfg.server.log_format);
+            crate::telemetry::init_logs(cfg.server.log_format);
             run(true, async { crate::server::serve(cfg).await.map_err(|e| e.to_string()) })
         }
     }
@@ -139,7 +139,7 @@ fn run(server: bool, fut: impl std::future::Future<Output = Result<(), String>>)
 /// The session store on the configured Redis and keys, as the server has it.
 fn session_store(cfg: &Config) -> Result<crate::session::SessionStore, String> {
     let redis = crate::store::Redis::connect(&cfg.redis).map_err(|e| e.to_string())?;
-    let keys = crate::crypto::KeyRing::parse(&cfg.session.encryption_keys).map_err(|e| e.to_string())?;
+    let keys = cfg.session.key_ring().map_err(|e| e.to_string())?;
     Ok(crate::session::SessionStore::new(redis, std::sync::Arc::new(keys), &cfg.session))
 }
 

@@ -14,7 +14,8 @@ use tonic_health::ServingStatus;
 use crate::authz::grpc::AuthzService;
 use crate::authz::Authorizer;
 use crate::config::Config;
-use crate::crypto::KeyRing;
+use secrecy::ExposeSecret;
+
 use crate::http::{self, HttpState};
 use crate::idp::{M2mChoice, Providers, Validators};
 use crate::login::{self, LoginState};
@@ -122,7 +123,7 @@ impl Server {
             let app = crate::admin::router(Arc::new(crate::admin::AdminState::new(
                 login.store.clone(),
                 providers.m2m.clone(),
-                token,
+                token.expose_secret(),
             )));
             let c = cancel.clone();
             tasks.push(tokio::spawn(async move {
@@ -150,7 +151,7 @@ impl Server {
 fn core(cfg: &Config) -> Result<(Redis, SessionStore), StartError> {
     crate::telemetry::metrics();
     let redis = Redis::connect(&cfg.redis)?;
-    let keys = Arc::new(KeyRing::parse(&cfg.session.encryption_keys)?);
+    let keys = Arc::new(cfg.session.key_ring()?);
     let store = SessionStore::new(redis.clone(), keys, &cfg.session);
     Ok((redis, store))
 }

@@ -16,7 +16,9 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
-use crate::config::RedisConfig;
+use secrecy::ExposeSecret;
+
+use crate::config::{RedisConfig, RedisMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,8 +93,8 @@ impl ConnectionLike for Conn {
 impl Redis {
     /// Builds the connections lazily: start-up succeeds while Redis is down, and readiness reports it.
     pub fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
-        let backend = match cfg.mode.as_str() {
-            "cluster" => {
+        let backend = match cfg.mode {
+            RedisMode::Cluster => {
                 let urls: Vec<String> = cfg.urls.iter().map(|u| with_credentials(u, cfg)).collect();
                 let client = redis::cluster::ClusterClientBuilder::new(urls)
                     .connection_timeout(cfg.connect_timeout)
@@ -100,13 +102,13 @@ impl Redis {
                     .build()?;
                 Backend::Cluster { client: Box::new(client), conn: OnceCell::new() }
             }
-            "sentinel" => {
+            RedisMode::Sentinel => {
                 let mut node = redis::RedisConnectionInfo::default();
                 if let Some(u) = &cfg.username {
                     node = node.set_username(u);
                 }
                 if let Some(p) = &cfg.password {
-                    node = node.set_password(p);
+                    node = node.set_password(p.expose_secret());
                 }
                 let info = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
                 let sentinel = SentinelClient::build(
@@ -121,7 +123,7 @@ impl Redis {
                     config: manager_config(cfg),
                 }
             }
-            _ => {
+            RedisMode::Standalone => {
                 let url = with_credentials(cfg.url.as_deref().unwrap_or_default(), cfg);
                 let client = redis::Client::open(url)?;
                 let mcfg = manager_config(cfg);
@@ -242,7 +244,7 @@ fn with_credentials(url: &str, cfg: &RedisConfig) -> String {
         let _ = u.set_username(user);
     }
     if let Some(pw) = &cfg.password {
-        let _ = u.set_password(Some(pw));
+        let _ = u.set_password(Some(pw.expose_secret()));
     }
     u.to_string()
 }

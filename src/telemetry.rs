@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::config::LogFormat;
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_REV: &str = env!("PORTCULLIS_GIT_REV");
 
@@ -15,11 +17,11 @@ pub fn version_string() -> &'static str {
 }
 
 /// Installs the tracing subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
-pub fn init_logs(format: &str) {
+pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "text" { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
+    let _ = if format == LogFormat::Text { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
 }
 
 /// The process's Prometheus handle, installing the recorder on first use.

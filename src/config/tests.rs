@@ -1,3 +1,7 @@
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
 use super::*;
 
 fn minimal() -> String {
@@ -96,4 +100,37 @@ fn zero_m2m_durations_are_named() {
     for key in ["m2m.refresh_interval", "m2m.lock_ttl", "m2m.follower_delay"] {
         assert!(err.contains(key), "{key} not named in: {err}");
     }
+}
+
+#[test]
+fn debug_never_prints_a_secret() {
+    let text = minimal()
+        .replace("[server]", "[server]\nadmin_token = \"admin-token-0123456789\"")
+        .replace("[redis]", "[redis]\npassword = \"redis-pass-xyz\"");
+    let c = Config::from_toml(&text).unwrap();
+    let key = c.session.encryption_keys[0].expose_secret().to_string();
+    let debug = format!("{c:?}");
+    for secret in ["admin-token-0123456789", "redis-pass-xyz", "s3cret", key.as_str()] {
+        assert!(!debug.contains(secret), "{secret} printed by Debug");
+    }
+}
+
+#[test]
+fn closed_sets_are_typed() {
+    let text = minimal().replace(
+        "url = \"redis://127.0.0.1:6379\"",
+        "mode = \"sentinel\"\nurls = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"",
+    );
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.redis.mode, RedisMode::Sentinel);
+    assert_eq!(c.server.log_format, LogFormat::Json);
+    let c =
+        Config::from_toml(&minimal().replace("cookie_secure = false", "cookie_secure = true\nsame_site = \"nONe\""))
+            .unwrap();
+    assert_eq!(c.session.same_site, SameSite::None);
+    let err = Config::from_toml(&minimal().replace("[redis]", "[redis]\nmode = \"ring\"")).unwrap_err().to_string();
+    assert!(err.contains("redis.mode"), "{err}");
+    let err =
+        Config::from_toml(&minimal().replace("[server]", "[server]\nlog_format = \"xml\"")).unwrap_err().to_string();
+    assert!(err.contains("server.log_format"), "{err}");
 }

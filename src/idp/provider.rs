@@ -80,7 +80,7 @@ impl Provider {
         how: ClientAuth,
         form: &mut Vec<(&'static str, String)>,
     ) -> reqwest::RequestBuilder {
-        let secret = self.cfg.client_secret.clone().unwrap_or_default();
+        let secret = self.cfg.client_secret();
         match how {
             ClientAuth::ClientSecretBasic => {
                 req.basic_auth(form_encode(&self.cfg.client_id), Some(form_encode(&secret)))

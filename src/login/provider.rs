@@ -98,7 +98,7 @@ impl LoginProvider {
             id: id.to_string(),
             issuer: issuer.to_string(),
             client_id: cfg.client_id.clone(),
-            client_secret: cfg.client_secret.clone().unwrap_or_default(),
+            client_secret: cfg.client_secret(),
             client_auth: cfg.client_auth,
             scopes: cfg.scopes.clone(),
             redirect_uri: redirect_uri.to_string(),

@@ -31,7 +31,7 @@ impl ClientSettings {
         Self {
             token_endpoint: token_endpoint.to_string(),
             client_id: p.client_id.clone(),
-            client_secret: p.client_secret.clone().unwrap_or_default(),
+            client_secret: p.client_secret(),
             auth: p.client_auth,
             scope: p.m2m_scope(),
             timeout: p.timeout,

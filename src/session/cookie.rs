@@ -66,16 +66,8 @@ fn attributes(cfg: &SessionConfig) -> String {
         a.push_str(d);
     }
     a.push_str("; SameSite=");
-    a.push_str(&same_site(&cfg.same_site));
+    a.push_str(cfg.same_site.as_str());
     a
-}
-
-fn same_site(s: &str) -> String {
-    match s.to_ascii_lowercase().as_str() {
-        "strict" => "Strict".into(),
-        "none" => "None".into(),
-        _ => "Lax".into(),
-    }
 }
 
 /// `Set-Cookie` for a new session.

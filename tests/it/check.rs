@@ -422,7 +422,7 @@ async fn metrics_are_exposed() {
 async fn redis_cluster_mode_serves_checks() {
     let cluster = crate::harness::redis::RedisCluster::start();
     let mut cfg = config("redis://127.0.0.1:1", "");
-    cfg.redis.mode = "cluster".into();
+    cfg.redis.mode = portcullis::config::RedisMode::Cluster;
     cfg.redis.url = None;
     cfg.redis.urls = cluster.urls();
     let v = StaticValidator::new();
@@ -451,7 +451,7 @@ async fn redis_sentinel_mode_follows_a_failover() {
     use crate::harness::redis::{RedisSentinel, SENTINEL_MASTER};
     let mut rs = RedisSentinel::start();
     let mut cfg = config("redis://127.0.0.1:1", "");
-    cfg.redis.mode = "sentinel".into();
+    cfg.redis.mode = portcullis::config::RedisMode::Sentinel;
     cfg.redis.url = None;
     cfg.redis.urls = vec![rs.url()];
     cfg.redis.sentinel_master = Some(SENTINEL_MASTER.into());

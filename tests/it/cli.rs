@@ -94,3 +94,59 @@ async fn healthcheck_follows_readiness() {
     let (code, out) = healthcheck(format!("http://127.0.0.1:{}/readyz", crate::harness::free_port())).await;
     assert_eq!(code, Some(1), "{out}");
 }
+
+fn check_config(text: &str) -> std::process::Output {
+    let f = write(text);
+    portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap()
+}
+
+#[test]
+fn check_config_accepts_sentinel_mode() {
+    let text = good().replace("mode = \"standalone\"", "mode = \"sentinel\"").replace(
+        "url = \"redis://127.0.0.1:6379\"",
+        "urls = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"mymaster\"",
+    );
+    assert!(text.contains("mode = \"sentinel\""), "the example's redis.url line moved");
+    let out = check_config(&text);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Sentinel mode without its master is named.
+    let out = check_config(&text.replace("sentinel_master = \"mymaster\"", ""));
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redis.sentinel_master"), "{err}");
+}
+
+#[test]
+fn check_config_refuses_an_unknown_redis_mode_by_name() {
+    let text = good().replace("mode = \"standalone\"", "mode = \"ring\"");
+    assert!(text.contains("mode = \"ring\""), "the example's redis.url line moved");
+    let out = check_config(&text);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redis.mode"), "{err}");
+}
+
+#[test]
+fn check_config_refuses_jwt_enabled_pointing_at_assertion() {
+    let text = good().replace("[headers]", "[headers]\njwt_enabled = false");
+    assert!(text.contains("jwt_enabled"), "the example has no [headers] section");
+    let out = check_config(&text);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("headers.jwt_enabled") && err.contains("[assertion]"), "{err}");
+}
+
+#[test]
+fn check_config_accepts_same_site_in_any_case() {
+    for v in ["strict", "STRICT", "Strict"] {
+        let text = good().replace("same_site = \"Lax\"", &format!("same_site = \"{v}\""));
+        assert!(text.contains(&format!("same_site = \"{v}\"")), "the example's same_site line moved");
+        let out = check_config(&text);
+        assert!(out.status.success(), "{v}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = check_config(&good().replace("same_site = \"Lax\"", "same_site = \"sideways\""));
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("session.same_site"), "{err}");
+}

@@ -238,7 +238,7 @@ async fn cookie_carries_the_configured_attributes() {
     let env = setup("", false, |c| {
         c.session.cookie_name = "__Host-GATEWAY_SESSION".into();
         c.session.cookie_secure = true;
-        c.session.same_site = "Strict".into();
+        c.session.same_site = portcullis::config::SameSite::Strict;
     })
     .await;
     let cb = env.to_callback("alice", "/").await;

@@ -1,0 +1,64 @@
+//! `[server]`: listeners, public URL, admin API and log format.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    /// Where browsers reach Envoy; the OAuth2 redirect URI is `public_url` + `/oauth2/callback`.
+    pub public_url: String,
+    #[serde(default)]
+    pub admin_addr: Option<String>,
+    #[serde(default)]
+    pub admin_token: Option<SecretString>,
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// Log lines as JSON (the default, for collectors) or as text (for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// `[server]` has required keys, so it has no `Default`; this is its one optional duration's default.
+fn shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self, errors: &mut Vec<String>) {
+        for (key, addr) in [("server.grpc_addr", &self.grpc_addr), ("server.http_addr", &self.http_addr)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                errors.push(format!("{key}: {addr:?} is not a socket address such as 127.0.0.1:9001"));
+            }
+        }
+        if let Some(addr) = &self.admin_addr {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                errors.push(format!("server.admin_addr: {addr:?} is not a socket address"));
+            }
+            if self.admin_token.as_ref().map_or(0, |t| t.expose_secret().len()) < 16 {
+                errors
+                    .push("server.admin_token: required (at least 16 characters) when server.admin_addr is set".into());
+            }
+        }
+        match url::Url::parse(&self.public_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => errors.push(format!("server.public_url: {:?} is not an http(s) URL", self.public_url)),
+        }
+    }
+}
