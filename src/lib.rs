@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod healthcheck;
 pub mod http;
 pub mod idp;
+pub mod keys;
 pub mod lock;
 pub mod login;
 pub mod m2m;

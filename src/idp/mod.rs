@@ -3,7 +3,7 @@
 //! One concern per file: `http` (shared client, timeout, breaker, metrics) over `breaker`; `discovery`
 //! and `jwks` (what a provider publishes); `id_token` (verification); `provider` (what one configured
 //! provider's validators share); `oidc` (ping + oidc: introspection) and `entra` (Graph); `refresh`
-//! (refresh_token grant under a per-session Redis `lock`); `coalesce` (revalidation modes, single-flight).
+//! (refresh_token grant under a per-session `crate::lock`); `coalesce` (revalidation modes, single-flight).
 //! Every failure to get an answer is [`IdpError::Unavailable`]: the Check path turns it into a 503.
 
 use std::collections::HashMap;
@@ -22,7 +22,6 @@ pub mod entra;
 pub mod http;
 pub mod id_token;
 pub mod jwks;
-pub mod lock;
 pub mod login;
 pub mod m2m;
 pub mod oidc;

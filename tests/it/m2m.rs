@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use portcullis::config::{ClientAuth, M2mConfig, RedisConfig};
-use portcullis::m2m::lock::LeaderLock;
+use portcullis::lock::LeaderLock;
 use portcullis::m2m::{ClientSettings, M2mError, M2mManager, M2mSource, TokenClient};
 use portcullis::store::Redis;
 use serde_json::json;
