@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::http::{Kind, Reply};
 use super::id_token::IdToken;
 use super::provider::Provider;
+use super::transport::{Kind, Reply};
 use super::IdpError;
 use crate::config::ProviderKind;
 use crate::keys::refresh_lock as refresh_key;

@@ -136,7 +136,7 @@ pub async fn callback(
         return fail("unknown", "bad_state", "Sign-in failed", "Unknown identity provider.");
     };
 
-    let tokens = match provider.exchange(&s.http, code, &pending.verifier).await {
+    let tokens = match provider.exchange(code, &pending.verifier).await {
         Ok(t) => t,
         Err(super::provider::ExchangeError::Unavailable(e)) => {
             tracing::warn!(provider = %provider.id, error = %e, "code exchange failed");
