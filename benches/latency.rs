@@ -230,7 +230,10 @@ async fn m2m_section() {
         scope: None,
         timeout: Duration::from_secs(2),
     };
-    let clients = HashMap::from([(P.to_string(), TokenClient::new(settings).expect("token client"))]);
+    let breaker = portcullis::idp::breaker::Breaker::new(P, 5, Duration::from_secs(30));
+    let client = portcullis::idp::transport::client().expect("http client");
+    let transport = Arc::new(portcullis::idp::transport::Transport::new(client, P, Duration::from_secs(2), breaker));
+    let clients = HashMap::from([(P.to_string(), TokenClient::new(settings, transport).expect("token client"))]);
     let m = Arc::new(M2mManager::new(r.clone(), &cfg.m2m, clients));
     m.token(P).await.expect("first token");
 

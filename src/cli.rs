@@ -166,7 +166,7 @@ async fn m2m(cfg: Config, command: M2mCommand) -> Result<(), String> {
         M2mCommand::Status => crate::m2m::command::status(&cfg, &mut out).await.map(|()| true),
         M2mCommand::Refresh { provider } => {
             // Built as `serve` builds it: the same discovery finds the token endpoints.
-            let built = crate::idp::from_config(&cfg, crate::idp::M2mChoice::Shared, session_store(&cfg)?).await;
+            let built = crate::providers::build(&cfg, crate::providers::M2mChoice::Shared, session_store(&cfg)?).await;
             match built.m2m {
                 Some(m) => crate::m2m::command::refresh(&m, provider.as_deref(), &mut out).await,
                 None => Err(crate::m2m::command::CommandError::NoManager),

@@ -1,8 +1,10 @@
 //! portcullis: an Envoy ext_authz sidecar that turns a session cookie into an IdP-revalidated identity.
 //!
 //! Layout by concern: `authz` (the Check decision and its gRPC service), `session` (cookie, Redis hash,
-//! timeouts), `crypto` (tokens at rest), `idp` (provider validators), `store` (the Redis connection),
-//! `config`, `telemetry`, `http` (health/metrics listener), `server` (wiring), `cli`.
+//! timeouts), `crypto` (tokens at rest), `idp` (provider validators and their transport), `m2m` (the
+//! shared M2M token), `login` (the `/oauth2/*` routes), `providers` (assembles transports, M2M and login
+//! providers, in that order), `keys` (every Redis key), `lock` (the Redis lock), `store` (the Redis
+//! connection), `config`, `telemetry`, `http` (health/metrics listener), `server` (wiring), `cli`.
 
 pub mod admin;
 pub mod authz;
@@ -12,9 +14,11 @@ pub mod crypto;
 pub mod healthcheck;
 pub mod http;
 pub mod idp;
+pub mod keys;
 pub mod lock;
 pub mod login;
 pub mod m2m;
+pub mod providers;
 pub mod server;
 pub mod session;
 pub mod store;

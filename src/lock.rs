@@ -1,7 +1,7 @@
 //! A short Redis lock: `SET key owner NX PX ttl` with a random owner, released only by its owner through a
 //! compare-and-delete script, so a holder that outlived its TTL never frees someone else's lock. One key:
-//! Redis Cluster safe. Used for the M2M leader (`lock:m2m_token:{PROVIDER}`) and session refreshes
-//! (`lock:refresh:{id}`).
+//! Redis Cluster safe. The one lock module: the M2M leader ([`LeaderLock`], `lock:m2m_token:{PROVIDER}`) and
+//! session refreshes (`lock:refresh:{id}`, taken by `idp::refresh`); the keys themselves live in [`crate::keys`].
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -53,5 +53,21 @@ impl RedisLock {
     /// A lock on `key` with a chosen owner value, without touching Redis (tests of release).
     pub fn assume(key: String, owner: &str) -> Self {
         Self { key, owner: owner.to_string() }
+    }
+}
+
+/// The per-provider M2M leader lock `lock:m2m_token:{PROVIDER}`. A leader that stalls past the TTL loses the
+/// lock to another replica; its late release must then not delete the new owner's lock.
+pub struct LeaderLock;
+
+impl LeaderLock {
+    /// Tries once to take the lock for `provider`; `None` when someone else holds it.
+    pub async fn try_acquire(redis: &Redis, provider: &str, ttl: Duration) -> Result<Option<RedisLock>, StoreError> {
+        RedisLock::try_acquire(redis, crate::keys::m2m_lock(provider), ttl).await
+    }
+
+    /// The lock for `provider` with a chosen owner value, without touching Redis (tests of release).
+    pub fn assume(provider: &str, owner: &str) -> RedisLock {
+        RedisLock::assume(crate::keys::m2m_lock(provider), owner)
     }
 }

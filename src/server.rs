@@ -17,16 +17,15 @@ use crate::config::Config;
 use secrecy::ExposeSecret;
 
 use crate::http::{self, HttpState};
-use crate::idp::{M2mChoice, Providers, Validators};
+use crate::idp::Validators;
 use crate::login::{self, LoginState};
+use crate::providers::{M2mChoice, Providers};
 
 use crate::session::SessionStore;
 use crate::store::Redis;
 
 /// How often gRPC health follows Redis reachability.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-/// Token-endpoint calls made during a browser's login.
-const LOGIN_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gRPC service name Envoy checks.
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
@@ -66,7 +65,7 @@ impl Server {
     /// Starts as `portcullis serve` does: providers built from config, M2M tokens as `m2m` says.
     pub async fn start_configured(cfg: &Config, m2m: M2mChoice) -> Result<Self, StartError> {
         let (redis, store) = core(cfg)?;
-        let providers = crate::idp::from_config(cfg, m2m, store.clone()).await;
+        let providers = crate::providers::build(cfg, m2m, store.clone()).await;
         Self::launch(cfg, redis, store, providers).await
     }
 
@@ -79,7 +78,6 @@ impl Server {
             providers: providers.login,
             session: cfg.session.clone(),
             login: cfg.login.clone(),
-            http: login::http_client(LOGIN_HTTP_TIMEOUT),
         });
 
         let grpc = bind("grpc", &cfg.server.grpc_addr).await?;

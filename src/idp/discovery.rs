@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::http::{IdpHttp, Kind, Reply};
+use super::transport::{Kind, Reply, Transport};
 use super::IdpError;
 use crate::config::ProviderConfig;
 
@@ -78,11 +78,11 @@ impl Discovery {
     }
 
     /// The endpoints, fetching the discovery document unless config names the ones we need.
-    pub async fn endpoints(&self, http: &IdpHttp) -> Result<Arc<Endpoints>, IdpError> {
+    pub async fn endpoints(&self, http: &Transport) -> Result<Arc<Endpoints>, IdpError> {
         self.cell.get_or_try_init(|| self.resolve(http)).await.cloned()
     }
 
-    async fn resolve(&self, http: &IdpHttp) -> Result<Arc<Endpoints>, IdpError> {
+    async fn resolve(&self, http: &Transport) -> Result<Arc<Endpoints>, IdpError> {
         let o = &self.overrides;
         if let (Some(jwks_uri), Some(token_endpoint)) = (&o.jwks_uri, &o.token_endpoint) {
             if o.introspection_endpoint.is_some() {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::http::{Kind, Reply};
 use super::id_token::IdToken;
 use super::provider::Provider;
+use super::transport::{Kind, Reply};
 use super::{refresh, IdpError, Validated, Validator};
 use crate::session::{Session, Tokens};
 

@@ -6,8 +6,8 @@ use jsonwebtoken::{decode, decode_header, Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::discovery::Discovery;
-use super::http::IdpHttp;
 use super::jwks::Jwks;
+use super::transport::Transport;
 use super::IdpError;
 
 pub(crate) const ALLOWED: &[Algorithm] = &[
@@ -51,7 +51,7 @@ pub async fn verify(
     token: &str,
     expect: &Expect<'_>,
     jwks: &Jwks,
-    http: &IdpHttp,
+    http: &Transport,
     disc: &Discovery,
 ) -> Result<IdToken, IdpError> {
     let header = decode_header(token).map_err(|e| IdpError::Invalid(format!("id token header: {e}")))?;

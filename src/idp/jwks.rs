@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::DecodingKey;
 
 use super::discovery::Discovery;
-use super::http::{IdpHttp, Kind, Reply};
+use super::transport::{Kind, Reply, Transport};
 use super::IdpError;
 
 /// Fewest seconds between two JWKS fetches triggered by unknown kids.
@@ -40,7 +40,7 @@ impl Jwks {
     }
 
     /// The key for `kid` (or the only key, for a token without kid).
-    pub async fn key(&self, kid: Option<&str>, http: &IdpHttp, disc: &Discovery) -> Result<DecodingKey, IdpError> {
+    pub async fn key(&self, kid: Option<&str>, http: &Transport, disc: &Discovery) -> Result<DecodingKey, IdpError> {
         let (set, _) = self.snapshot();
         if let Some(k) = set.as_deref().and_then(|s| find(s, kid)) {
             return k;
@@ -59,7 +59,7 @@ impl Jwks {
     }
 
     /// Fetches the key set now (start-up, or a miss).
-    pub async fn fetch(&self, http: &IdpHttp, disc: &Discovery) -> Result<Arc<JwkSet>, IdpError> {
+    pub async fn fetch(&self, http: &Transport, disc: &Discovery) -> Result<Arc<JwkSet>, IdpError> {
         let ep = disc.endpoints(http).await?;
         let raw: RawSet = match http.send(Kind::Jwks, http.client.get(&ep.jwks_uri)).await? {
             Reply::Ok(s) => s,

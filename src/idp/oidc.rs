@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::http::{Kind, Reply};
 use super::provider::{merged, Provider};
+use super::transport::{Kind, Reply};
 use super::{refresh, IdpError, Validated, Validator};
 use crate::config::{ClientAuth, IntrospectionAuth};
 use crate::session::{Session, Tokens};

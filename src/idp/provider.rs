@@ -1,17 +1,17 @@
-//! What every validator of one configured provider shares: its HTTP way out (timeout + breaker),
-//! discovery, keys, M2M tokens, claim names and the session store (for refreshes).
+//! What every validator of one configured provider shares: its transport (timeout + breaker + metrics)
+//! and discovery (both built first by `crate::providers`, and shared with the M2M token client and the
+//! login routes), keys, M2M tokens, claim names and the session store (for refreshes).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::breaker::Breaker;
 use super::claims::ClaimNames;
 use super::discovery::Discovery;
-use super::http::IdpHttp;
 use super::id_token::{self, Expect, IdToken};
 use super::jwks::Jwks;
+use super::transport::Transport;
 use super::IdpError;
 use crate::config::{ClientAuth, ProviderConfig};
 use crate::m2m::M2mSource;
@@ -21,8 +21,8 @@ pub struct Provider {
     pub name: String,
     pub cfg: ProviderConfig,
     pub issuer: String,
-    pub http: IdpHttp,
-    pub discovery: Discovery,
+    pub http: Arc<Transport>,
+    pub discovery: Arc<Discovery>,
     pub jwks: Jwks,
     pub m2m: Arc<dyn M2mSource>,
     pub store: SessionStore,
@@ -34,15 +34,15 @@ impl Provider {
         name: &str,
         cfg: &ProviderConfig,
         issuer: String,
-        client: reqwest::Client,
+        http: Arc<Transport>,
+        discovery: Arc<Discovery>,
         m2m: Arc<dyn M2mSource>,
         store: SessionStore,
     ) -> Self {
-        let breaker = Breaker::new(name, cfg.circuit_failure_threshold, cfg.circuit_open_duration);
         Self {
             name: name.to_string(),
-            http: IdpHttp::new(client, name, cfg.timeout, breaker),
-            discovery: Discovery::new(&issuer, cfg),
+            http,
+            discovery,
             issuer,
             jwks: Jwks::default(),
             m2m,

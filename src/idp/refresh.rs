@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::http::{Kind, Reply};
 use super::id_token::IdToken;
-use super::lock::refresh_key;
 use super::provider::Provider;
+use super::transport::{Kind, Reply};
 use super::IdpError;
 use crate::config::ProviderKind;
+use crate::keys::refresh_lock as refresh_key;
 use crate::lock::RedisLock;
 use crate::session::{Session, Tokens};
 

@@ -7,9 +7,7 @@ use axum::http::HeaderMap;
 
 use crate::store::{Redis, StoreError};
 
-fn key(client: &str) -> String {
-    format!("auth:failures:{client}")
-}
+use crate::keys::auth_failures as key;
 
 /// The client: the address Envoy appended last to `x-forwarded-for` (the one a client cannot forge when
 /// Envoy is the edge), else the peer.

@@ -65,7 +65,7 @@ pub async fn login(State(s): State<Arc<LoginState>>, Query(q): Query<LoginQuery>
     };
     let pending = Pending { verifier: verifier.secret().clone(), nonce, provider: provider.id.clone(), rd };
     let Ok(json) = serde_json::to_string(&pending) else { return unavailable() };
-    let set = redis::cmd("SET").arg(format!("pkce:{}", state.secret())).arg(json).arg("EX").arg(LOGIN_TTL_SECS).clone();
+    let set = redis::cmd("SET").arg(crate::keys::pkce(state.secret())).arg(json).arg("EX").arg(LOGIN_TTL_SECS).clone();
     if s.redis.query::<()>(&set).await.is_err() {
         return unavailable();
     }
@@ -107,7 +107,7 @@ pub async fn callback(
     // The IdP answered with an error (RFC 6749 §4.1.2.1): the state is still consumed below if present.
     if let Some(err) = &q.error {
         if let Some(state) = &q.state {
-            let _ = s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(format!("pkce:{state}"))).await;
+            let _ = s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(crate::keys::pkce(state))).await;
         }
         failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
         let detail = q.error_description.as_deref().unwrap_or(err);
@@ -119,7 +119,7 @@ pub async fn callback(
     };
 
     // Consume the state exactly once: a replayed callback finds nothing.
-    let pending = match s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(format!("pkce:{state}"))).await {
+    let pending = match s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(crate::keys::pkce(state))).await {
         Ok(p) => p.and_then(|j| serde_json::from_str::<Pending>(&j).ok()),
         Err(_) => return unavailable(),
     };
@@ -136,7 +136,7 @@ pub async fn callback(
         return fail("unknown", "bad_state", "Sign-in failed", "Unknown identity provider.");
     };
 
-    let tokens = match provider.exchange(&s.http, code, &pending.verifier).await {
+    let tokens = match provider.exchange(code, &pending.verifier).await {
         Ok(t) => t,
         Err(super::provider::ExchangeError::Unavailable(e)) => {
             tracing::warn!(provider = %provider.id, error = %e, "code exchange failed");

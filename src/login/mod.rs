@@ -1,6 +1,8 @@
 //! The browser-facing OAuth2/OIDC routes on the HTTP listener: login, callback, logout and back-channel
-//! logout. Handlers are thin; the protocol steps are commented where they happen.
+//! logout. Handlers are thin; the protocol steps are commented where they happen. `backend` is how an IdP
+//! provider serves them; `crate::providers` builds the [`LoginProvider`]s, each over its provider's transport.
 
+mod backend;
 mod failures;
 mod flow;
 mod logout;
@@ -30,8 +32,6 @@ pub struct LoginState {
     pub providers: BTreeMap<String, Arc<LoginProvider>>,
     pub session: SessionConfig,
     pub login: LoginConfig,
-    /// For the token endpoint: no redirects followed, short timeouts.
-    pub http: reqwest::Client,
 }
 
 /// The `/oauth2/*` routes.
@@ -44,9 +44,4 @@ pub fn router(state: Arc<LoginState>) -> Router {
         .route("/oauth2/backchannel-logout", post(logout::backchannel))
         .layer(axum::middleware::from_fn_with_state(hsts, security::headers))
         .with_state(state)
-}
-
-/// A reqwest client for IdP calls made on behalf of a browser.
-pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(timeout).build().unwrap_or_default()
 }

@@ -1,5 +1,6 @@
 //! What the login routes need from a provider: its endpoints, client credentials, and an ID-token verifier.
-//! The code exchange goes through the `oauth2` crate with PKCE S256 (RFC 7636).
+//! The code exchange goes through the `oauth2` crate with PKCE S256 (RFC 7636), sent over the provider's
+//! transport (breaker, timeout, no redirects, `kind="code_exchange"` metrics).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::ClientAuth;
+use crate::idp::transport::{Kind, OAuthHttp, SendError, Transport};
 use crate::idp::IdpError;
 use crate::session::Tokens;
 
@@ -64,6 +66,7 @@ pub struct LoginProvider {
     scopes: Vec<String>,
     redirect_uri: String,
     pub backend: Arc<dyn LoginBackend>,
+    transport: Arc<Transport>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,7 @@ impl LoginProvider {
         issuer: &str,
         redirect_uri: &str,
         backend: Arc<dyn LoginBackend>,
+        transport: Arc<Transport>,
     ) -> Self {
         Self {
             id: id.to_string(),
@@ -103,6 +107,7 @@ impl LoginProvider {
             scopes: cfg.scopes.clone(),
             redirect_uri: redirect_uri.to_string(),
             backend,
+            transport,
         }
     }
 
@@ -130,18 +135,21 @@ impl LoginProvider {
     }
 
     /// Exchanges the code with its PKCE verifier.
-    pub async fn exchange(&self, http: &reqwest::Client, code: &str, verifier: &str) -> Result<Tokens, ExchangeError> {
+    pub async fn exchange(&self, code: &str, verifier: &str) -> Result<Tokens, ExchangeError> {
         use oauth2::RequestTokenError as E;
         let endpoints = self.backend.endpoints().await.map_err(|e| ExchangeError::Unavailable(e.to_string()))?;
         let client = self.client(&endpoints).map_err(|e| ExchangeError::Unavailable(e.to_string()))?;
+        let http = OAuthHttp { transport: &self.transport, kind: Kind::CodeExchange };
         let resp = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
-            .request_async(http)
+            .request_async(&http)
             .await
             .map_err(|e| match e {
                 E::ServerResponse(r) => ExchangeError::Rejected(r.error().to_string()),
-                E::Request(e) => ExchangeError::Unavailable(e.to_string()),
+                E::Request(e @ (SendError::CircuitOpen(_) | SendError::Timeout | SendError::Failed(_))) => {
+                    ExchangeError::Unavailable(e.to_string())
+                }
                 E::Parse(e, _) => ExchangeError::Unavailable(format!("unparsable token response: {e}")),
                 E::Other(e) => ExchangeError::Unavailable(e),
             })?;

@@ -1,12 +1,16 @@
-//! One provider's client-credentials call to its token endpoint (oauth2 crate, reqwest). Settings come in
-//! already resolved (endpoint URL from config or OIDC discovery), so this file knows nothing of discovery.
+//! One provider's client-credentials call to its token endpoint (oauth2 crate), sent through the
+//! provider's [`Transport`] (breaker, timeout, no redirects, `kind="token"` metrics) like every other IdP
+//! call. The endpoint URL comes from a [`TokenEndpoint`] (config or OIDC discovery, resolved by
+//! `crate::providers`), so this file knows nothing of discovery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use oauth2::basic::BasicClient;
 use oauth2::{ClientId, ClientSecret, EndpointNotSet, EndpointSet, Scope, TokenResponse, TokenUrl};
 
 use crate::config::{ClientAuth, ProviderConfig};
+use crate::idp::transport::{Kind, OAuthHttp, SendError, Transport};
 
 /// Lifetime assumed when the token endpoint omits `expires_in`: short, so an unknown expiry is re-asked soon.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
@@ -56,8 +60,6 @@ impl std::fmt::Debug for ClientSettings {
 pub enum ClientError {
     #[error("token endpoint {0:?} is not a URL")]
     BadEndpoint(String),
-    #[error("http client: {0}")]
-    Http(String),
 }
 
 /// Why a token-endpoint call gave no token. Never carries the response body (it could hold a token).
@@ -99,10 +101,10 @@ pub trait TokenEndpoint: Send + Sync {
 /// Asks one provider's token endpoint for client-credentials tokens.
 #[derive(Clone)]
 pub struct TokenClient {
-    oauth: std::sync::Arc<tokio::sync::OnceCell<Oauth2Client>>,
-    resolver: Option<std::sync::Arc<dyn TokenEndpoint>>,
+    oauth: Arc<tokio::sync::OnceCell<Oauth2Client>>,
+    resolver: Option<Arc<dyn TokenEndpoint>>,
     settings: ClientSettings,
-    http: reqwest::Client,
+    transport: Arc<Transport>,
     scope: Option<String>,
     timeout: Duration,
     endpoint: String,
@@ -119,35 +121,29 @@ impl std::fmt::Debug for TokenClient {
 }
 
 impl TokenClient {
-    /// A client for the fixed endpoint `s.token_endpoint`.
-    pub fn new(s: ClientSettings) -> Result<Self, ClientError> {
+    /// A client for the fixed endpoint `s.token_endpoint`, calling through `transport`.
+    pub fn new(s: ClientSettings, transport: Arc<Transport>) -> Result<Self, ClientError> {
         let oauth = oauth_client(&s, &s.token_endpoint)?;
-        let mut c = Self::build(s, None)?;
-        c.oauth = std::sync::Arc::new(tokio::sync::OnceCell::new_with(Some(oauth)));
+        let mut c = Self::build(s, transport, None);
+        c.oauth = Arc::new(tokio::sync::OnceCell::new_with(Some(oauth)));
         Ok(c)
     }
 
     /// A client whose endpoint `resolver` finds on first use (`s.token_endpoint` is ignored).
-    pub fn discovered(s: ClientSettings, resolver: std::sync::Arc<dyn TokenEndpoint>) -> Result<Self, ClientError> {
-        Self::build(s, Some(resolver))
+    pub fn discovered(s: ClientSettings, transport: Arc<Transport>, resolver: Arc<dyn TokenEndpoint>) -> Self {
+        Self::build(s, transport, Some(resolver))
     }
 
-    fn build(s: ClientSettings, resolver: Option<std::sync::Arc<dyn TokenEndpoint>>) -> Result<Self, ClientError> {
-        // No redirects: a token endpoint that redirects could forward the client secret (oauth2's advice).
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(s.timeout)
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        Ok(Self {
-            oauth: std::sync::Arc::new(tokio::sync::OnceCell::new()),
+    fn build(s: ClientSettings, transport: Arc<Transport>, resolver: Option<Arc<dyn TokenEndpoint>>) -> Self {
+        Self {
+            oauth: Arc::new(tokio::sync::OnceCell::new()),
             resolver,
             scope: s.scope.clone(),
             timeout: s.timeout,
             endpoint: s.token_endpoint.clone(),
             settings: s,
-            http,
-        })
+            transport,
+        }
     }
 
     async fn oauth(&self) -> Result<&Oauth2Client, FetchError> {
@@ -171,7 +167,8 @@ impl TokenClient {
         if let Some(scope) = &self.scope {
             req = req.add_scope(Scope::new(scope.clone()));
         }
-        let resp = match tokio::time::timeout(self.timeout, req.request_async(&self.http)).await {
+        let http = OAuthHttp { transport: &self.transport, kind: Kind::Token };
+        let resp = match tokio::time::timeout(self.timeout, req.request_async(&http)).await {
             Err(_) => return Err(FetchError::Timeout(self.timeout)),
             Ok(r) => r.map_err(|e| classify(e, self.timeout))?,
         };
@@ -184,16 +181,13 @@ impl TokenClient {
 }
 
 fn classify(
-    e: oauth2::RequestTokenError<
-        oauth2::HttpClientError<reqwest::Error>,
-        oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>,
-    >,
+    e: oauth2::RequestTokenError<SendError, oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>>,
     timeout: Duration,
 ) -> FetchError {
-    use oauth2::{HttpClientError, RequestTokenError};
+    use oauth2::RequestTokenError;
     match e {
         RequestTokenError::ServerResponse(r) => FetchError::Refused(r.error().to_string()),
-        RequestTokenError::Request(HttpClientError::Reqwest(e)) if e.is_timeout() => FetchError::Timeout(timeout),
+        RequestTokenError::Request(SendError::Timeout) => FetchError::Timeout(timeout),
         RequestTokenError::Request(e) => FetchError::Transport(error_chain(&e)),
         // A 5xx with a non-JSON body lands here; the body is left out on purpose.
         RequestTokenError::Parse(_, _) => FetchError::BadResponse,

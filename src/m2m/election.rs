@@ -8,10 +8,10 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::client::FetchError;
-use super::lock::LeaderLock;
 use super::manager::{M2mManager, OUTCOME_FOLLOWER_TIMEOUT, OUTCOME_SUCCESS};
 use super::shared;
 use super::token::CachedToken;
+use crate::lock::LeaderLock;
 use crate::store::StoreError;
 
 /// What token the caller will take from Redis instead of asking the IdP.

@@ -183,7 +183,7 @@ pub async fn shared_status(redis: &Redis, providers: &[String], now: i64) -> Res
     let mut out = Vec::with_capacity(providers.len());
     for p in providers {
         let t = shared::read(redis, p).await?;
-        let locked: bool = redis.query(redis::cmd("EXISTS").arg(super::lock::lock_key(p))).await?;
+        let locked: bool = redis.query(redis::cmd("EXISTS").arg(crate::keys::m2m_lock(p))).await?;
         out.push(ProviderStatus {
             provider: p.clone(),
             shared_expires_in: t.map(|t| t.expires_in(now)),

@@ -1,15 +1,14 @@
 //! Machine-to-machine tokens: the gateway's own client-credentials token per provider, shared by all
 //! replicas through Redis (see the design's "M2M token manager").
 //!
-//! Files by concern: `token` (the shared JSON value and freshness), `shared` (its Redis key), `lock` (the
-//! leader lock), `client` (the token-endpoint call), `election` (who calls the IdP, who waits), `manager`
+//! Files by concern: `token` (the shared JSON value and freshness), `shared` (its Redis copy; the leader lock
+//! is `crate::lock::LeaderLock`), `client` (the token-endpoint call), `election` (who calls the IdP, who waits), `manager`
 //! (the in-process cache, hot path and admin operations), `refresh` (the background task), `command` (the
 //! `portcullis m2m` CLI).
 
 pub mod client;
 pub mod command;
 mod election;
-pub mod lock;
 mod manager;
 mod refresh;
 pub mod shared;

@@ -5,10 +5,7 @@ use crate::store::{Redis, StoreError};
 
 use super::token::CachedToken;
 
-/// `m2m_token:{PROVIDER}`
-pub fn token_key(provider: &str) -> String {
-    format!("m2m_token:{provider}")
-}
+pub use crate::keys::m2m_token as token_key;
 
 /// The token Redis holds for `provider`; a missing key or an unreadable value is `None`.
 pub async fn read(redis: &Redis, provider: &str) -> Result<Option<CachedToken>, StoreError> {

@@ -71,15 +71,7 @@ pub struct SessionStore {
     update_script: Arc<Script>,
 }
 
-pub fn session_key(id: &str) -> String {
-    format!("session:{id}")
-}
-pub fn user_key(user_id: &str) -> String {
-    format!("user_sessions:{user_id}")
-}
-pub fn idp_key(provider: &str, sid: &str) -> String {
-    format!("idp_sessions:{provider}:{sid}")
-}
+pub use crate::keys::{idp_sessions as idp_key, session as session_key, user_sessions as user_key};
 
 impl SessionStore {
     pub fn new(redis: Redis, keys: Arc<KeyRing>, cfg: &SessionConfig) -> Self {

@@ -101,15 +101,16 @@ impl TestApp {
 
     /// As `portcullis serve` starts: providers (validators and login routes) built from `cfg`.
     pub async fn configured(cfg: Config, m2m: Arc<dyn portcullis::m2m::M2mSource>) -> Self {
-        let server =
-            Server::start_configured(&cfg, portcullis::idp::M2mChoice::Given(m2m)).await.expect("start portcullis");
+        let server = Server::start_configured(&cfg, portcullis::providers::M2mChoice::Given(m2m))
+            .await
+            .expect("start portcullis");
         Self::around(server, cfg).await
     }
 
     /// Exactly as `portcullis serve` starts, Redis-shared M2M manager included.
     pub async fn serve_like(cfg: Config) -> Self {
         let server =
-            Server::start_configured(&cfg, portcullis::idp::M2mChoice::Shared).await.expect("start portcullis");
+            Server::start_configured(&cfg, portcullis::providers::M2mChoice::Shared).await.expect("start portcullis");
         Self::around(server, cfg).await
     }
 

@@ -253,3 +253,82 @@ async fn cookie_carries_the_configured_attributes() {
     assert!(r.headers().get("strict-transport-security").is_some(), "HSTS when Secure");
     env.app.shutdown().await;
 }
+
+/// A login backend with fixed endpoints (the code exchange is what is under test).
+struct FixedEndpoints(String);
+
+#[async_trait::async_trait]
+impl portcullis::login::LoginBackend for FixedEndpoints {
+    async fn endpoints(&self) -> Result<portcullis::login::LoginEndpoints, portcullis::idp::IdpError> {
+        Ok(portcullis::login::LoginEndpoints {
+            authorization_endpoint: format!("{}/authorize", self.0),
+            token_endpoint: format!("{}/token", self.0),
+            end_session_endpoint: None,
+        })
+    }
+    async fn verify_id_token(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, portcullis::idp::IdpError> {
+        Err(portcullis::idp::IdpError::Invalid("not under test".into()))
+    }
+    async fn verify_logout_token(
+        &self,
+        _: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, portcullis::idp::IdpError> {
+        Err(portcullis::idp::IdpError::Invalid("not under test".into()))
+    }
+    fn user_id(&self, _: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        None
+    }
+}
+
+/// The code exchange goes through the provider's transport: it reaches the token endpoint while the
+/// breaker is closed, is refused without reaching it once the breaker is open, and
+/// `portcullis_idp_requests_total{kind="code_exchange"}` counts both.
+#[tokio::test]
+async fn the_code_exchange_goes_through_the_providers_breaker() {
+    use portcullis::idp::breaker::Breaker;
+    use portcullis::idp::transport::{self, Transport};
+    use portcullis::login::provider::ExchangeError;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let metrics = portcullis::telemetry::metrics();
+    let idp = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid_grant"})))
+        .mount(&idp)
+        .await;
+    let toml = r#"
+[providers.xbrk]
+kind = "oidc"
+issuer = "http://127.0.0.1:1"
+client_id = "gateway"
+client_secret = "secret"
+"#;
+    let cfg = config("redis://127.0.0.1:1", toml);
+    let pcfg = &cfg.providers["xbrk"];
+    let breaker = Breaker::new("xbrk", 1, Duration::from_secs(3600));
+    let t = std::sync::Arc::new(Transport::new(transport::client().unwrap(), "xbrk", Duration::from_secs(2), breaker));
+    let backend = std::sync::Arc::new(FixedEndpoints(idp.uri()));
+    let login =
+        portcullis::login::LoginProvider::new("xbrk", pcfg, "http://127.0.0.1:1", "http://rp/cb", backend, t.clone());
+
+    // Closed: the IdP answers (a refused code is its answer, not a failure).
+    assert!(matches!(login.exchange("code", "verifier").await, Err(ExchangeError::Rejected(_))));
+    assert_eq!(idp.received_requests().await.unwrap().len(), 1);
+
+    // Open: refused here.
+    t.breaker().permit().unwrap().failure();
+    assert!(matches!(login.exchange("code", "verifier").await, Err(ExchangeError::Unavailable(_))));
+    assert_eq!(idp.received_requests().await.unwrap().len(), 1, "the IdP never saw the refused exchange");
+    let text = metrics.render();
+    for outcome in ["refused", "circuit_open"] {
+        let line =
+            format!(r#"portcullis_idp_requests_total{{provider="xbrk",kind="code_exchange",outcome="{outcome}"}} 1"#);
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}

@@ -8,7 +8,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use portcullis::config::{ClientAuth, M2mConfig, RedisConfig};
-use portcullis::m2m::lock::LeaderLock;
+use portcullis::idp::breaker::Breaker;
+use portcullis::idp::transport::{self, Transport};
+use portcullis::lock::LeaderLock;
 use portcullis::m2m::{ClientSettings, M2mError, M2mManager, M2mSource, TokenClient};
 use portcullis::store::Redis;
 use serde_json::json;
@@ -109,10 +111,21 @@ fn settings(idp_uri: &str, auth: ClientAuth) -> ClientSettings {
     }
 }
 
-fn manager_with(redis_url: &str, idp_uri: &str, cfg: &M2mConfig, auth: ClientAuth) -> Arc<M2mManager> {
+/// The provider's transport, with a breaker that opens after `threshold` failures.
+fn transport_with(threshold: u32) -> Arc<Transport> {
+    let breaker = Breaker::new(P, threshold, Duration::from_secs(3600));
+    Arc::new(Transport::new(transport::client().unwrap(), P, Duration::from_secs(2), breaker))
+}
+
+fn manager_on(redis_url: &str, idp_uri: &str, cfg: &M2mConfig, auth: ClientAuth, t: Arc<Transport>) -> Arc<M2mManager> {
     let redis = Redis::connect(&redis_cfg(redis_url)).expect("redis config");
-    let clients = HashMap::from([(P.to_string(), TokenClient::new(settings(idp_uri, auth)).expect("client"))]);
+    let clients = HashMap::from([(P.to_string(), TokenClient::new(settings(idp_uri, auth), t).expect("client"))]);
     Arc::new(M2mManager::new(redis, cfg, clients))
+}
+
+fn manager_with(redis_url: &str, idp_uri: &str, cfg: &M2mConfig, auth: ClientAuth) -> Arc<M2mManager> {
+    // A breaker that never opens here: these tests count token-endpoint calls through failures.
+    manager_on(redis_url, idp_uri, cfg, auth, transport_with(u32::MAX))
 }
 
 fn manager(redis_url: &str, idp_uri: &str, cfg: &M2mConfig) -> Arc<M2mManager> {
@@ -607,4 +620,37 @@ async fn real_idp_client_credentials_back_ping_style_introspection_in_two_replic
     assert!(get(&redis, "m2m_token:corp").is_none());
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The M2M token call goes through the provider's transport: once failures open its breaker, the next
+/// call is refused without reaching the token endpoint, and `portcullis_idp_requests_total` counts it.
+#[tokio::test]
+async fn an_open_breaker_refuses_the_token_call_without_reaching_the_idp() {
+    let metrics = portcullis::telemetry::metrics();
+    let redis = RedisServer::start();
+    let (server, ep) = idp(vec![Answer::Status(500)]).await;
+    let breaker = Breaker::new("m2m-brk", 2, Duration::from_secs(3600));
+    let t = Arc::new(Transport::new(transport::client().unwrap(), "m2m-brk", Duration::from_secs(2), breaker));
+    let m = manager_on(&redis.url(), &server.uri(), &cfg(), ClientAuth::ClientSecretBasic, t.clone());
+    for _ in 0..10 {
+        if t.breaker().state() == portcullis::idp::breaker::CircuitState::Open {
+            break;
+        }
+        assert!(m.token(P).await.is_err(), "a 500 gives no token");
+    }
+    assert_eq!(t.breaker().state(), portcullis::idp::breaker::CircuitState::Open, "two failures open it");
+    let reached = ep.calls();
+    assert_eq!(reached, 2);
+    let err = m.token(P).await.expect_err("refused while the circuit is open");
+    assert_eq!(ep.calls(), reached, "the IdP never saw the refused call");
+    assert!(err.to_string().contains("circuit"), "{err}");
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"portcullis_idp_requests_total{provider="m2m-brk",kind="token",outcome="error"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"portcullis_idp_requests_total{provider="m2m-brk",kind="token",outcome="circuit_open"}"#),
+        "{text}"
+    );
 }

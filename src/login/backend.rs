@@ -1,14 +1,15 @@
-//! The login routes' view of a provider: lazily discovered endpoints, ID tokens checked with the login's
-//! nonce, and back-channel logout tokens (OIDC Back-Channel Logout 1.0 §2.6).
+//! The login routes' view of an IdP provider ([`LoginBackend`] for [`crate::idp::provider::Provider`]):
+//! lazily discovered endpoints, ID tokens checked with the login's nonce, and back-channel logout tokens
+//! (OIDC Back-Channel Logout 1.0 §2.6). It lives on the login side so that `idp` never imports `login`.
 
 use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::{Map, Value};
 
-use super::id_token::ALLOWED;
-use super::provider::Provider;
-use super::IdpError;
+use super::provider::{LoginBackend, LoginEndpoints};
 use crate::config::ProviderKind;
-use crate::login::{LoginBackend, LoginEndpoints};
+use crate::idp::id_token::ALLOWED;
+use crate::idp::provider::Provider;
+use crate::idp::IdpError;
 
 /// Clock skew tolerated on `exp` and `iat`.
 const LEEWAY: i64 = 60;

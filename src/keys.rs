@@ -1,0 +1,61 @@
+//! Every Redis key portcullis reads or writes, in one place, mirroring DESIGN.md's "Redis schema" table.
+//! No other module spells a key: a renamed or new key is a change here and in the table, nothing else.
+//! Each key names one hash slot, so Redis Cluster never sees a multi-key operation across slots.
+
+/// `session:{id}`: one session's hash (`id` is the one-way hash of the cookie value).
+pub fn session(id: &str) -> String {
+    format!("session:{id}")
+}
+
+/// `user_sessions:{userId}`: the user's session ids (bulk logout).
+pub fn user_sessions(user_id: &str) -> String {
+    format!("user_sessions:{user_id}")
+}
+
+/// `idp_sessions:{provider}:{sid}`: sessions opened under one IdP session (back-channel logout by `sid`).
+pub fn idp_sessions(provider: &str, sid: &str) -> String {
+    format!("idp_sessions:{provider}:{sid}")
+}
+
+/// `m2m_token:{PROVIDER}`: the M2M token shared by every replica (JSON).
+pub fn m2m_token(provider: &str) -> String {
+    format!("m2m_token:{provider}")
+}
+
+/// `lock:m2m_token:{PROVIDER}`: the leader lock of one provider's token-endpoint call.
+pub fn m2m_lock(provider: &str) -> String {
+    format!("lock:m2m_token:{provider}")
+}
+
+/// `lock:refresh:{id}`: one session refresh at a time across replicas (IdPs that rotate refresh tokens
+/// reject one used twice). Not in DESIGN.md's table yet.
+pub fn refresh_lock(session_id: &str) -> String {
+    format!("lock:refresh:{session_id}")
+}
+
+/// `pkce:{state}`: a pending login (PKCE verifier, nonce, return URL), used once.
+pub fn pkce(state: &str) -> String {
+    format!("pkce:{state}")
+}
+
+/// `auth:failures:{client}`: failed logins of one client (INCR counter with TTL).
+pub fn auth_failures(client: &str) -> String {
+    format!("auth:failures:{client}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_the_design_schema() {
+        assert_eq!(session("a"), "session:a");
+        assert_eq!(user_sessions("u"), "user_sessions:u");
+        assert_eq!(idp_sessions("p", "s"), "idp_sessions:p:s");
+        assert_eq!(m2m_token("P"), "m2m_token:P");
+        assert_eq!(m2m_lock("P"), "lock:m2m_token:P");
+        assert_eq!(refresh_lock("a"), "lock:refresh:a");
+        assert_eq!(pkce("st"), "pkce:st");
+        assert_eq!(auth_failures("c"), "auth:failures:c");
+    }
+}
