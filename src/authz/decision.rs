@@ -7,61 +7,20 @@ use crate::config::{HeadersConfig, SessionConfig};
 use crate::idp::{Identity, IdpError, Validators};
 use crate::session::{cookie, fingerprint, LoadError, Session, SessionStore};
 
-use super::CheckInput;
+use super::{CheckInput, Deny};
 
-/// Every reason to deny. `reason()` is the bounded `reason` label of `portcullis_check_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deny {
-    Malformed,
-    NoCookie,
-    UnknownSession,
-    IdleTimeout,
-    AbsoluteTimeout,
-    Fingerprint,
-    Corrupt,
-    Tampered,
-    UnknownProvider,
-    Revoked,
-    InvalidToken,
-    Forbidden,
-    RedisUnavailable,
-    IdpUnavailable,
-}
-
-impl Deny {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Deny::Malformed => "malformed",
-            Deny::NoCookie => "no_cookie",
-            Deny::UnknownSession => "unknown_session",
-            Deny::IdleTimeout => "idle_timeout",
-            Deny::AbsoluteTimeout => "absolute_timeout",
-            Deny::Fingerprint => "fingerprint",
-            Deny::Corrupt => "corrupt_session",
-            Deny::Tampered => "tampered",
-            Deny::UnknownProvider => "unknown_provider",
-            Deny::Revoked => "revoked",
-            Deny::InvalidToken => "invalid_token",
-            Deny::Forbidden => "forbidden",
-            Deny::RedisUnavailable => "redis_unavailable",
-            Deny::IdpUnavailable => "idp_unavailable",
-        }
+/// The prefix the identity headers share up to a `-` (`x-auth-` by default), when it is specific enough to
+/// refuse on: at least two segments, so that a mixed naming never turns `x-` into a refusal of every
+/// `x-request-id`.
+fn identity_prefix<'a>(names: &[&'a str]) -> Option<&'a str> {
+    let first = names.first()?;
+    let mut len = first.len();
+    for n in names {
+        len = len.min(first.bytes().zip(n.bytes()).take_while(|(a, b)| a == b).count());
     }
-
-    /// HTTP status before the browser-navigation redirect is considered.
-    pub fn status(self) -> u16 {
-        match self {
-            Deny::Malformed => 400,
-            Deny::Forbidden => 403,
-            Deny::RedisUnavailable | Deny::IdpUnavailable => 503,
-            _ => 401,
-        }
-    }
-
-    /// Whether a presented session cookie is now worthless and should be cleared.
-    pub fn clears_cookie(self) -> bool {
-        self.status() == 401 && self != Deny::NoCookie
-    }
+    let cut = first.get(..len)?.rfind('-')? + 1;
+    let prefix = first.get(..cut)?;
+    (prefix.matches('-').count() >= 2).then_some(prefix)
 }
 
 /// An allowed request: who, through which provider.
@@ -96,8 +55,16 @@ impl Authorizer {
 
     /// Applies the request flow of the design, steps 2 to 6.
     pub async fn decide(&self, input: &CheckInput, now: i64) -> Result<Allowed, Deny> {
-        let value =
-            input.header("cookie").and_then(|h| cookie::find(h, &self.session.cookie_name)).ok_or(Deny::NoCookie)?;
+        if let Some(name) = input.headers.keys().find(|n| self.smuggles_identity(n)) {
+            tracing::warn!(header = %name, "client sent a header that reads as an identity header");
+            return Err(Deny::IdentityHeader);
+        }
+        let cookies = input.header("cookie").unwrap_or_default();
+        if cookie::count(cookies, &self.session.cookie_name) > 1 {
+            tracing::warn!(cookie = %self.session.cookie_name, "session cookie sent more than once");
+            return Err(Deny::DuplicateCookie);
+        }
+        let value = cookie::find(cookies, &self.session.cookie_name).ok_or(Deny::NoCookie)?;
         if !cookie::well_formed(value) {
             return Err(Deny::UnknownSession);
         }
@@ -116,7 +83,10 @@ impl Authorizer {
         };
         match self.check_session(&session, input, now).await {
             Ok(identity) => {
-                let required = input.required_groups();
+                let Some(required) = input.required_groups() else {
+                    tracing::warn!(path = %input.path, "route requires groups but names none: denied");
+                    return Err(Deny::Misconfigured);
+                };
                 if !required.is_empty() && !identity.groups.iter().any(|g| required.contains(&g.as_str())) {
                     return Err(Deny::Forbidden);
                 }
@@ -129,6 +99,16 @@ impl Authorizer {
                 Err(deny)
             }
         }
+    }
+
+    /// Whether a client header name, lower-cased with `_` read as `-`, is an identity header or carries the
+    /// identity-header prefix. Envoy strips the exact names; an app server that reads `x_auth_groups` as
+    /// `X-Auth-Groups` (WSGI/CGI style) would otherwise trust a forged value. Exact dash names are refused
+    /// too: the shipped Envoy removes them first, so one reaching here means a proxy that does not.
+    fn smuggles_identity(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase().replace('_', "-");
+        let all = self.headers.all();
+        all.contains(&name.as_str()) || identity_prefix(&all).is_some_and(|p| name.starts_with(p))
     }
 
     async fn check_session(&self, s: &Session, input: &CheckInput, now: i64) -> Result<Identity, Deny> {
@@ -172,5 +152,18 @@ impl Authorizer {
             Ok(()) => metrics::counter!("portcullis_sessions_revoked_total", "reason" => why.reason()).increment(1),
             Err(e) => tracing::warn!(session = cookie::short(&s.id), error = %e, "could not delete failed session"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity_prefix;
+
+    #[test]
+    fn the_identity_prefix_is_specific_or_absent() {
+        assert_eq!(identity_prefix(&["x-auth-user-id", "x-auth-groups", "x-auth-jwt"]), Some("x-auth-"));
+        assert_eq!(identity_prefix(&["x-auth-user", "x-authz-groups"]), None);
+        assert_eq!(identity_prefix(&["x-user", "x-groups"]), None);
+        assert_eq!(identity_prefix(&[]), None);
     }
 }

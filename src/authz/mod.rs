@@ -4,9 +4,11 @@
 //! `response` turns the outcome into Envoy's answer, `grpc` serves it.
 
 pub mod decision;
+pub mod deny;
 pub mod grpc;
 pub mod request;
 pub mod response;
 
-pub use decision::{Allowed, Authorizer, Deny};
+pub use decision::{Allowed, Authorizer};
+pub use deny::{Answer, Deny};
 pub use request::CheckInput;

@@ -63,11 +63,14 @@ impl CheckInput {
         self.method.eq_ignore_ascii_case("GET") && accepts_html && mode_ok && self.header("x-requested-with").is_none()
     }
 
-    /// Groups the route requires (any one), from `context_extensions`.
-    pub fn required_groups(&self) -> Vec<&str> {
-        self.context_extensions
-            .get(REQUIRE_ANY)
-            .map(|v| v.split(',').map(str::trim).filter(|g| !g.is_empty()).collect())
-            .unwrap_or_default()
+    /// Groups the route requires (any one), from `context_extensions`: empty when the route names no
+    /// requirement, `None` when it names one made only of separators (a misconfiguration that must deny,
+    /// not mean "no requirement").
+    pub fn required_groups(&self) -> Option<Vec<&str>> {
+        let Some(v) = self.context_extensions.get(REQUIRE_ANY) else {
+            return Some(Vec::new());
+        };
+        let groups: Vec<&str> = v.split(',').map(str::trim).filter(|g| !g.is_empty()).collect();
+        (!groups.is_empty()).then_some(groups)
     }
 }

@@ -2,9 +2,8 @@
 //!
 //! Injected headers carry both the deprecated `append=false` and `OVERWRITE_IF_EXISTS_OR_ADD`, because
 //! Envoy versions differ in which they honour and an unset action means append. A header is never both set
-//! and listed in `headers_to_remove` (Envoy applies removals after sets). Denials always use the gRPC codes
-//! UNAUTHENTICATED or PERMISSION_DENIED: Envoy treats any other code as an error, which
-//! `failure_mode_allow` could turn into an allow.
+//! and listed in `headers_to_remove` (Envoy applies removals after sets). What each denial answers is
+//! [`Deny::answer`]; this module only renders it.
 
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
@@ -16,12 +15,6 @@ use envoy_types::pb::google::rpc::Status;
 use super::{Allowed, CheckInput, Deny};
 use crate::config::{HeadersConfig, SessionConfig};
 use crate::session::cookie;
-
-const OK: i32 = 0;
-const PERMISSION_DENIED: i32 = 7;
-const UNAUTHENTICATED: i32 = 16;
-/// Seconds a client is asked to wait after a 503.
-const RETRY_AFTER: &str = "5";
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
     #[allow(deprecated)]
@@ -38,7 +31,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConfig) -> CheckResponse {
     let mut set = vec![header(&h.user_id, &a.identity.user_id), header(&h.provider, &a.provider)];
     let mut remove = Vec::new();
-    let groups = a.identity.groups.join(",");
+    let groups = a.identity.groups.iter().map(|g| encode_group(g)).collect::<Vec<_>>().join(",");
     let optional = [
         (&h.email, a.identity.email.as_deref()),
         (&h.name, a.identity.name.as_deref()),
@@ -56,7 +49,7 @@ pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConf
         None => remove.push("cookie".to_string()),
     }
     CheckResponse {
-        status: Some(Status { code: OK, ..Default::default() }),
+        status: Some(Status { code: tonic::Code::Ok as i32, ..Default::default() }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: set,
             headers_to_remove: remove,
@@ -66,43 +59,57 @@ pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConf
     }
 }
 
+/// One group in the comma-separated `x-auth-groups`: `%` and `,` are percent-encoded so a group named
+/// `dev,admins` cannot read as two groups upstream.
+fn encode_group(g: &str) -> String {
+    g.replace('%', "%25").replace(',', "%2C")
+}
+
 /// Header values come from IdP claims: keep them on one line.
 fn sanitize(v: &str) -> String {
     v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-/// Deny, as the design's status table says.
+/// Deny, rendering the row of [`Deny::answer`]; a 401 to a browser navigation becomes the login redirect.
 pub fn deny(d: Deny, input: &CheckInput, s: &SessionConfig) -> CheckResponse {
+    let a = d.answer();
     let mut headers = vec![header("cache-control", "no-store")];
     let presented = input.header("cookie").and_then(|c| cookie::find(c, &s.cookie_name)).is_some();
-    if presented && d.clears_cookie() {
+    if presented && a.clears_cookie {
         headers.push(header("set-cookie", &cookie::clear(s)));
     }
-    let (status, body) = match d.status() {
-        401 if input.is_navigation() => {
-            let rd: String = url::form_urlencoded::byte_serialize(input.path.as_bytes()).collect();
-            headers.push(header("location", &format!("/oauth2/login?rd={rd}")));
-            (302, String::new())
-        }
-        401 => (401, r#"{"error":"unauthenticated"}"#.to_string()),
-        403 => (403, r#"{"error":"forbidden"}"#.to_string()),
-        503 => {
-            headers.push(header("retry-after", RETRY_AFTER));
-            (503, r#"{"error":"unavailable"}"#.to_string())
-        }
-        other => (other, r#"{"error":"bad_request"}"#.to_string()),
+    if let Some(secs) = a.retry_after {
+        headers.push(header("retry-after", &secs.to_string()));
+    }
+    let (status, body) = if a.status == 401 && input.is_navigation() {
+        let rd: String = url::form_urlencoded::byte_serialize(input.path.as_bytes()).collect();
+        headers.push(header("location", &format!("/oauth2/login?rd={rd}")));
+        (302, "")
+    } else {
+        (a.status, a.body)
     };
     if !body.is_empty() {
         headers.push(header("content-type", "application/json"));
     }
-    let code = if status == 401 || status == 302 { UNAUTHENTICATED } else { PERMISSION_DENIED };
     CheckResponse {
-        status: Some(Status { code, message: d.reason().to_string(), ..Default::default() }),
+        status: Some(Status { code: a.grpc as i32, message: d.reason().to_string(), ..Default::default() }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: i32::from(status) }),
             headers,
-            body,
+            body: body.to_string(),
         })),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_group;
+
+    #[test]
+    fn a_group_cannot_forge_another() {
+        assert_eq!(encode_group("dev,admins"), "dev%2Cadmins");
+        assert_eq!(encode_group("100%,x"), "100%25%2Cx");
+        assert_eq!(encode_group("ops"), "ops");
     }
 }

@@ -46,6 +46,11 @@ pub fn find<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     pairs(header).find(|(n, _)| *n == name).map(|(_, v)| v)
 }
 
+/// How many times cookie `name` appears.
+pub fn count(header: &str, name: &str) -> usize {
+    pairs(header).filter(|(n, _)| *n == name).count()
+}
+
 /// The `cookie` header without cookie `name`; `None` when nothing else remains.
 pub fn strip(header: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = header

@@ -76,7 +76,17 @@ impl Envoy {
     /// Starts Envoy with the shipped config; `vars` names the portcullis and upstream addresses
     /// (PORTCULLIS_GRPC_PORT, PORTCULLIS_HTTP_PORT, UPSTREAM_PORT, ...). Listeners bind loopback only.
     pub async fn start(vars: &[(&str, String)]) -> Self {
-        let template = std::fs::read_to_string(SHIPPED_CONFIG).expect("read envoy/envoy.yaml");
+        Self::shipped(vars, |t| t.to_string()).await
+    }
+
+    /// Starts Envoy with the shipped config passed through `edit` first (an attack test flips one option of
+    /// the real file, e.g. underscore headers allowed); `edit` must change something unless it is the identity.
+    pub async fn shipped(vars: &[(&str, String)], edit: impl Fn(&str) -> String) -> Self {
+        let shipped = std::fs::read_to_string(SHIPPED_CONFIG).expect("read envoy/envoy.yaml");
+        Self::from_template(&edit(&shipped), vars).await
+    }
+
+    async fn from_template(template: &str, vars: &[(&str, String)]) -> Self {
         let bin = envoy_bin();
         let mut last_logs = String::new();
         for _ in 0..ATTEMPTS {
@@ -96,7 +106,7 @@ impl Envoy {
             all.insert("ENVOY_ADMIN_PORT", admin_port.to_string());
             let dir = tempfile::tempdir().expect("tempdir");
             let config = dir.path().join("envoy.yaml");
-            std::fs::write(&config, render(&template, &all)).expect("write rendered envoy.yaml");
+            std::fs::write(&config, render(template, &all)).expect("write rendered envoy.yaml");
             let log = std::fs::File::create(dir.path().join("envoy.log")).expect("envoy log file");
             let started = Instant::now();
             let child = Command::new(&bin)

@@ -6,6 +6,7 @@
 
 use portcullis_testkit as harness;
 
+mod attacks;
 mod check;
 mod cli;
 mod e2e;

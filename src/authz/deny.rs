@@ -1,0 +1,139 @@
+//! Every reason to deny and the one table that says what each one answers: HTTP status, gRPC code, JSON
+//! body, whether the session cookie is cleared, and Retry-After. `response` only renders an [`Answer`].
+
+use tonic::Code;
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECS: u32 = 5;
+
+/// Every reason to deny. `reason()` is the bounded `reason` label of `portcullis_check_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deny {
+    Malformed,
+    /// The client sent a header that reads as an identity header (`x_auth_groups`, `X_Auth_Email`, ...).
+    IdentityHeader,
+    NoCookie,
+    /// The session cookie appears more than once (cookie tossing from a sibling domain or wider path).
+    DuplicateCookie,
+    UnknownSession,
+    IdleTimeout,
+    AbsoluteTimeout,
+    Fingerprint,
+    Corrupt,
+    Tampered,
+    UnknownProvider,
+    Revoked,
+    InvalidToken,
+    Forbidden,
+    /// The route names `portcullis.require_any` but no group in it (only separators): fail closed.
+    Misconfigured,
+    RedisUnavailable,
+    IdpUnavailable,
+}
+
+/// What one [`Deny`] answers, before the browser-navigation redirect is considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// Never anything but UNAUTHENTICATED or PERMISSION_DENIED: Envoy treats other codes as errors, which
+    /// `failure_mode_allow` could turn into an allow.
+    pub grpc: Code,
+    pub body: &'static str,
+    /// Whether a presented session cookie is now worthless and is cleared.
+    pub clears_cookie: bool,
+    pub retry_after: Option<u32>,
+}
+
+impl Deny {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Deny::Malformed => "malformed",
+            Deny::IdentityHeader => "identity_header",
+            Deny::NoCookie => "no_cookie",
+            Deny::DuplicateCookie => "duplicate_cookie",
+            Deny::UnknownSession => "unknown_session",
+            Deny::IdleTimeout => "idle_timeout",
+            Deny::AbsoluteTimeout => "absolute_timeout",
+            Deny::Fingerprint => "fingerprint",
+            Deny::Corrupt => "corrupt_session",
+            Deny::Tampered => "tampered",
+            Deny::UnknownProvider => "unknown_provider",
+            Deny::Revoked => "revoked",
+            Deny::InvalidToken => "invalid_token",
+            Deny::Forbidden => "forbidden",
+            Deny::Misconfigured => "misconfigured_route",
+            Deny::RedisUnavailable => "redis_unavailable",
+            Deny::IdpUnavailable => "idp_unavailable",
+        }
+    }
+
+    /// The answer table.
+    pub fn answer(self) -> Answer {
+        const fn a(status: u16, grpc: Code, body: &'static str, clears_cookie: bool) -> Answer {
+            Answer { status, grpc, body, clears_cookie, retry_after: None }
+        }
+        const UNAUTH: &str = r#"{"error":"unauthenticated"}"#;
+        match self {
+            Deny::Malformed | Deny::IdentityHeader => {
+                a(400, Code::PermissionDenied, r#"{"error":"bad_request"}"#, false)
+            }
+            Deny::NoCookie => a(401, Code::Unauthenticated, UNAUTH, false),
+            // Which of the two cookies is ours is unknown: clearing would only clear one of them.
+            Deny::DuplicateCookie => a(401, Code::Unauthenticated, UNAUTH, false),
+            Deny::UnknownSession
+            | Deny::IdleTimeout
+            | Deny::AbsoluteTimeout
+            | Deny::Fingerprint
+            | Deny::Corrupt
+            | Deny::Tampered
+            | Deny::UnknownProvider
+            | Deny::Revoked
+            | Deny::InvalidToken => a(401, Code::Unauthenticated, UNAUTH, true),
+            Deny::Forbidden | Deny::Misconfigured => a(403, Code::PermissionDenied, r#"{"error":"forbidden"}"#, false),
+            Deny::RedisUnavailable | Deny::IdpUnavailable => Answer {
+                retry_after: Some(RETRY_AFTER_SECS),
+                ..a(503, Code::PermissionDenied, r#"{"error":"unavailable"}"#, false)
+            },
+        }
+    }
+
+    /// Whether a presented session cookie is now worthless and should be cleared (and its session ended).
+    pub fn clears_cookie(self) -> bool {
+        self.answer().clears_cookie
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unauthenticated_or_permission_denied_ever_leave() {
+        use Deny::*;
+        for d in [
+            Malformed,
+            IdentityHeader,
+            NoCookie,
+            DuplicateCookie,
+            UnknownSession,
+            IdleTimeout,
+            AbsoluteTimeout,
+            Fingerprint,
+            Corrupt,
+            Tampered,
+            UnknownProvider,
+            Revoked,
+            InvalidToken,
+            Forbidden,
+            Misconfigured,
+            RedisUnavailable,
+            IdpUnavailable,
+        ] {
+            let a = d.answer();
+            assert!(matches!(a.grpc, Code::Unauthenticated | Code::PermissionDenied), "{d:?}");
+            assert_eq!(a.grpc == Code::Unauthenticated, a.status == 401, "{d:?}");
+            assert_eq!(a.retry_after.is_some(), a.status == 503, "{d:?}");
+            assert!(!a.clears_cookie || a.status == 401, "{d:?}");
+        }
+    }
+}
