@@ -103,9 +103,12 @@ impl Authorizer {
 
     /// Whether a client header name, lower-cased with `_` read as `-`, is an identity header or carries the
     /// identity-header prefix. Envoy strips the exact names; an app server that reads `x_auth_groups` as
-    /// `X-Auth-Groups` (WSGI/CGI style) would otherwise trust a forged value. Exact dash names are refused
-    /// too: the shipped Envoy removes them first, so one reaching here means a proxy that does not.
+    /// `X-Auth-Groups` (WSGI/CGI style) would otherwise trust a forged value. Exact dash names are not
+    /// refused: they are overwritten or removed in the allow (and Envoy strips them first).
     fn smuggles_identity(&self, name: &str) -> bool {
+        if !name.contains('_') {
+            return false;
+        }
         let name = name.to_ascii_lowercase().replace('_', "-");
         let all = self.headers.all();
         all.contains(&name.as_str()) || identity_prefix(&all).is_some_and(|p| name.starts_with(p))
