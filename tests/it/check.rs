@@ -461,6 +461,17 @@ async fn redis_sentinel_mode_follows_a_failover() {
     let c = cookie(&app, &value);
     assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
     assert!(rs.exists_on(rs.master, &session_key(&s.id)), "written to the master Sentinel named");
+    // Replication is asynchronous: kill the master only once the replica holds alice's session, or a loaded
+    // machine loses it with the master (the test's flake, not the product's).
+    let mut replicated = false;
+    for _ in 0..100 {
+        if rs.exists_on(rs.replica, &session_key(&s.id)) {
+            replicated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(replicated, "the replica never received alice's session");
 
     rs.kill_master();
     // The master is gone: a call fails (503, never OK on a stale answer), which makes portcullis ask
