@@ -76,6 +76,7 @@ impl Config {
             ConfigError::Parse(format!("invalid configuration:\n  - {}", msgs.join("\n  - ")))
         })?;
         let mut errors = Vec::new();
+        cfg.session.resolve_cookie_name();
         cfg.resolve_files(&mut errors);
         cfg.validate(&mut errors);
         if errors.is_empty() {

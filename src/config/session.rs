@@ -41,6 +41,9 @@ impl<'de> Deserialize<'de> for SameSite {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
+    /// Unset in the file: `__Host-GATEWAY_SESSION` when the cookie is secure and host-only (a sibling
+    /// subdomain cannot plant or shadow it), else `GATEWAY_SESSION`; see [`SessionConfig::resolve_cookie_name`].
+    #[serde(default)]
     pub cookie_name: String,
     pub cookie_secure: bool,
     pub same_site: SameSite,
@@ -57,10 +60,26 @@ pub struct SessionConfig {
     pub bind_fingerprint: bool,
 }
 
+/// The cookie name when the file names none: the `__Host-` prefix wherever the browser will honour it.
+pub const DEFAULT_COOKIE_NAME: &str = "GATEWAY_SESSION";
+
+impl SessionConfig {
+    /// Fills in the cookie name the file left out (the field deserializes to "" when absent).
+    pub fn resolve_cookie_name(&mut self) {
+        if self.cookie_name.is_empty() {
+            self.cookie_name = if self.cookie_secure && self.cookie_domain.is_none() {
+                format!("__Host-{DEFAULT_COOKIE_NAME}")
+            } else {
+                DEFAULT_COOKIE_NAME.into()
+            };
+        }
+    }
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            cookie_name: "GATEWAY_SESSION".into(),
+            cookie_name: DEFAULT_COOKIE_NAME.into(),
             cookie_secure: true,
             same_site: SameSite::default(),
             cookie_domain: None,

@@ -134,3 +134,14 @@ fn closed_sets_are_typed() {
         Config::from_toml(&minimal().replace("[server]", "[server]\nlog_format = \"xml\"")).unwrap_err().to_string();
     assert!(err.contains("server.log_format"), "{err}");
 }
+
+#[test]
+fn the_cookie_name_defaults_to_host_prefixed_when_the_browser_honours_it() {
+    let secure = minimal().replace("cookie_secure = false", "cookie_secure = true");
+    assert!(secure.contains("cookie_secure = true"), "the minimal file sets cookie_secure");
+    assert_eq!(Config::from_toml(&secure).unwrap().session.cookie_name, "__Host-GATEWAY_SESSION");
+    let wide = secure.replace("cookie_secure = true", "cookie_secure = true\ncookie_domain = \"example.com\"");
+    assert_eq!(Config::from_toml(&wide).unwrap().session.cookie_name, "GATEWAY_SESSION");
+    let named = secure.replace("cookie_secure = true", "cookie_secure = true\ncookie_name = \"SID\"");
+    assert_eq!(Config::from_toml(&named).unwrap().session.cookie_name, "SID");
+}
