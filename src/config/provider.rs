@@ -96,6 +96,10 @@ pub struct ProviderConfig {
     pub name_claim: String,
     #[serde(default = "ProviderConfig::default_groups_claim")]
     pub groups_claim: String,
+    /// Withhold the email header when the IdP says `email_verified: false`: an unverified address is
+    /// whatever the user typed, and upstreams key accounts on it.
+    #[serde(default = "ProviderConfig::default_true")]
+    pub require_verified_email: bool,
 }
 
 impl ProviderConfig {
@@ -110,6 +114,9 @@ impl ProviderConfig {
     }
     fn default_circuit_open() -> Duration {
         Duration::from_secs(30)
+    }
+    fn default_true() -> bool {
+        true
     }
     fn default_email_claim() -> String {
         "email".into()

@@ -10,11 +10,13 @@ pub struct ClaimNames {
     pub email: String,
     pub name: String,
     pub groups: String,
+    /// An `email_verified: false` claim withholds the email (an absent claim does not: Entra sends none).
+    pub require_verified_email: bool,
 }
 
 impl Default for ClaimNames {
     fn default() -> Self {
-        Self { email: "email".into(), name: "name".into(), groups: "groups".into() }
+        Self { email: "email".into(), name: "name".into(), groups: "groups".into(), require_verified_email: true }
     }
 }
 
@@ -27,7 +29,14 @@ impl ClaimNames {
             Some(Value::String(s)) => s.split([',', ' ']).filter(|g| !g.is_empty()).map(String::from).collect(),
             _ => Vec::new(),
         };
-        Identity { user_id: user_id.to_string(), email: text(&self.email), name: text(&self.name), groups }
+        let unverified = claims.get("email_verified").and_then(Value::as_bool) == Some(false);
+        let email = if self.require_verified_email && unverified {
+            tracing::debug!("email withheld: the IdP says it is not verified");
+            None
+        } else {
+            text(&self.email)
+        };
+        Identity { user_id: user_id.to_string(), email, name: text(&self.name), groups }
     }
 }
 
@@ -39,5 +48,21 @@ pub fn unverified_payload(jwt: &str) -> Option<Map<String, Value>> {
     match serde_json::from_slice(&bytes).ok()? {
         Value::Object(m) => Some(m),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unverified_email_is_withheld_unless_configured_otherwise() {
+        let claims = |v: Value| serde_json::json!({"email": "a@x", "email_verified": v}).as_object().unwrap().clone();
+        let names = ClaimNames::default();
+        assert_eq!(names.identity("u", &claims(Value::Bool(false))).email, None);
+        assert_eq!(names.identity("u", &claims(Value::Bool(true))).email.as_deref(), Some("a@x"));
+        assert_eq!(names.identity("u", &claims(Value::Null)).email.as_deref(), Some("a@x"), "absent claim");
+        let lax = ClaimNames { require_verified_email: false, ..ClaimNames::default() };
+        assert_eq!(lax.identity("u", &claims(Value::Bool(false))).email.as_deref(), Some("a@x"));
     }
 }

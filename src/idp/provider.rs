@@ -51,6 +51,7 @@ impl Provider {
                 email: cfg.email_claim.clone(),
                 name: cfg.name_claim.clone(),
                 groups: cfg.groups_claim.clone(),
+                require_verified_email: cfg.require_verified_email,
             },
             cfg: cfg.clone(),
         }

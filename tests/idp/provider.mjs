@@ -171,7 +171,7 @@ async function findAccount(_ctx, sub) {
       return {
         sub,
         email: `${sub}@example.com`,
-        email_verified: true,
+        email_verified: !sub.startsWith('unverified'),
         name: `User ${sub}`,
         groups: ['users', `team-${sub}`],
         tid: tenant,

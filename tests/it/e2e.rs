@@ -77,35 +77,13 @@ async fn a_browser_logs_in_through_envoy_and_reaches_the_upstream_as_itself() {
     // Not logged in: the page redirects to the login route, an API call is 401.
     let r = html(format!("{}/reports?q=1", s.public)).send().await.unwrap();
     assert_eq!(r.status(), 302);
-    let mut next = absolute(&s.public, &location(&r));
+    let next = absolute(&s.public, &location(&r));
     assert!(next.starts_with(&format!("{}/oauth2/login?rd=", s.public)), "{next}");
     let api = browser.get(format!("{}/api", s.public)).header("accept", "application/json").send().await.unwrap();
     assert_eq!(api.status(), 401);
     assert_eq!(s.upstream.hits(), 0);
 
-    // Follow the redirects like a browser: login -> IdP -> form -> callback -> the page.
-    let mut page = None;
-    for _ in 0..12 {
-        let r = if next.contains("/interaction/") && !next.ends_with("/login") {
-            let form = html(next.clone()).send().await.unwrap();
-            if form.status().is_redirection() {
-                next = absolute(&next, &location(&form));
-                continue;
-            }
-            browser.post(&next).form(&[("prompt", "login"), ("login", "alice"), ("password", "x")]).send().await
-        } else {
-            html(next.clone()).send().await
-        }
-        .unwrap();
-        if r.status().is_redirection() {
-            next = absolute(&next, &location(&r));
-        } else {
-            assert_eq!(r.status(), 200, "{next}: {}", r.text().await.unwrap_or_default());
-            page = Some(r.json::<Echo>().await.unwrap());
-            break;
-        }
-    }
-    let page = page.expect("landed on the protected page");
+    let page = follow_login(&browser, next, "alice").await;
     assert_eq!(page.path, "/reports?q=1", "rd brought the browser back");
     assert_eq!(page.header("x-auth-user-id"), Some("alice"));
     assert_eq!(page.header("x-auth-provider"), Some("corp"));
@@ -120,6 +98,50 @@ async fn a_browser_logs_in_through_envoy_and_reaches_the_upstream_as_itself() {
     assert_eq!(r.status(), 302);
     let r = browser.get(format!("{}/api", s.public)).send().await.unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// Follows the redirects like a browser from `next` (the login route): login -> IdP -> form (signed in as
+/// `login`) -> callback -> the page, which the echo upstream answers.
+async fn follow_login(browser: &reqwest::Client, mut next: String, login: &str) -> Echo {
+    let html = |url: String| browser.get(url).header("accept", "text/html");
+    let mut page = None;
+    for _ in 0..12 {
+        let r = if next.contains("/interaction/") && !next.ends_with("/login") {
+            let form = html(next.clone()).send().await.unwrap();
+            if form.status().is_redirection() {
+                next = absolute(&next, &location(&form));
+                continue;
+            }
+            browser.post(&next).form(&[("prompt", "login"), ("login", login), ("password", "x")]).send().await
+        } else {
+            html(next.clone()).send().await
+        }
+        .unwrap();
+        if r.status().is_redirection() {
+            next = absolute(&next, &location(&r));
+        } else {
+            assert_eq!(r.status(), 200, "{next}: {}", r.text().await.unwrap_or_default());
+            page = Some(r.json::<Echo>().await.unwrap());
+            break;
+        }
+    }
+    page.expect("landed on the protected page")
+}
+
+/// The IdP marks `unverified-*` accounts `email_verified: false`: the upstream gets no email for them.
+#[tokio::test]
+async fn an_email_the_idp_has_not_verified_never_reaches_the_upstream() {
+    let s = Stack::start().await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let page = follow_login(&browser, format!("{}/oauth2/login?rd=/home", s.public), "unverified-mallory").await;
+    assert_eq!(page.header("x-auth-user-id"), Some("unverified-mallory"));
+    assert_eq!(page.header("x-auth-email"), None, "an unverified email is withheld");
+    assert_eq!(page.header("x-auth-name"), Some("User unverified-mallory"));
 }
 
 /// chromedriver on a free port, killed on drop.
