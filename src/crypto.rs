@@ -160,3 +160,33 @@ mod tests {
         assert!(KeyRing::parse(&["k:c2hvcnQ="]).is_err());
     }
 }
+
+/// The decoder of stored ciphertexts sees whatever is in Redis: no panic, and nothing but the exact
+/// ciphertext for this session and field opens.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn garbage_never_decrypts_or_panics(stored in any::<String>()) {
+            let ring = KeyRing::parse(&[generate_key()]).unwrap();
+            prop_assert!(ring.decrypt("s1", "idToken", &stored).is_err());
+        }
+
+        #[test]
+        fn any_flipped_byte_is_refused(plain in ".{0,64}", at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let ring = KeyRing::parse(&[generate_key()]).unwrap();
+            let ct = ring.encrypt("s1", "idToken", &plain).unwrap();
+            prop_assert_eq!(ring.decrypt("s1", "idToken", &ct).unwrap(), plain);
+            let mut bytes = ct.into_bytes();
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            if let Ok(tampered) = String::from_utf8(bytes) {
+                prop_assert!(ring.decrypt("s1", "idToken", &tampered).is_err());
+            }
+        }
+    }
+}

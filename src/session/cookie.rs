@@ -111,3 +111,40 @@ mod tests {
         assert!(!id.contains(&v));
     }
 }
+
+/// Any byte string a client sends: no panic, and stripping the session cookie keeps every other cookie as sent.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAME: &str = "GATEWAY_SESSION";
+
+    proptest! {
+        #[test]
+        fn no_header_makes_the_parser_panic(header in any::<String>()) {
+            let _ = find(&header, NAME);
+            let _ = count(&header, NAME);
+            let _ = strip(&header, NAME);
+        }
+
+        #[test]
+        fn strip_keeps_every_other_cookie_unaltered(
+            others in proptest::collection::vec(("[A-Za-z0-9_-]{1,12}", "[!#-+./-:<-\\[\\]-~]{0,20}"), 0..6),
+            session in proptest::option::of("[A-Za-z0-9_-]{1,43}"),
+            at in 0usize..6,
+        ) {
+            let others: Vec<(String, String)> = others.into_iter().filter(|(n, _)| n != NAME).collect();
+            let mut pairs: Vec<String> = others.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            if let Some(s) = &session {
+                pairs.insert(at.min(pairs.len()), format!("{NAME}={s}"));
+            }
+            let header = pairs.join("; ");
+            prop_assert_eq!(find(&header, NAME), session.as_deref());
+            let kept = strip(&header, NAME);
+            let expect: Vec<String> = others.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            prop_assert_eq!(kept, (!expect.is_empty()).then(|| expect.join("; ")));
+        }
+    }
+}
