@@ -1,6 +1,8 @@
 //! Encryption of tokens at rest: AES-256-GCM under a key ring.
 //!
-//! The first key encrypts; every listed key decrypts, so keys rotate without logging anyone out. The AAD
+//! The first key encrypts; every listed key decrypts, so keys rotate without logging anyone out. Decrypt-only
+//! keys open values but never seal them: rotation is two-phase (add the new key decrypt-only on every replica,
+//! then make it the encrypting key), so no replica ever meets a key id it lacks. The AAD
 //! binds a ciphertext to its session and field: a value copied to another session or field fails to open.
 //! Stored form: `v1.<kid>.<base64url(nonce || ciphertext+tag)>`.
 
@@ -49,9 +51,21 @@ impl std::fmt::Debug for KeyRing {
 impl KeyRing {
     /// Parses entries of the form printed by [`generate_key`].
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, CryptoError> {
-        let mut keys: Vec<NamedKey> = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            let (kid, b64) = entry.as_ref().trim().split_once(':').ok_or(CryptoError::BadKey(i))?;
+        Self::parse_with_decrypt_only::<S, S>(entries, &[])
+    }
+
+    /// As [`KeyRing::parse`], plus keys that only decrypt (entry numbers continue after `encrypting`).
+    pub fn parse_with_decrypt_only<S: AsRef<str>, T: AsRef<str>>(
+        encrypting: &[S],
+        decrypt_only: &[T],
+    ) -> Result<Self, CryptoError> {
+        if encrypting.is_empty() {
+            return Err(CryptoError::NoKey);
+        }
+        let entries = encrypting.iter().map(AsRef::as_ref).chain(decrypt_only.iter().map(AsRef::as_ref));
+        let mut keys: Vec<NamedKey> = Vec::with_capacity(encrypting.len() + decrypt_only.len());
+        for (i, entry) in entries.enumerate() {
+            let (kid, b64) = entry.trim().split_once(':').ok_or(CryptoError::BadKey(i))?;
             if kid.is_empty() || kid.contains('.') {
                 return Err(CryptoError::BadKey(i));
             }
@@ -151,6 +165,22 @@ mod tests {
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
         assert!(ring.decrypt("s", "f", &flipped).is_err());
+    }
+
+    #[test]
+    fn decrypt_only_keys_open_but_never_seal() {
+        let (old, new) = (generate_key(), generate_key());
+        let phase1 = KeyRing::parse_with_decrypt_only(std::slice::from_ref(&old), std::slice::from_ref(&new)).unwrap();
+        let phase2 = KeyRing::parse(&[new.clone(), old.clone()]).unwrap();
+        let sealed = phase1.encrypt("s", "f", "v").unwrap();
+        assert!(sealed.starts_with(&format!("v1.{}.", old.split(':').next().unwrap())));
+        assert_eq!(phase2.decrypt("s", "f", &sealed).unwrap(), "v");
+        assert_eq!(phase1.decrypt("s", "f", &phase2.encrypt("s", "f", "v").unwrap()).unwrap(), "v");
+        assert!(matches!(KeyRing::parse_with_decrypt_only::<&str, _>(&[], &[new.as_str()]), Err(CryptoError::NoKey)));
+        assert!(matches!(
+            KeyRing::parse_with_decrypt_only(&[old.as_str()], &[old.as_str()]),
+            Err(CryptoError::DuplicateKid(_))
+        ));
     }
 
     #[test]

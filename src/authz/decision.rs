@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{HeadersConfig, SessionConfig};
+use crate::crypto::CryptoError;
 use crate::idp::{Identity, IdpError, Validators};
 use crate::session::{cookie, fingerprint, LoadError, Session, SessionStore};
 
@@ -130,7 +131,10 @@ impl Authorizer {
         }
         let tokens = self.store.decrypt(s).map_err(|e| {
             tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
-            Deny::Tampered
+            match e {
+                CryptoError::UnknownKey => Deny::UnknownKey,
+                _ => Deny::Tampered,
+            }
         })?;
         let validator = self.validators.get(&s.provider).ok_or_else(|| {
             tracing::warn!(session = cookie::short(&s.id), provider = %s.provider, "session names an unconfigured provider");

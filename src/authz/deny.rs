@@ -21,6 +21,8 @@ pub enum Deny {
     Fingerprint,
     Corrupt,
     Tampered,
+    /// A token sealed under a key id this replica lacks: another replica is ahead in a key rotation.
+    UnknownKey,
     UnknownProvider,
     Revoked,
     InvalidToken,
@@ -57,6 +59,7 @@ impl Deny {
             Deny::Fingerprint => "fingerprint",
             Deny::Corrupt => "corrupt_session",
             Deny::Tampered => "tampered",
+            Deny::UnknownKey => "unknown_key",
             Deny::UnknownProvider => "unknown_provider",
             Deny::Revoked => "revoked",
             Deny::InvalidToken => "invalid_token",
@@ -86,11 +89,12 @@ impl Deny {
             | Deny::Fingerprint
             | Deny::Corrupt
             | Deny::Tampered
-            | Deny::UnknownProvider
             | Deny::Revoked
             | Deny::InvalidToken => a(401, Code::Unauthenticated, UNAUTH, true),
             Deny::Forbidden | Deny::Misconfigured => a(403, Code::PermissionDenied, r#"{"error":"forbidden"}"#, false),
-            Deny::RedisUnavailable | Deny::IdpUnavailable => Answer {
+            // UnknownKey/UnknownProvider: this replica cannot judge the session (replicas differ mid-rollout),
+            // so it stays in Redis for one that can.
+            Deny::RedisUnavailable | Deny::IdpUnavailable | Deny::UnknownKey | Deny::UnknownProvider => Answer {
                 retry_after: Some(RETRY_AFTER_SECS),
                 ..a(503, Code::PermissionDenied, r#"{"error":"unavailable"}"#, false)
             },
@@ -121,6 +125,7 @@ mod tests {
             Fingerprint,
             Corrupt,
             Tampered,
+            UnknownKey,
             UnknownProvider,
             Revoked,
             InvalidToken,

@@ -57,6 +57,8 @@ pub struct SessionConfig {
     pub slide_after: Duration,
     pub encryption_keys: Vec<SecretString>,
     pub encryption_keys_file: Option<PathBuf>,
+    /// Keys that decrypt but never encrypt: phase one of a rotation (see the README).
+    pub decrypt_only_keys: Vec<SecretString>,
     pub bind_fingerprint: bool,
 }
 
@@ -88,16 +90,18 @@ impl Default for SessionConfig {
             slide_after: Duration::from_secs(60),
             encryption_keys: Vec::new(),
             encryption_keys_file: None,
+            decrypt_only_keys: Vec::new(),
             bind_fingerprint: false,
         }
     }
 }
 
 impl SessionConfig {
-    /// The key ring built from `encryption_keys`; the only place the keys are exposed.
+    /// The key ring built from `encryption_keys` then `decrypt_only_keys`; the only place the keys are exposed.
     pub fn key_ring(&self) -> Result<crate::crypto::KeyRing, crate::crypto::CryptoError> {
         let keys: Vec<&str> = self.encryption_keys.iter().map(|k| k.expose_secret()).collect();
-        crate::crypto::KeyRing::parse(&keys)
+        let decrypt_only: Vec<&str> = self.decrypt_only_keys.iter().map(|k| k.expose_secret()).collect();
+        crate::crypto::KeyRing::parse_with_decrypt_only(&keys, &decrypt_only)
     }
 
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
@@ -119,7 +123,9 @@ impl SessionConfig {
             errors.push("session.absolute_timeout: must not be shorter than session.idle_timeout".into());
         }
         if let Err(e) = self.key_ring() {
-            errors.push(format!("session.encryption_keys: {e} (generate one with `portcullis keygen`)"));
+            errors.push(format!(
+                "session.encryption_keys/decrypt_only_keys: {e} (generate one with `portcullis keygen`)"
+            ));
         }
     }
 }

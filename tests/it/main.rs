@@ -15,4 +15,5 @@ mod idp;
 mod login;
 mod logs;
 mod m2m;
+mod rotation;
 mod sessions;
