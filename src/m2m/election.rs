@@ -19,9 +19,12 @@ use crate::store::StoreError;
 pub(super) enum Want {
     /// One a caller can use now: more than `safety_margin` left.
     Usable,
-    /// A usable one with more than `min_left` seconds left, or one that expires later than `than` (another
-    /// replica already replaced the token the caller saw).
-    Newer { than: Option<i64>, min_left: i64 },
+    /// A usable one not due for refresh, or one that expires later than `than` (another replica already
+    /// replaced the token the caller saw).
+    Newer { than: Option<i64> },
+    /// A usable one received at or after this unix millisecond (a forced refresh: whoever led since the
+    /// request began already fetched for everyone).
+    IssuedSince(i64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +43,15 @@ pub enum AcquireError {
 
 impl M2mManager {
     fn accepts(&self, want: Want, t: &CachedToken, now: i64) -> bool {
-        if !t.is_fresh(now, self.margin_secs()) {
+        if !self.usable_now(t, now) {
             return false;
         }
         match want {
             Want::Usable => true,
-            Want::Newer { than, min_left } => t.expires_in(now) > min_left || than.is_some_and(|e| t.expires_at > e),
+            Want::Newer { than } => {
+                t.expires_in(now) > self.refresh_before_secs(t) || than.is_some_and(|e| t.expires_at > e)
+            }
+            Want::IssuedSince(ms) => t.issued_at_ms.is_some_and(|i| i >= ms),
         }
     }
 
@@ -109,25 +115,17 @@ impl M2mManager {
             }
         };
         self.count(provider, OUTCOME_SUCCESS);
-        let now = crate::now();
+        let now_ms = crate::now_ms();
+        let now = now_ms.div_euclid(1000);
         let lifetime = i64::try_from(fetched.expires_in.as_secs()).unwrap_or(i64::MAX / 2);
         let token = CachedToken {
             token_provider: provider.to_string(),
             access_token: fetched.access_token,
             expires_at: now.saturating_add(lifetime),
+            issued_at_ms: Some(now_ms),
         };
-        if lifetime <= self.margin_secs() {
-            tracing::error!(
-                provider,
-                lifetime,
-                "m2m token lifetime is within m2m.safety_margin: callers cannot use it"
-            );
-        } else if lifetime <= self.refresh_before_secs() {
-            tracing::warn!(
-                provider,
-                lifetime,
-                "m2m token lifetime is within m2m.refresh_before: every refresh round fetches"
-            );
+        if lifetime <= 0 {
+            tracing::error!(provider, lifetime, "m2m token arrived already expired: callers cannot use it");
         }
         if let Err(e) = shared::write(&self.redis, &token, now).await {
             tracing::warn!(provider, error = %e, "could not share the m2m token: other replicas will fetch their own");

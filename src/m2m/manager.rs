@@ -53,7 +53,8 @@ struct UntilMargin {
 
 impl UntilMargin {
     fn left(&self, t: &CachedToken) -> Duration {
-        let stale_at = Duration::from_secs(u64::try_from(t.expires_at).unwrap_or(0)).saturating_sub(self.margin);
+        let margin = Duration::from_secs(u64::try_from(t.margin(secs(self.margin))).unwrap_or(0));
+        let stale_at = Duration::from_secs(u64::try_from(t.expires_at).unwrap_or(0)).saturating_sub(margin);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         stale_at.saturating_sub(now)
     }
@@ -84,12 +85,14 @@ impl M2mManager {
         v
     }
 
-    pub(super) fn margin_secs(&self) -> i64 {
-        secs(self.cfg.safety_margin)
+    /// Whether `t` can be handed out at `now`: more than its (lifetime-scaled) safety margin left.
+    pub(super) fn usable_now(&self, t: &CachedToken, now: i64) -> bool {
+        t.is_fresh(now, t.margin(secs(self.cfg.safety_margin)))
     }
 
-    pub(super) fn refresh_before_secs(&self) -> i64 {
-        secs(self.cfg.refresh_before)
+    /// Seconds left at which `t` is due for a background refresh (lifetime-scaled `refresh_before`).
+    pub(super) fn refresh_before_secs(&self, t: &CachedToken) -> i64 {
+        t.refresh_before(secs(self.cfg.refresh_before))
     }
 
     pub(super) fn count(&self, provider: &str, outcome: &'static str) {
@@ -104,7 +107,7 @@ impl M2mManager {
 
     /// This process's fresh copy, if any (no Redis).
     pub(super) async fn local(&self, provider: &str) -> Option<CachedToken> {
-        self.local.get(provider).await.filter(|t| t.is_fresh(crate::now(), self.margin_secs()))
+        self.local.get(provider).await.filter(|t| self.usable_now(t, crate::now()))
     }
 
     pub(super) async fn keep(&self, t: &CachedToken) {
@@ -125,7 +128,7 @@ impl M2mManager {
                 .try_get_with_by_ref(provider, self.acquire_detached(provider, Want::Usable))
                 .await
                 .map_err(|e| M2mError::Unavailable(e.to_string()))?;
-            if t.is_fresh(crate::now(), self.margin_secs()) {
+            if self.usable_now(&t, crate::now()) {
                 return Ok(t);
             }
             self.local.invalidate(provider).await;
@@ -133,14 +136,11 @@ impl M2mManager {
         Err(M2mError::Unavailable("the m2m token is within its safety margin".into()))
     }
 
-    /// Fetches a new token through the same lock, whatever the cache holds (CLI and admin "refresh"). When
-    /// another replica replaces the token meanwhile, that one is taken instead of calling again.
+    /// Fetches a new token through the same lock, whatever the cache holds (CLI and admin "refresh"). A token
+    /// fetched after this request began (by another replica forced at the same moment) is taken instead of
+    /// calling again: N replicas forced at once make one call.
     pub async fn force_refresh(&self, provider: &str) -> Result<CachedToken, M2mError> {
-        let want = match shared::read(&self.redis, provider).await {
-            Ok(Some(t)) => Want::Newer { than: Some(t.expires_at), min_left: i64::MAX },
-            Ok(None) => Want::Usable,
-            Err(e) => return Err(M2mError::Unavailable(e.to_string())),
-        };
+        let want = Want::IssuedSince(crate::now_ms());
         let t = self.acquire_detached(provider, want).await.map_err(|e| M2mError::Unavailable(e.to_string()))?;
         self.keep(&t).await;
         Ok(t)

@@ -52,14 +52,13 @@ impl M2mManager {
             Some(t) => Some(t),
             None => shared::read(&self.redis, provider).await.ok().flatten(),
         };
-        let min_left = self.refresh_before_secs();
         if let Some(t) = &current {
-            if t.is_fresh(now, self.margin_secs()) && t.expires_in(now) > min_left {
+            if self.usable_now(t, now) && t.expires_in(now) > self.refresh_before_secs(t) {
                 self.keep(t).await;
                 return;
             }
         }
-        let want = Want::Newer { than: current.as_ref().map(|t| t.expires_at), min_left };
+        let want = Want::Newer { than: current.as_ref().map(|t| t.expires_at) };
         match self.acquire(provider, want).await {
             Ok(t) => self.keep(&t).await,
             Err(e) => {

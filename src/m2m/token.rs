@@ -15,7 +15,16 @@ pub struct CachedToken {
     pub access_token: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// Unix milliseconds when the leader received it. Absent in values written before it existed: then the
+    /// lifetime is unknown and the configured margins apply unscaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at_ms: Option<i64>,
 }
+
+/// Refresh once this share of the lifetime is left (at 80 % of it), when shorter than `refresh_before`.
+const REFRESH_AT_LEFT_PERCENT: i64 = 20;
+/// The safety margin never exceeds this share of the lifetime.
+const MARGIN_MAX_PERCENT: i64 = 10;
 
 impl CachedToken {
     /// Seconds left at `now` (negative once expired).
@@ -26,6 +35,30 @@ impl CachedToken {
     /// True while more than `margin_secs` of lifetime remain: a caller handed this token can still use it.
     pub fn is_fresh(&self, now: i64, margin_secs: i64) -> bool {
         self.expires_in(now) > margin_secs
+    }
+
+    /// Lifetime in seconds, when known.
+    pub fn lifetime(&self) -> Option<i64> {
+        self.issued_at_ms.map(|ms| self.expires_at - ms.div_euclid(1000))
+    }
+
+    /// The safety margin for this token: the configured one, at most 10 % of the lifetime, so a token that
+    /// lives less than the configured margin is still usable for most of its life.
+    pub fn margin(&self, configured: i64) -> i64 {
+        self.scaled(configured, MARGIN_MAX_PERCENT)
+    }
+
+    /// Seconds left at which a refresh is due: `refresh_before`, at most 20 % of the lifetime, so any
+    /// lifetime costs about one token call per lifetime instead of one per refresh round.
+    pub fn refresh_before(&self, configured: i64) -> i64 {
+        self.scaled(configured, REFRESH_AT_LEFT_PERCENT)
+    }
+
+    fn scaled(&self, configured: i64, percent: i64) -> i64 {
+        match self.lifetime() {
+            Some(l) => configured.min(l.max(0).saturating_mul(percent) / 100),
+            None => configured,
+        }
     }
 
     /// TTL for the Redis key: the remaining lifetime, at least [`MIN_REDIS_TTL_SECS`].
@@ -71,7 +104,26 @@ mod tests {
     use super::*;
 
     fn tok(expires_at: i64) -> CachedToken {
-        CachedToken { token_provider: "corp".into(), access_token: "secret-value".into(), expires_at }
+        CachedToken {
+            token_provider: "corp".into(),
+            access_token: "secret-value".into(),
+            expires_at,
+            issued_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn margins_scale_with_a_short_lifetime_only() {
+        let ten_s = CachedToken { issued_at_ms: Some(990_500), ..tok(1_000) };
+        assert_eq!(ten_s.lifetime(), Some(10));
+        assert_eq!(ten_s.margin(30), 1);
+        assert_eq!(ten_s.refresh_before(300), 2);
+        let day = CachedToken { issued_at_ms: Some(0), ..tok(86_400) };
+        assert_eq!(day.margin(30), 30);
+        assert_eq!(day.refresh_before(300), 300);
+        assert_eq!(tok(1_000).margin(30), 30, "unknown lifetime: configured margin");
+        let j = CachedToken::from_json("corp", &ten_s.to_json()).unwrap();
+        assert_eq!(j.issued_at_ms, Some(990_500));
     }
 
     #[test]

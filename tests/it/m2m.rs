@@ -654,3 +654,64 @@ async fn an_open_breaker_refuses_the_token_call_without_reaching_the_idp() {
         "{text}"
     );
 }
+
+/// A replica's manager against the real provider's token endpoint (no scope: the provider grants none).
+fn real_idp_manager(redis_url: &str, idp: &crate::harness::idp::IdpServer, cfg: &M2mConfig) -> Arc<M2mManager> {
+    let redis = Redis::connect(&redis_cfg(redis_url)).expect("redis config");
+    let mut s = settings(&idp.issuer(), ClientAuth::ClientSecretBasic);
+    s.scope = None;
+    s.client_id = crate::harness::idp::CLIENT_ID.into();
+    s.client_secret = crate::harness::idp::CLIENT_SECRET.into();
+    let clients = HashMap::from([(P.to_string(), TokenClient::new(s, transport_with(u32::MAX)).expect("client"))]);
+    Arc::new(M2mManager::new(redis, cfg, clients))
+}
+
+/// A token living 10 s, far shorter than `refresh_before` (60 s) and the safety margin (5 s here): the margins
+/// scale to its lifetime, so three replicas refreshing every 100 ms and calling all along make about one
+/// token call per lifetime, not one per round.
+#[tokio::test]
+async fn a_short_lived_token_costs_about_one_call_per_lifetime_across_three_replicas() {
+    use crate::harness::idp::IdpServer;
+    let redis = RedisServer::start();
+    let idp = IdpServer::start().await;
+    idp.set_ttl(json!({"ClientCredentials": 10})).await;
+    let cancel = CancellationToken::new();
+    let managers: Vec<_> = (0..3).map(|_| real_idp_manager(&redis.url(), &idp, &cfg())).collect();
+    let refreshers: Vec<_> = managers.iter().map(|m| m.spawn_refresher(cancel.clone())).collect();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut failures = 0;
+    while tokio::time::Instant::now() < until {
+        for m in &managers {
+            if m.token(P).await.is_err() {
+                failures += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    for r in refreshers {
+        r.await.unwrap();
+    }
+    let calls = idp.count("/token:client_credentials").await;
+    assert_eq!(failures, 0);
+    // Fetched at about 0, 8 and 16 s (refresh at 80 % of the lifetime).
+    assert!((2..=4).contains(&calls), "token calls in 20 s of a 10 s token: {calls}");
+}
+
+/// Three replicas forced to refresh at the same moment make one token call and all take its token.
+#[tokio::test]
+async fn a_forced_refresh_from_three_replicas_at_once_makes_one_call() {
+    use crate::harness::idp::IdpServer;
+    let redis = RedisServer::start();
+    let idp = IdpServer::start().await;
+    let managers: Vec<_> = (0..3).map(|_| real_idp_manager(&redis.url(), &idp, &cfg())).collect();
+    let first = managers[0].token(P).await.unwrap();
+    assert_eq!(idp.count("/token:client_credentials").await, 1);
+    let forced = futures::future::join_all(managers.iter().map(|m| m.force_refresh(P))).await;
+    let tokens: Vec<String> = forced.into_iter().map(|r| r.unwrap().access_token).collect();
+    assert_eq!(idp.count("/token:client_credentials").await, 2, "one call for three forced replicas");
+    assert!(tokens.iter().all(|t| *t == tokens[0] && *t != first), "all take the one new token");
+    for m in &managers {
+        assert_eq!(m.token(P).await.unwrap(), tokens[0]);
+    }
+}
