@@ -6,11 +6,15 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::store::Redis;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub redis: Redis,
+    /// Cancelled when SIGTERM starts the drain: readiness turns 503 while requests are still served.
+    pub draining: CancellationToken,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -23,7 +27,9 @@ pub fn router(state: HttpState) -> Router {
 
 /// Ready when Redis answers (the config was loaded, or we would not be running).
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.redis.ping().await {
+    if s.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if s.redis.ping().await {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable")

@@ -46,6 +46,7 @@ pub struct Server {
     pub admin_addr: Option<SocketAddr>,
     pub authorizer: Arc<Authorizer>,
     pub redis: Redis,
+    draining: CancellationToken,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -84,13 +85,14 @@ impl Server {
         let http_l = bind("http", &cfg.server.http_addr).await?;
         let (grpc_addr, http_addr) = (local(&grpc), local(&http_l));
         let cancel = CancellationToken::new();
+        let draining = CancellationToken::new();
         let mut tasks = Vec::new();
 
         if let Some(m2m) = &providers.m2m {
             tasks.push(m2m.spawn_refresher(cancel.clone()));
         }
         let (reporter, health) = tonic_health::server::health_reporter();
-        tasks.push(tokio::spawn(follow_redis(redis.clone(), reporter, cancel.clone())));
+        tasks.push(tokio::spawn(follow_redis(redis.clone(), reporter, draining.clone())));
 
         let svc = AuthzService::server(authorizer.clone());
         let c = cancel.clone();
@@ -105,7 +107,8 @@ impl Server {
             }
         }));
 
-        let app = http::router(HttpState { redis: redis.clone() }).merge(login::router(login.clone()));
+        let app = http::router(HttpState { redis: redis.clone(), draining: draining.clone() })
+            .merge(login::router(login.clone()));
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -132,11 +135,20 @@ impl Server {
         }
 
         tracing::info!(%grpc_addr, %http_addr, ?admin_addr, version = crate::telemetry::version_string(), "portcullis listening");
-        Ok(Self { grpc_addr, http_addr, admin_addr, authorizer, redis, cancel, tasks })
+        Ok(Self { grpc_addr, http_addr, admin_addr, authorizer, redis, draining, cancel, tasks })
+    }
+
+    /// The first step of a shutdown: readiness and gRPC health say NOT_SERVING, checks are still answered
+    /// for `delay` so that Envoy's health checks and the kubelet move traffic away before anything closes.
+    pub async fn drain(&self, delay: Duration) {
+        self.draining.cancel();
+        tracing::info!(delay = ?delay, "draining: readiness and gRPC health now NOT_SERVING");
+        tokio::time::sleep(delay).await;
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `grace`), then returns.
     pub async fn shutdown(self, grace: Duration) {
+        self.draining.cancel();
         self.cancel.cancel();
         let all = futures::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
@@ -162,8 +174,8 @@ fn local(l: &TcpListener) -> SocketAddr {
     l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-/// gRPC health is NOT_SERVING while Redis does not answer.
-async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReporter, cancel: CancellationToken) {
+/// gRPC health is NOT_SERVING while Redis does not answer, and for good once the drain begins.
+async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReporter, draining: CancellationToken) {
     let mut last = None;
     loop {
         let status = if redis.ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -174,7 +186,11 @@ async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReport
             last = Some(status);
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = draining.cancelled() => {
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                reporter.set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing).await;
+                return;
+            }
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
         }
     }
@@ -184,6 +200,7 @@ async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReport
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let server = Server::start_configured(&cfg, M2mChoice::Shared).await?;
     shutdown_signal().await;
+    server.drain(cfg.server.drain_delay).await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown(cfg.server.shutdown_grace).await;
     Ok(())

@@ -22,6 +22,10 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(default = "shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long readiness and gRPC health say NOT_SERVING while checks are still answered,
+    /// so Envoy and the kubelet stop sending before the listeners close.
+    #[serde(default = "drain_delay", with = "humantime_serde")]
+    pub drain_delay: Duration,
     #[serde(default)]
     pub log_format: LogFormat,
 }
@@ -38,6 +42,10 @@ pub enum LogFormat {
 /// `[server]` has required keys, so it has no `Default`; this is its one optional duration's default.
 fn shutdown_grace() -> Duration {
     Duration::from_secs(10)
+}
+
+fn drain_delay() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl ServerConfig {

@@ -150,3 +150,65 @@ fn check_config_accepts_same_site_in_any_case() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("session.same_site"), "{err}");
 }
+
+/// SIGTERM as Kubernetes sends it: readiness turns 503 at once while checks are still answered for
+/// `drain_delay`, then the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_before_it_stops() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    let redis = crate::harness::redis::RedisServer::start();
+    let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
+    let key = portcullis::crypto::generate_key();
+    let config = write(&format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:{grpc}"
+http_addr = "127.0.0.1:{http}"
+public_url = "http://127.0.0.1:{http}"
+drain_delay = "3s"
+shutdown_grace = "2s"
+[redis]
+url = "{redis}"
+[session]
+cookie_secure = false
+encryption_keys = ["{key}"]
+[providers.corp]
+kind = "oidc"
+issuer = "http://127.0.0.1:1"
+client_id = "portcullis"
+client_secret = "not-a-real-secret"
+"#,
+        redis = redis.url()
+    ));
+    let mut child = portcullis()
+        .args(["serve", "--config"])
+        .arg(config.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let readyz = format!("http://127.0.0.1:{http}/readyz");
+    let status = |url: String| async move { reqwest::get(url).await.map(|r| r.status().as_u16()).ok() };
+    let ready = crate::harness::eventually(std::time::Duration::from_secs(20), async || {
+        status(readyz.clone()).await == Some(200)
+    })
+    .await;
+    assert!(ready, "portcullis did not become ready");
+
+    let sent = std::time::Instant::now();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let draining = crate::harness::eventually(std::time::Duration::from_secs(2), async || {
+        status(readyz.clone()).await == Some(503)
+    })
+    .await;
+    assert!(draining, "readiness did not turn 503 after SIGTERM");
+    // Still answering checks while draining (a request without a cookie: a deny, not a closed connection).
+    let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+    let resp = client.check(crate::harness::app::request("GET", "/", &[])).await.unwrap().into_inner();
+    assert_eq!(crate::harness::app::Checked(resp).status(), 401);
+    assert!(child.try_wait().unwrap().is_none(), "exited before the drain delay");
+
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(sent.elapsed() >= std::time::Duration::from_secs(3), "stopped before drain_delay: {:?}", sent.elapsed());
+}
