@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{HeadersConfig, SessionConfig};
 use crate::crypto::CryptoError;
 use crate::idp::{Identity, IdpError, Validators};
-use crate::session::{cookie, fingerprint, LoadError, Session, SessionStore};
+use crate::session::{cookie, Expiry, LoadError, Session, SessionStore};
 
 use super::{CheckInput, Deny};
 
@@ -116,18 +116,13 @@ impl Authorizer {
     }
 
     async fn check_session(&self, s: &Session, input: &CheckInput, now: i64) -> Result<Identity, Deny> {
-        if now - s.last_access >= self.store.idle_timeout() {
-            return Err(Deny::IdleTimeout);
+        match s.expired(now, self.store.idle_timeout()) {
+            Some(Expiry::Idle) => return Err(Deny::IdleTimeout),
+            Some(Expiry::Absolute) => return Err(Deny::AbsoluteTimeout),
+            None => {}
         }
-        if now >= s.expires_at {
-            return Err(Deny::AbsoluteTimeout);
-        }
-        if self.session.bind_fingerprint {
-            if let Some(bound) = &s.client_fingerprint {
-                if *bound != fingerprint(input.header("user-agent").unwrap_or_default()) {
-                    return Err(Deny::Fingerprint);
-                }
-            }
+        if self.session.bind_fingerprint && s.fingerprint_differs(input.header("user-agent").unwrap_or_default()) {
+            return Err(Deny::Fingerprint);
         }
         let tokens = self.store.decrypt(s).map_err(|e| {
             tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");

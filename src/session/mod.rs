@@ -4,7 +4,7 @@ pub mod cookie;
 pub mod model;
 pub mod store;
 
-pub use model::{Session, Tokens};
+pub use model::{Expiry, Session, Tokens};
 pub use store::{LoadError, NewSession, SessionStore, SessionWriteError};
 
 /// The client fingerprint a session may be bound to: a hash of the user agent.

@@ -18,6 +18,13 @@ pub mod field {
     pub const LAST_TOKEN_UPDATE: &str = "lastTokenUpdate";
 }
 
+/// Why the clock ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Idle,
+    Absolute,
+}
+
 /// A session as stored. Token fields hold ciphertext; see [`Tokens`] for the opened values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -90,6 +97,24 @@ impl Session {
         })
     }
 
+    /// Whether the clock alone has ended this session: idle for `idle_timeout` seconds, or past its
+    /// absolute expiry. Idle is checked first (it is the usual reason, and the label operators watch).
+    pub fn expired(&self, now: i64, idle_timeout: i64) -> Option<Expiry> {
+        if now - self.last_access >= idle_timeout {
+            Some(Expiry::Idle)
+        } else if now >= self.expires_at {
+            Some(Expiry::Absolute)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a session bound to a client fingerprint is presented by another client. A session written
+    /// without one (binding switched on later) is not refused: it has nothing to compare.
+    pub fn fingerprint_differs(&self, user_agent: &str) -> bool {
+        self.client_fingerprint.as_deref().is_some_and(|bound| bound != super::fingerprint(user_agent))
+    }
+
     /// The hash fields to write for this session.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
@@ -117,4 +142,45 @@ impl Session {
 
 fn int(v: String, k: &'static str) -> Result<i64, Corrupt> {
     v.parse().map_err(|_| Corrupt(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(last_access: i64, expires_at: i64, fp: Option<&str>) -> Session {
+        Session {
+            id: "id".into(),
+            user_id: "u".into(),
+            provider: "corp".into(),
+            sid: None,
+            id_token: String::new(),
+            access_token: String::new(),
+            refresh_token: None,
+            created_at: 0,
+            last_access,
+            expires_at,
+            client_fingerprint: fp.map(String::from),
+            last_token_update: 0,
+        }
+    }
+
+    #[test]
+    fn the_clock_rules() {
+        let s = session(1_000, 5_000, None);
+        assert_eq!(s.expired(1_000 + 1_799, 1_800), None, "one second before the idle timeout");
+        assert_eq!(s.expired(1_000 + 1_800, 1_800), Some(Expiry::Idle), "at the idle timeout");
+        let busy = session(4_999, 5_000, None);
+        assert_eq!(busy.expired(4_999, 1_800), None);
+        assert_eq!(busy.expired(5_000, 1_800), Some(Expiry::Absolute), "at the absolute expiry, however active");
+        assert_eq!(session(0, 10, None).expired(20_000, 1_800), Some(Expiry::Idle), "idle is named first");
+    }
+
+    #[test]
+    fn the_fingerprint_rule() {
+        let bound = session(0, 10, Some(&crate::session::fingerprint("firefox")));
+        assert!(!bound.fingerprint_differs("firefox"));
+        assert!(bound.fingerprint_differs("curl"));
+        assert!(!session(0, 10, None).fingerprint_differs("curl"), "a session without a fingerprint is not refused");
+    }
 }
