@@ -100,6 +100,10 @@ pub struct ProviderConfig {
     /// whatever the user typed, and upstreams key accounts on it.
     #[serde(default = "ProviderConfig::default_true")]
     pub require_verified_email: bool,
+    /// The longest discovery and JWKS are kept before they are fetched again, whatever the IdP's
+    /// `Cache-Control` says: a key the IdP withdraws stops verifying within this bound.
+    #[serde(default = "ProviderConfig::default_metadata_max_age", with = "humantime_serde")]
+    pub metadata_max_age: Duration,
 }
 
 impl ProviderConfig {
@@ -117,6 +121,9 @@ impl ProviderConfig {
     }
     fn default_true() -> bool {
         true
+    }
+    fn default_metadata_max_age() -> Duration {
+        crate::idp::freshness::MAX
     }
     fn default_email_claim() -> String {
         "email".into()
@@ -184,6 +191,9 @@ impl ProviderConfig {
         }
         if self.circuit_open_duration.is_zero() {
             errors.push(format!("{}: must be greater than zero", key("circuit_open_duration")));
+        }
+        if self.metadata_max_age < Duration::from_secs(1) || self.metadata_max_age > crate::idp::freshness::MAX {
+            errors.push(format!("{}: must be between 1s and 1d", key("metadata_max_age")));
         }
     }
 }

@@ -1,12 +1,16 @@
 //! OIDC discovery (`{issuer}/.well-known/openid-configuration`), with every endpoint overridable in the
 //! provider's config. Fetched at start; if the IdP is down then, fetched again on first use, so a
-//! provider that was down at start-up recovers by itself.
+//! provider that was down at start-up recovers by itself; and again once no longer fresh (see
+//! [`super::freshness`]), so endpoints the IdP moves are followed without a restart. While the IdP cannot
+//! be reached the last document is used, and asked for again every [`super::jwks::MIN_REFETCH`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::sync::OnceCell;
 
+use super::freshness;
+use super::jwks::MIN_REFETCH;
 use super::transport::{Kind, Reply, Transport};
 use super::IdpError;
 use crate::config::ProviderConfig;
@@ -39,12 +43,17 @@ struct Document {
     end_session_endpoint: Option<String>,
 }
 
-/// Discovery for one provider, fetched once (retried on use while it has not succeeded).
+/// Discovery for one provider, fetched on first use and again once stale.
 #[derive(Debug)]
 pub struct Discovery {
     issuer: String,
     overrides: Overrides,
-    cell: OnceCell<Arc<Endpoints>>,
+    /// The endpoints and until when they are fresh (`None`: for ever, all from config).
+    cached: RwLock<Option<(Arc<Endpoints>, Option<Instant>)>>,
+    /// Serialises fetches: concurrent users of a stale document share one.
+    fetching: tokio::sync::Mutex<()>,
+    /// The provider's `metadata_max_age`.
+    cap: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,7 +78,9 @@ impl Discovery {
                 revocation_endpoint: cfg.revocation_endpoint.clone(),
                 end_session_endpoint: cfg.end_session_endpoint.clone(),
             },
-            cell: OnceCell::new(),
+            cached: RwLock::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            cap: cfg.metadata_max_age,
         }
     }
 
@@ -77,29 +88,62 @@ impl Discovery {
         &self.issuer
     }
 
-    /// The endpoints, fetching the discovery document unless config names the ones we need.
-    pub async fn endpoints(&self, http: &Transport) -> Result<Arc<Endpoints>, IdpError> {
-        self.cell.get_or_try_init(|| self.resolve(http)).await.cloned()
+    fn fresh(&self) -> Option<Arc<Endpoints>> {
+        let c = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        match c.as_ref() {
+            Some((e, until)) if until.is_none_or(|t| Instant::now() < t) => Some(e.clone()),
+            _ => None,
+        }
     }
 
-    async fn resolve(&self, http: &Transport) -> Result<Arc<Endpoints>, IdpError> {
+    /// The endpoints, fetching the discovery document unless config names the ones we need.
+    pub async fn endpoints(&self, http: &Transport) -> Result<Arc<Endpoints>, IdpError> {
+        if let Some(e) = self.fresh() {
+            return Ok(e);
+        }
+        let _guard = self.fetching.lock().await;
+        if let Some(e) = self.fresh() {
+            return Ok(e);
+        }
+        let resolved = self.resolve(http).await;
+        let mut c = self.cached.write().unwrap_or_else(|e| e.into_inner());
+        match resolved {
+            Ok((e, until)) => {
+                *c = Some((e.clone(), until));
+                Ok(e)
+            }
+            Err(err) => match c.as_mut() {
+                // A stale document is better than none while the IdP is away; ask again soon.
+                Some((e, until)) => {
+                    tracing::warn!(provider_issuer = %self.issuer, error = %err, "could not refresh discovery; using the last document for now");
+                    *until = Some(Instant::now() + MIN_REFETCH);
+                    Ok(e.clone())
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// The endpoints and until when they are fresh.
+    async fn resolve(&self, http: &Transport) -> Result<(Arc<Endpoints>, Option<Instant>), IdpError> {
         let o = &self.overrides;
         if let (Some(jwks_uri), Some(token_endpoint)) = (&o.jwks_uri, &o.token_endpoint) {
             if o.introspection_endpoint.is_some() {
-                return Ok(Arc::new(Endpoints {
+                let e = Endpoints {
                     authorization_endpoint: o.authorization_endpoint.clone(),
                     jwks_uri: jwks_uri.clone(),
                     token_endpoint: token_endpoint.clone(),
                     introspection_endpoint: o.introspection_endpoint.clone(),
                     revocation_endpoint: o.revocation_endpoint.clone(),
                     end_session_endpoint: o.end_session_endpoint.clone(),
-                }));
+                };
+                return Ok((Arc::new(e), None));
             }
         }
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
-        let doc: Document = match http.send(Kind::Discovery, http.client.get(&url)).await? {
-            Reply::Ok(d) => d,
-            Reply::Refused { status, .. } => {
+        let (doc, headers) = match http.send_with_headers::<Document>(Kind::Discovery, http.client.get(&url)).await? {
+            (Reply::Ok(d), h) => (d, h),
+            (Reply::Refused { status, .. }, _) => {
                 return Err(IdpError::Unavailable(format!("discovery answered HTTP {status}")));
             }
         };
@@ -108,13 +152,15 @@ impl Discovery {
             // the configured issuer regardless; say loudly that they will not verify.
             tracing::warn!(configured = %self.issuer, discovered = %doc.issuer, "discovery issuer differs from the configured issuer");
         }
-        Ok(Arc::new(Endpoints {
+        let until = Instant::now() + freshness::fresh_for(&headers, self.cap);
+        let e = Arc::new(Endpoints {
             authorization_endpoint: o.authorization_endpoint.clone().or(doc.authorization_endpoint),
             jwks_uri: o.jwks_uri.clone().unwrap_or(doc.jwks_uri),
             token_endpoint: o.token_endpoint.clone().unwrap_or(doc.token_endpoint),
             introspection_endpoint: o.introspection_endpoint.clone().or(doc.introspection_endpoint),
             revocation_endpoint: o.revocation_endpoint.clone().or(doc.revocation_endpoint),
             end_session_endpoint: o.end_session_endpoint.clone().or(doc.end_session_endpoint),
-        }))
+        });
+        Ok((e, Some(until)))
     }
 }

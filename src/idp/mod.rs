@@ -18,6 +18,7 @@ pub mod claims;
 pub mod coalesce;
 pub mod discovery;
 pub mod entra;
+pub mod freshness;
 pub mod id_token;
 pub mod jwks;
 pub mod oidc;

@@ -44,7 +44,7 @@ impl Provider {
             http,
             discovery,
             issuer,
-            jwks: Jwks::default(),
+            jwks: Jwks::new(cfg.metadata_max_age),
             m2m,
             store,
             claims: ClaimNames {

@@ -188,15 +188,24 @@ impl Transport {
         kind: Kind,
         req: reqwest::RequestBuilder,
     ) -> Result<Reply<T>, IdpError> {
+        self.send_with_headers(kind, req).await.map(|(reply, _)| reply)
+    }
+
+    /// [`Transport::send`], with the reply's headers (metadata reads their `Cache-Control`).
+    pub async fn send_with_headers<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(Reply<T>, reqwest::header::HeaderMap), IdpError> {
         let unavailable = |what: String| IdpError::Unavailable(format!("{} {}: {what}", self.provider, kind.label()));
-        let Received { permit, started, status, body, .. } =
+        let Received { permit, started, status, headers, body } =
             self.call(kind, req).await.map_err(|e| unavailable(e.to_string()))?;
         match status {
             200..=299 => match body.as_deref().map(serde_json::from_slice::<T>) {
                 Some(Ok(v)) => {
                     permit.success();
                     self.count(kind, "ok", Some(started));
-                    Ok(Reply::Ok(v))
+                    Ok((Reply::Ok(v), headers))
                 }
                 _ => {
                     permit.failure();
@@ -208,7 +217,7 @@ impl Transport {
                 permit.success();
                 self.count(kind, "refused", Some(started));
                 let body = body.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null);
-                Ok(Reply::Refused { status, body })
+                Ok((Reply::Refused { status, body }, headers))
             }
             _ => {
                 permit.failure();

@@ -86,6 +86,10 @@ impl IdpServer {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_with(false).await
+    }
+
+    async fn spawn_with(&mut self, new_key: bool) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -94,6 +98,9 @@ impl IdpServer {
         let mut cmd = Command::new("node");
         if let Some(uri) = &self.opts.backchannel_logout_uri {
             cmd.env("IDP_BACKCHANNEL_LOGOUT_URI", uri);
+        }
+        if new_key {
+            cmd.env("IDP_NEW_KEY", "1");
         }
         if !self.opts.redirect_uris.is_empty() {
             cmd.env("IDP_REDIRECT_URIS", self.opts.redirect_uris.join(","));
@@ -141,6 +148,12 @@ impl IdpServer {
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await;
+    }
+
+    /// Restarts it having withdrawn its signing key and published a new one (what it issued is kept).
+    pub async fn rotate_signing_key(&mut self) {
+        self.stop();
+        self.spawn_with(true).await;
     }
 
     /// Requests per path, and per `/token:<grant_type>`.

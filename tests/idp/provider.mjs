@@ -10,7 +10,7 @@
 // Its state (tokens, grants, sessions, signing keys) lives in memory and is mirrored to IDP_STATE (a JSON
 // file) when set, so a test can stop and restart the provider without losing the sessions it issued.
 //
-// Environment: IDP_PORT (required), IDP_HOST (listen address, default 127.0.0.1), IDP_ISSUER (default http://127.0.0.1:PORT), IDP_STATE, IDP_TENANT
+// Environment: IDP_NEW_KEY=1 (replace the signing key kept in IDP_STATE), IDP_PORT (required), IDP_HOST (listen address, default 127.0.0.1), IDP_ISSUER (default http://127.0.0.1:PORT), IDP_STATE, IDP_TENANT
 // (the `tid` claim, default "tenant-1"), IDP_CLIENTS (JSON array of client metadata replacing the default
 // client), IDP_BACKCHANNEL_LOGOUT_URI and IDP_REDIRECT_URIS (comma-separated) for the default client.
 
@@ -129,6 +129,11 @@ async function makeKey(kid) {
 loadState();
 if (!keys) {
   keys = { provider: await makeKey(`idp-${Date.now()}`), stranger: await makeKey('stranger') };
+  saveState();
+}
+// IDP_NEW_KEY=1: the provider withdraws its signing key and publishes a new one (key rotation).
+if (process.env.IDP_NEW_KEY === '1') {
+  keys.provider = await makeKey(`idp-${Date.now()}`);
   saveState();
 }
 

@@ -248,6 +248,28 @@ async fn forged_id_tokens_are_denied_without_asking_the_idp() {
 }
 
 #[tokio::test]
+async fn a_signing_key_the_idp_withdraws_stops_verifying_within_metadata_max_age() {
+    let mut e = setup("corp", "ping", "metadata_max_age = \"2s\"", "").await;
+    let before = e.idp.login("alice").await;
+    let (old, s) = plant(&e.app, "corp", "alice", before).await;
+    assert_eq!(check(&e.app, &old).await.status(), 200, "signed by the published key");
+
+    // The IdP withdraws that key (a compromise) and signs with a new one from now on.
+    e.idp.rotate_signing_key().await;
+    let after = e.idp.login("bob").await;
+    let (new, _) = plant(&e.app, "corp", "bob", after).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    e.idp.reset_stats().await;
+
+    assert_eq!(check(&e.app, &new).await.status(), 200, "the new key is fetched once the set is stale");
+    let r = check(&e.app, &old).await;
+    assert_eq!(r.status(), 401, "a token signed by the withdrawn key no longer verifies: {r:?}");
+    assert!(!e.redis.exists(&format!("session:{}", s.id)));
+    assert_eq!(e.idp.count("/jwks").await, 1, "one fetch serves both checks");
+    e.app.shutdown().await;
+}
+
+#[tokio::test]
 async fn idp_down_answers_503_opens_the_breaker_and_recovers() {
     let mut e = setup("brk", "oidc", "circuit_failure_threshold = 3\ncircuit_open_duration = \"10s\"", "").await;
     let (cookie, s) = plant(&e.app, "brk", "alice", e.idp.login("alice").await).await;
