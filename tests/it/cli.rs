@@ -151,24 +151,28 @@ fn check_config_accepts_same_site_in_any_case() {
     assert!(err.contains("session.same_site"), "{err}");
 }
 
-/// SIGTERM as Kubernetes sends it: readiness turns 503 at once while checks are still answered for
-/// `drain_delay`, then the process exits cleanly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_before_it_stops() {
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-    let redis = crate::harness::redis::RedisServer::start();
-    let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
-    let key = portcullis::crypto::generate_key();
-    let config = write(&format!(
-        r#"
+/// `portcullis serve --config FILE` as an operator starts it, on free ports; killed when dropped.
+struct Served {
+    child: std::process::Child,
+    grpc: u16,
+    http: u16,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Served {
+    /// `redis` is the body of the `[redis]` section; `server` adds keys to `[server]`.
+    fn start(redis: &str, server: &str) -> Self {
+        let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
+        let key = portcullis::crypto::generate_key();
+        let config = write(&format!(
+            r#"
 [server]
 grpc_addr = "127.0.0.1:{grpc}"
 http_addr = "127.0.0.1:{http}"
 public_url = "http://127.0.0.1:{http}"
-drain_delay = "3s"
-shutdown_grace = "2s"
+{server}
 [redis]
-url = "{redis}"
+{redis}
 [session]
 cookie_secure = false
 encryption_keys = ["{key}"]
@@ -177,38 +181,90 @@ kind = "oidc"
 issuer = "http://127.0.0.1:1"
 client_id = "portcullis"
 client_secret = "not-a-real-secret"
-"#,
-        redis = redis.url()
-    ));
-    let mut child = portcullis()
-        .args(["serve", "--config"])
-        .arg(config.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let readyz = format!("http://127.0.0.1:{http}/readyz");
-    let status = |url: String| async move { reqwest::get(url).await.map(|r| r.status().as_u16()).ok() };
-    let ready = crate::harness::eventually(std::time::Duration::from_secs(20), async || {
-        status(readyz.clone()).await == Some(200)
-    })
-    .await;
-    assert!(ready, "portcullis did not become ready");
+"#
+        ));
+        let child = portcullis()
+            .args(["serve", "--config"])
+            .arg(config.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, grpc, http, _config: config }
+    }
+
+    async fn readyz(&self) -> Option<u16> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.http);
+        reqwest::get(url).await.map(|r| r.status().as_u16()).ok()
+    }
+
+    /// Readiness means Redis answered in the configured mode.
+    async fn wait_ready(&self) -> bool {
+        crate::harness::eventually(std::time::Duration::from_secs(20), async || self.readyz().await == Some(200)).await
+    }
+
+    /// A Check through the gRPC listener.
+    async fn check(&self, headers: &[(&str, &str)]) -> u16 {
+        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{}", self.grpc)).await.unwrap();
+        let resp = client.check(crate::harness::app::request("GET", "/", headers)).await.unwrap().into_inner();
+        crate::harness::app::Checked(resp).status()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each Redis mode from a config file through `serve`: ready, and a session lookup answers (an unknown
+/// session is 401; a Redis it cannot use would be 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_in_every_redis_mode_from_a_config_file() {
+    use crate::harness::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
+    let standalone = RedisServer::start();
+    let cluster = RedisCluster::start();
+    let sentinel = RedisSentinel::start();
+    let quoted = |urls: Vec<String>| urls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
+    let modes = [
+        ("standalone", format!("mode = \"standalone\"\nurl = {:?}", standalone.url())),
+        ("cluster", format!("mode = \"cluster\"\nurls = [{}]", quoted(cluster.urls()))),
+        (
+            "sentinel",
+            format!("mode = \"sentinel\"\nurls = [{:?}]\nsentinel_master = {SENTINEL_MASTER:?}", sentinel.url()),
+        ),
+    ];
+    for (mode, redis) in modes {
+        let served = Served::start(&redis, "");
+        assert!(served.wait_ready().await, "{mode}: portcullis did not become ready");
+        assert_eq!(served.check(&[]).await, 401, "{mode}: no cookie");
+        let unknown = format!("GATEWAY_SESSION={}", "A".repeat(43));
+        assert_eq!(served.check(&[("cookie", &unknown)]).await, 401, "{mode}: an unknown session, looked up in Redis");
+    }
+}
+
+/// SIGTERM as Kubernetes sends it: readiness turns 503 at once while checks are still answered for
+/// `drain_delay`, then the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_before_it_stops() {
+    let redis = crate::harness::redis::RedisServer::start();
+    let mut served =
+        Served::start(&format!("url = {:?}", redis.url()), "drain_delay = \"3s\"\nshutdown_grace = \"2s\"");
+    assert!(served.wait_ready().await, "portcullis did not become ready");
 
     let sent = std::time::Instant::now();
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let draining = crate::harness::eventually(std::time::Duration::from_secs(2), async || {
-        status(readyz.clone()).await == Some(503)
-    })
-    .await;
+    let _ = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status();
+    let draining =
+        crate::harness::eventually(std::time::Duration::from_secs(2), async || served.readyz().await == Some(503))
+            .await;
     assert!(draining, "readiness did not turn 503 after SIGTERM");
     // Still answering checks while draining (a request without a cookie: a deny, not a closed connection).
-    let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
-    let resp = client.check(crate::harness::app::request("GET", "/", &[])).await.unwrap().into_inner();
-    assert_eq!(crate::harness::app::Checked(resp).status(), 401);
-    assert!(child.try_wait().unwrap().is_none(), "exited before the drain delay");
+    assert_eq!(served.check(&[]).await, 401);
+    assert!(served.child.try_wait().unwrap().is_none(), "exited before the drain delay");
 
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::block_in_place(|| served.child.wait().unwrap());
     assert!(exit.success(), "{exit:?}");
     assert!(sent.elapsed() >= std::time::Duration::from_secs(3), "stopped before drain_delay: {:?}", sent.elapsed());
 }
