@@ -223,6 +223,7 @@ async fn m2m_section() {
     cfg.redis.timeout = Duration::from_secs(2);
     let r = Redis::connect(&cfg.redis).expect("redis");
     let settings = ClientSettings {
+        issuer: idp.issuer(),
         token_endpoint: format!("{}/token", idp.issuer()),
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
@@ -234,17 +235,17 @@ async fn m2m_section() {
     let client = portcullis::idp::transport::client().expect("http client");
     let transport = Arc::new(portcullis::idp::transport::Transport::new(client, P, Duration::from_secs(2), breaker));
     let clients = HashMap::from([(P.to_string(), TokenClient::new(settings, transport).expect("token client"))]);
-    let m = Arc::new(M2mManager::new(r.clone(), &cfg.m2m, clients));
+    let m = Arc::new(M2mManager::new(r.clone(), Arc::new(cfg.session.key_ring().expect("keys")), &cfg.m2m, clients));
     m.token(P).await.expect("first token");
 
     let mut rows = Vec::new();
-    let get = redis::cmd("GET").arg(portcullis::m2m::shared::token_key(P)).clone();
+    let get = redis::cmd("GET").arg(m.token_key(P).expect("the provider's key")).clone();
     let t = measure(1000, 20_000, || async {
         let v: Option<String> = r.query(&get).await.expect("GET");
         assert!(v.is_some());
     })
     .await;
-    rows.push(row("raw Redis GET m2m_token:corp (baseline)", t, String::new()));
+    rows.push(row("raw Redis GET m2m_token:corp:{slot} (baseline)", t, String::new()));
 
     let t = measure(10_000, 200_000, || async {
         m.token(P).await.expect("token");

@@ -17,14 +17,16 @@ pub fn idp_sessions(provider: &str, sid: &str) -> String {
     format!("idp_sessions:{provider}:{sid}")
 }
 
-/// `m2m_token:{PROVIDER}`: the M2M token shared by every replica (JSON).
-pub fn m2m_token(provider: &str) -> String {
-    format!("m2m_token:{provider}")
+/// `m2m_token:{PROVIDER}:{slot}`: the M2M token shared by every replica (JSON, the token itself sealed
+/// under the key ring). `slot` names the issuer, client id and scope ([`crate::m2m::shared::slot`]): two
+/// deployments sharing one Redis that both call their provider `corp` never read each other's token.
+pub fn m2m_token(provider: &str, slot: &str) -> String {
+    format!("m2m_token:{provider}:{slot}")
 }
 
-/// `lock:m2m_token:{PROVIDER}`: the leader lock of one provider's token-endpoint call.
-pub fn m2m_lock(provider: &str) -> String {
-    format!("lock:m2m_token:{provider}")
+/// `lock:m2m_token:{PROVIDER}:{slot}`: the leader lock of one provider's token-endpoint call.
+pub fn m2m_lock(provider: &str, slot: &str) -> String {
+    format!("lock:m2m_token:{provider}:{slot}")
 }
 
 /// `lock:refresh:{id}`: one session refresh at a time across replicas (IdPs that rotate refresh tokens
@@ -52,8 +54,8 @@ mod tests {
         assert_eq!(session("a"), "session:a");
         assert_eq!(user_sessions("u"), "user_sessions:u");
         assert_eq!(idp_sessions("p", "s"), "idp_sessions:p:s");
-        assert_eq!(m2m_token("P"), "m2m_token:P");
-        assert_eq!(m2m_lock("P"), "lock:m2m_token:P");
+        assert_eq!(m2m_token("P", "s"), "m2m_token:P:s");
+        assert_eq!(m2m_lock("P", "s"), "lock:m2m_token:P:s");
         assert_eq!(refresh_lock("a"), "lock:refresh:a");
         assert_eq!(pkce("st"), "pkce:st");
         assert_eq!(auth_failures("c"), "auth:failures:c");

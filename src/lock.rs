@@ -1,6 +1,6 @@
 //! A short Redis lock: `SET key owner NX PX ttl` with a random owner, released only by its owner through a
 //! compare-and-delete script, so a holder that outlived its TTL never frees someone else's lock. One key:
-//! Redis Cluster safe. The one lock module: the M2M leader ([`LeaderLock`], `lock:m2m_token:{PROVIDER}`) and
+//! Redis Cluster safe. The one lock module: the M2M leader ([`LeaderLock`], `lock:m2m_token:{PROVIDER}:{slot}`) and
 //! session refreshes (`lock:refresh:{id}`, taken by `idp::refresh`); the keys themselves live in [`crate::keys`].
 
 use std::sync::LazyLock;
@@ -56,18 +56,23 @@ impl RedisLock {
     }
 }
 
-/// The per-provider M2M leader lock `lock:m2m_token:{PROVIDER}`. A leader that stalls past the TTL loses the
-/// lock to another replica; its late release must then not delete the new owner's lock.
+/// The per-provider M2M leader lock `lock:m2m_token:{PROVIDER}:{slot}`. A leader that stalls past the TTL
+/// loses the lock to another replica; its late release must then not delete the new owner's lock.
 pub struct LeaderLock;
 
 impl LeaderLock {
-    /// Tries once to take the lock for `provider`; `None` when someone else holds it.
-    pub async fn try_acquire(redis: &Redis, provider: &str, ttl: Duration) -> Result<Option<RedisLock>, StoreError> {
-        RedisLock::try_acquire(redis, crate::keys::m2m_lock(provider), ttl).await
+    /// Tries once to take the lock for `provider`'s `slot`; `None` when someone else holds it.
+    pub async fn try_acquire(
+        redis: &Redis,
+        provider: &str,
+        slot: &str,
+        ttl: Duration,
+    ) -> Result<Option<RedisLock>, StoreError> {
+        RedisLock::try_acquire(redis, crate::keys::m2m_lock(provider, slot), ttl).await
     }
 
-    /// The lock for `provider` with a chosen owner value, without touching Redis (tests of release).
-    pub fn assume(provider: &str, owner: &str) -> RedisLock {
-        RedisLock::assume(crate::keys::m2m_lock(provider), owner)
+    /// The lock with a chosen owner value, without touching Redis (tests of release).
+    pub fn assume(provider: &str, slot: &str, owner: &str) -> RedisLock {
+        RedisLock::assume(crate::keys::m2m_lock(provider, slot), owner)
     }
 }

@@ -20,6 +20,8 @@ type Oauth2Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, 
 /// Everything needed to ask one provider for a client-credentials token.
 #[derive(Clone)]
 pub struct ClientSettings {
+    /// With `client_id` and `scope`, names the token's Redis slot.
+    pub issuer: String,
     pub token_endpoint: String,
     pub client_id: String,
     pub client_secret: String,
@@ -33,6 +35,7 @@ impl ClientSettings {
     /// `providers.X.token_endpoint`).
     pub fn from_provider(p: &ProviderConfig, token_endpoint: &str) -> Self {
         Self {
+            issuer: p.issuer().unwrap_or_default(),
             token_endpoint: token_endpoint.to_string(),
             client_id: p.client_id.clone(),
             client_secret: p.client_secret(),
@@ -40,6 +43,13 @@ impl ClientSettings {
             scope: p.m2m_scope(),
             timeout: p.timeout,
         }
+    }
+}
+
+impl ClientSettings {
+    /// The Redis slot of the token these settings fetch.
+    pub fn slot(&self) -> String {
+        super::shared::slot(&self.issuer, &self.client_id, self.scope.as_deref())
     }
 }
 
@@ -108,6 +118,7 @@ pub struct TokenClient {
     scope: Option<String>,
     timeout: Duration,
     endpoint: String,
+    slot: String,
 }
 
 impl std::fmt::Debug for TokenClient {
@@ -141,6 +152,7 @@ impl TokenClient {
             scope: s.scope.clone(),
             timeout: s.timeout,
             endpoint: s.token_endpoint.clone(),
+            slot: s.slot(),
             settings: s,
             transport,
         }
@@ -154,6 +166,11 @@ impl TokenClient {
                 oauth_client(&self.settings, &url).map_err(|e| FetchError::Transport(e.to_string()))
             })
             .await
+    }
+
+    /// Where its token lives in Redis (see [`super::shared::slot`]).
+    pub fn slot(&self) -> &str {
+        &self.slot
     }
 
     /// The call's own deadline; the manager may cut it shorter (to the lock TTL).

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 
+use super::client::ClientSettings;
 use super::manager::{shared_status, M2mManager, ProviderStatus};
 use crate::config::Config;
 use crate::store::Redis;
@@ -18,6 +19,8 @@ pub enum CommandError {
     NoManager,
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
+    #[error("session.encryption_keys: {0}")]
+    Keys(#[from] crate::crypto::CryptoError),
 }
 
 /// One line per provider, e.g. `corp: cached, expires in 3541 s`.
@@ -40,8 +43,10 @@ pub fn describe(s: &ProviderStatus) -> String {
 /// `portcullis m2m status`: reads Redis only.
 pub async fn status(cfg: &Config, out: &mut impl Write) -> Result<(), CommandError> {
     let redis = Redis::connect(&cfg.redis)?;
-    let providers: Vec<String> = cfg.providers.keys().cloned().collect();
-    for s in shared_status(&redis, &providers, crate::now()).await? {
+    let ring = cfg.session.key_ring()?;
+    let slots: Vec<(String, String)> =
+        cfg.providers.iter().map(|(name, p)| (name.clone(), ClientSettings::from_provider(p, "").slot())).collect();
+    for s in shared_status(&redis, &ring, &slots, crate::now()).await? {
         writeln!(out, "{}", describe(&s))?;
     }
     Ok(())

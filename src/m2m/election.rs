@@ -1,4 +1,4 @@
-//! Who calls the token endpoint: across all replicas, the one holding `lock:m2m_token:{PROVIDER}`. Everyone
+//! Who calls the token endpoint: across all replicas, the one holding `lock:m2m_token:{PROVIDER}:{slot}`. Everyone
 //! else re-reads the shared token `follower_retries` times, `follower_delay` apart, also retrying the lock
 //! so a dead leader is replaced once its lock expires, then gives up (fail closed). The leader re-reads the
 //! shared token after taking the lock, because another leader may have stored one just before.
@@ -62,20 +62,20 @@ impl M2mManager {
     }
 
     async fn acquire_inner(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
-        if !self.clients.contains_key(provider) {
+        let Some(slot) = self.slot(provider) else {
             return Err(AcquireError::UnknownProvider(provider.to_string()));
-        }
+        };
         let retries = self.cfg.follower_retries;
         for attempt in 0..=retries {
             if attempt > 0 {
                 tokio::time::sleep(self.cfg.follower_delay).await;
             }
-            if let Some(t) = shared::read(&self.redis, provider).await? {
+            if let Some(t) = shared::read(&self.redis, &self.ring, provider, slot).await? {
                 if self.accepts(want, &t, crate::now()) {
                     return Ok(t);
                 }
             }
-            if let Some(lock) = LeaderLock::try_acquire(&self.redis, provider, self.cfg.lock_ttl).await? {
+            if let Some(lock) = LeaderLock::try_acquire(&self.redis, provider, slot, self.cfg.lock_ttl).await? {
                 let out = self.lead(provider, want).await;
                 match lock.release(&self.redis).await {
                     Ok(true) => {}
@@ -94,12 +94,12 @@ impl M2mManager {
 
     /// Holding the lock: double-check Redis, then call the IdP and share the result.
     async fn lead(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
-        if let Some(t) = shared::read(&self.redis, provider).await? {
+        let client = self.clients.get(provider).ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
+        if let Some(t) = shared::read(&self.redis, &self.ring, provider, client.slot()).await? {
             if self.accepts(want, &t, crate::now()) {
                 return Ok(t);
             }
         }
-        let client = self.clients.get(provider).ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
         // Never outlive the lock while calling: past it another replica may lead, and calls would double.
         let deadline = client.timeout().min(self.cfg.lock_ttl);
         let fetched = match tokio::time::timeout(deadline, client.fetch()).await {
@@ -127,7 +127,7 @@ impl M2mManager {
         if lifetime <= 0 {
             tracing::error!(provider, lifetime, "m2m token arrived already expired: callers cannot use it");
         }
-        if let Err(e) = shared::write(&self.redis, &token, now).await {
+        if let Err(e) = shared::write(&self.redis, &self.ring, &token, client.slot(), now).await {
             tracing::warn!(provider, error = %e, "could not share the m2m token: other replicas will fetch their own");
         }
         tracing::info!(provider, expires_in = lifetime, "m2m token fetched");

@@ -17,6 +17,7 @@ use super::election::{AcquireError, Want};
 use super::token::CachedToken;
 use super::{shared, M2mError, M2mSource};
 use crate::config::M2mConfig;
+use crate::crypto::KeyRing;
 use crate::store::{Redis, StoreError};
 
 pub(super) const OUTCOME_SUCCESS: &str = "success";
@@ -27,6 +28,8 @@ pub(super) const OUTCOME_FOLLOWER_TIMEOUT: &str = "follower_timeout";
 #[derive(Clone)]
 pub struct M2mManager {
     pub(super) redis: Redis,
+    /// Seals the token in Redis.
+    pub(super) ring: Arc<KeyRing>,
     pub(super) cfg: M2mConfig,
     pub(super) clients: Arc<HashMap<String, TokenClient>>,
     /// Provider → token, each entry evicted when it enters the safety margin.
@@ -41,7 +44,7 @@ pub struct ProviderStatus {
     pub shared_expires_in: Option<i64>,
     /// Seconds left on this process's copy, if it holds one.
     pub local_expires_in: Option<i64>,
-    /// Someone holds `lock:m2m_token:{PROVIDER}`: a token-endpoint call is in progress (or its leader died
+    /// Someone holds `lock:m2m_token:{PROVIDER}:{slot}`: a token-endpoint call is in progress (or its leader died
     /// and the lock has not expired yet).
     pub locked: bool,
 }
@@ -70,12 +73,23 @@ impl Expiry<String, CachedToken> for UntilMargin {
 }
 
 impl M2mManager {
-    /// `clients`: one resolved token client per provider id (the ids used in `m2m_token:{PROVIDER}`).
-    pub fn new(redis: Redis, cfg: &M2mConfig, clients: HashMap<String, TokenClient>) -> Self {
+    /// `clients`: one resolved token client per provider id (the ids used in `m2m_token:{PROVIDER}:{slot}`);
+    /// `ring` seals the shared token.
+    pub fn new(redis: Redis, ring: Arc<KeyRing>, cfg: &M2mConfig, clients: HashMap<String, TokenClient>) -> Self {
         // No size bound: keys are the configured providers only, and a bound would bring moka's admission
         // policy, which may decline an insert.
         let local = Cache::builder().expire_after(UntilMargin { margin: cfg.safety_margin }).build();
-        Self { redis, cfg: cfg.clone(), clients: Arc::new(clients), local }
+        Self { redis, ring, cfg: cfg.clone(), clients: Arc::new(clients), local }
+    }
+
+    /// Where `provider`'s token lives in Redis (`None` for a provider it does not know).
+    pub fn slot(&self, provider: &str) -> Option<&str> {
+        self.clients.get(provider).map(TokenClient::slot)
+    }
+
+    /// The Redis key of `provider`'s shared token (operators and tests look at it).
+    pub fn token_key(&self, provider: &str) -> Option<String> {
+        self.slot(provider).map(|s| crate::keys::m2m_token(provider, s))
     }
 
     /// The configured provider ids, sorted.
@@ -164,13 +178,18 @@ impl M2mManager {
     pub async fn forget(&self, provider: &str) -> Result<bool, StoreError> {
         self.local.invalidate(provider).await;
         self.gauge(provider, None);
-        shared::delete(&self.redis, provider).await
+        match self.slot(provider) {
+            Some(slot) => shared::delete(&self.redis, provider, slot).await,
+            None => Ok(false),
+        }
     }
 
     /// Per provider: what Redis and this process hold, as seconds left.
     pub async fn status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
         let now = crate::now();
-        let mut out = shared_status(&self.redis, &self.providers(), now).await?;
+        let slots: Vec<(String, String)> =
+            self.clients.iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
+        let mut out = shared_status(&self.redis, &self.ring, &slots, now).await?;
         for s in &mut out {
             s.local_expires_in = self.local.get(&s.provider).await.map(|t| t.expires_in(now));
         }
@@ -178,12 +197,19 @@ impl M2mManager {
     }
 }
 
-/// What Redis holds for each of `providers` (no manager needed: the CLI's `m2m status`).
-pub async fn shared_status(redis: &Redis, providers: &[String], now: i64) -> Result<Vec<ProviderStatus>, StoreError> {
-    let mut out = Vec::with_capacity(providers.len());
-    for p in providers {
-        let t = shared::read(redis, p).await?;
-        let locked: bool = redis.query(redis::cmd("EXISTS").arg(crate::keys::m2m_lock(p))).await?;
+/// What Redis holds for each `(provider, slot)` (no manager needed: the CLI's `m2m status`), sorted.
+pub async fn shared_status(
+    redis: &Redis,
+    ring: &KeyRing,
+    slots: &[(String, String)],
+    now: i64,
+) -> Result<Vec<ProviderStatus>, StoreError> {
+    let mut slots = slots.to_vec();
+    slots.sort();
+    let mut out = Vec::with_capacity(slots.len());
+    for (p, slot) in &slots {
+        let t = shared::read(redis, ring, p, slot).await?;
+        let locked: bool = redis.query(redis::cmd("EXISTS").arg(crate::keys::m2m_lock(p, slot))).await?;
         out.push(ProviderStatus {
             provider: p.clone(),
             shared_expires_in: t.map(|t| t.expires_in(now)),

@@ -50,7 +50,10 @@ impl M2mManager {
         let now = crate::now();
         let current = match self.local(provider).await {
             Some(t) => Some(t),
-            None => shared::read(&self.redis, provider).await.ok().flatten(),
+            None => match self.slot(provider) {
+                Some(slot) => shared::read(&self.redis, &self.ring, provider, slot).await.ok().flatten(),
+                None => None,
+            },
         };
         if let Some(t) = &current {
             if self.usable_now(t, now) && t.expires_in(now) > self.refresh_before_secs(t) {

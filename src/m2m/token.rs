@@ -1,4 +1,4 @@
-//! The token value shared between replicas: its JSON form in Redis (the design's `m2m_token:{PROVIDER}`
+//! The token value shared between replicas: its JSON form in Redis (the design's `m2m_token:{PROVIDER}:{slot}`
 //! contract) and the freshness rules every reader applies, kept in one place so the hot path, followers and
 //! the background refresh cannot disagree about what "fresh" means.
 
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Redis keeps a token at least this long, even when its remaining lifetime is shorter (the design's floor).
 pub const MIN_REDIS_TTL_SECS: i64 = 60;
 
-/// One M2M access token, as stored in `m2m_token:{PROVIDER}`.
+/// One M2M access token, as stored in `m2m_token:{PROVIDER}:{slot}`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedToken {

@@ -91,6 +91,11 @@ impl SessionStore {
         &self.redis
     }
 
+    /// The key ring that seals the tokens (the shared M2M token uses it too).
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
     pub fn idle_timeout(&self) -> i64 {
         self.idle
     }

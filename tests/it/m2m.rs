@@ -8,6 +8,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use portcullis::config::{ClientAuth, M2mConfig, RedisConfig};
+use portcullis::crypto::KeyRing;
 use portcullis::idp::breaker::Breaker;
 use portcullis::idp::transport::{self, Transport};
 use portcullis::lock::LeaderLock;
@@ -99,8 +100,12 @@ fn redis_cfg(url: &str) -> RedisConfig {
     c
 }
 
+/// The issuer the wiremock token endpoint stands for (it names the token's Redis slot).
+const ISSUER: &str = "https://idp.test";
+
 fn settings(idp_uri: &str, auth: ClientAuth) -> ClientSettings {
     ClientSettings {
+        issuer: ISSUER.into(),
         token_endpoint: format!("{idp_uri}/token"),
         client_id: "gateway".into(),
         client_secret: "gateway-secret".into(),
@@ -120,7 +125,36 @@ fn transport_with(threshold: u32) -> Arc<Transport> {
 fn manager_on(redis_url: &str, idp_uri: &str, cfg: &M2mConfig, auth: ClientAuth, t: Arc<Transport>) -> Arc<M2mManager> {
     let redis = Redis::connect(&redis_cfg(redis_url)).expect("redis config");
     let clients = HashMap::from([(P.to_string(), TokenClient::new(settings(idp_uri, auth), t).expect("client"))]);
-    Arc::new(M2mManager::new(redis, cfg, clients))
+    Arc::new(M2mManager::new(redis, ring(), cfg, clients))
+}
+
+/// One key ring for every replica of a test process, as one deployment shares its keys.
+fn ring() -> Arc<KeyRing> {
+    static RING: std::sync::OnceLock<Arc<KeyRing>> = std::sync::OnceLock::new();
+    RING.get_or_init(|| Arc::new(KeyRing::parse(&[portcullis::crypto::generate_key()]).unwrap())).clone()
+}
+
+/// The slot of the test's token client (issuer, client id, scope of [`settings`]).
+fn slot() -> String {
+    settings("http://unused", ClientAuth::ClientSecretBasic).slot()
+}
+
+/// `m2m_token:corp:{slot}`.
+fn tok_key() -> String {
+    portcullis::keys::m2m_token(P, &slot())
+}
+
+/// `lock:m2m_token:corp:{slot}`.
+fn lock_key() -> String {
+    portcullis::keys::m2m_lock(P, &slot())
+}
+
+/// The shared token as stored (JSON) and its access token opened with the key ring.
+fn stored(redis: &RedisServer) -> (serde_json::Value, String) {
+    let v: serde_json::Value = serde_json::from_str(&get(redis, &tok_key()).expect("a shared token")).unwrap();
+    let sealed = v["accessToken"].as_str().unwrap().to_string();
+    let plain = ring().decrypt(&tok_key(), "accessToken", &sealed).expect("opens under the key ring");
+    (v, plain)
 }
 
 fn manager_with(redis_url: &str, idp_uri: &str, cfg: &M2mConfig, auth: ClientAuth) -> Arc<M2mManager> {
@@ -195,14 +229,15 @@ async fn two_hundred_concurrent_callers_share_one_call_and_then_stay_off_redis()
     let stats = redis.commandstats();
     let (gets, sets) = (stats.get("get").copied().unwrap_or(0), stats.get("set").copied().unwrap_or(0));
     assert!(gets <= 3 && sets <= 2, "single flight: expected at most 3 GET and 2 SET, got {stats:?}");
-    assert!(!redis.exists("lock:m2m_token:corp"), "the leader releases its lock");
+    assert!(!redis.exists(&lock_key()), "the leader releases its lock");
 
-    let stored: serde_json::Value = serde_json::from_str(&get(&redis, "m2m_token:corp").unwrap()).unwrap();
-    assert_eq!(stored["tokenProvider"], "corp");
-    assert_eq!(stored["accessToken"], "tok-1");
-    let left = stored["expiresAt"].as_i64().unwrap() - portcullis::now();
+    let (v, plain) = stored(&redis);
+    assert_eq!(v["tokenProvider"], "corp");
+    assert_eq!(plain, "tok-1");
+    assert!(!get(&redis, &tok_key()).unwrap().contains("tok-1"), "the token is sealed at rest");
+    let left = v["expiresAt"].as_i64().unwrap() - portcullis::now();
     assert!((3590..=3600).contains(&left), "expiresAt is now + expires_in: {left}");
-    let ttl: i64 = redis::cmd("TTL").arg("m2m_token:corp").query(&mut redis.conn()).unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg(tok_key()).query(&mut redis.conn()).unwrap();
     assert!((3590..=3600).contains(&ttl), "TTL = remaining lifetime: {ttl}");
 
     // Fresh token: the hot path does not touch Redis.
@@ -273,10 +308,7 @@ async fn background_refresh_replaces_an_expiring_token_while_callers_keep_the_ol
         seen.iter().filter(|(t, calls)| *calls >= 2 && matches!(t, Ok(t) if t == "tok-1")).count();
     assert!(served_during_refresh > 0, "callers waited for the refresh instead of using the current token");
     assert_eq!(ep.calls(), 2, "one initial fetch, one background refresh");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&get(&redis, "m2m_token:corp").unwrap()).unwrap()["accessToken"],
-        "tok-2"
-    );
+    assert_eq!(stored(&redis).1, "tok-2");
 
     // A few more rounds: tok-2 is not due, so nothing is fetched; then the task stops on cancel.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -290,13 +322,7 @@ async fn a_dead_leaders_lock_expires_and_another_replica_takes_over() {
     let redis = RedisServer::start();
     let (server, ep) = idp(vec![token(3600)]).await;
     // A leader that took the lock and died: another owner's value, a short PX, no token.
-    redis::cmd("SET")
-        .arg("lock:m2m_token:corp")
-        .arg("dead-leader")
-        .arg("PX")
-        .arg(500)
-        .query::<()>(&mut redis.conn())
-        .unwrap();
+    redis::cmd("SET").arg(lock_key()).arg("dead-leader").arg("PX").arg(500).query::<()>(&mut redis.conn()).unwrap();
 
     let results = replicas(4, &redis.url(), &server.uri(), &cfg(), 20).await;
     for r in &results {
@@ -316,8 +342,8 @@ async fn token_endpoint_errors_fail_closed_then_recover() {
         assert!(matches!(r, Err(M2mError::Unavailable(_))), "500 must fail closed: {r:?}");
     }
     assert!(ep.calls() >= 1);
-    assert!(!redis.exists("m2m_token:corp"), "nothing stored from a failed call");
-    assert!(!redis.exists("lock:m2m_token:corp"), "the failed leader released its lock");
+    assert!(!redis.exists(&tok_key()), "nothing stored from a failed call");
+    assert!(!redis.exists(&lock_key()), "the failed leader released its lock");
 
     // The endpoint answers again: the next attempt anywhere succeeds, with one more call in all.
     ep.set(vec![token(3600)]);
@@ -352,13 +378,7 @@ async fn a_hanging_token_endpoint_times_out_closed_then_recovers() {
 async fn a_lock_owned_by_someone_else_is_never_deleted() {
     let redis = RedisServer::start();
     let (server, ep) = idp(vec![token(3600)]).await;
-    redis::cmd("SET")
-        .arg("lock:m2m_token:corp")
-        .arg("someone-else")
-        .arg("PX")
-        .arg(20_000)
-        .query::<()>(&mut redis.conn())
-        .unwrap();
+    redis::cmd("SET").arg(lock_key()).arg("someone-else").arg("PX").arg(20_000).query::<()>(&mut redis.conn()).unwrap();
     let c = M2mConfig { follower_retries: 3, ..cfg() };
     let m = manager(&redis.url(), &server.uri(), &c);
 
@@ -366,41 +386,49 @@ async fn a_lock_owned_by_someone_else_is_never_deleted() {
     let r = tokio::time::timeout(MUST_RETURN, m.token(P)).await.expect("follower hung");
     assert!(matches!(r, Err(M2mError::Unavailable(_))), "{r:?}");
     assert_eq!(ep.calls(), 0, "a follower never calls the endpoint");
-    assert_eq!(get(&redis, "lock:m2m_token:corp").as_deref(), Some("someone-else"));
+    assert_eq!(get(&redis, &lock_key()).as_deref(), Some("someone-else"));
 
     // Release by a non-owner: refused, the key keeps the other owner's value.
     let store = Redis::connect(&redis_cfg(&redis.url())).unwrap();
-    assert!(!LeaderLock::assume(P, "me").release(&store).await.unwrap());
-    assert_eq!(get(&redis, "lock:m2m_token:corp").as_deref(), Some("someone-else"));
+    assert!(!LeaderLock::assume(P, &slot(), "me").release(&store).await.unwrap());
+    assert_eq!(get(&redis, &lock_key()).as_deref(), Some("someone-else"));
 
     // A leader whose lock expired and was taken by another: its late release deletes nothing.
-    let mine = LeaderLock::try_acquire(&store, "other", Duration::from_secs(10)).await.unwrap().expect("free lock");
-    assert!(LeaderLock::try_acquire(&store, "other", Duration::from_secs(10)).await.unwrap().is_none(), "NX");
-    redis::cmd("SET").arg("lock:m2m_token:other").arg("new-owner").query::<()>(&mut redis.conn()).unwrap();
+    let ten = Duration::from_secs(10);
+    let mine = LeaderLock::try_acquire(&store, "other", &slot(), ten).await.unwrap().expect("free lock");
+    assert!(LeaderLock::try_acquire(&store, "other", &slot(), ten).await.unwrap().is_none(), "NX");
+    let other = portcullis::keys::m2m_lock("other", &slot());
+    redis::cmd("SET").arg(&other).arg("new-owner").query::<()>(&mut redis.conn()).unwrap();
     assert!(!mine.release(&store).await.unwrap());
-    assert_eq!(get(&redis, "lock:m2m_token:other").as_deref(), Some("new-owner"));
+    assert_eq!(get(&redis, &other).as_deref(), Some("new-owner"));
 
     // The owner's own release works.
-    let own = LeaderLock::try_acquire(&store, "third", Duration::from_secs(10)).await.unwrap().unwrap();
-    assert_eq!(get(&redis, "lock:m2m_token:third").as_deref(), Some(own.owner()));
+    let own = LeaderLock::try_acquire(&store, "third", &slot(), ten).await.unwrap().unwrap();
+    let third = portcullis::keys::m2m_lock("third", &slot());
+    assert_eq!(get(&redis, &third).as_deref(), Some(own.owner()));
     assert!(own.release(&store).await.unwrap());
-    assert!(!redis.exists("lock:m2m_token:third"));
+    assert!(!redis.exists(&third));
 }
 
 #[tokio::test]
 async fn garbage_or_expired_tokens_in_redis_are_treated_as_missing() {
     let redis = RedisServer::start();
     let (server, ep) = idp(vec![token(3600)]).await;
-    redis::cmd("SET").arg("m2m_token:corp").arg("{not json").query::<()>(&mut redis.conn()).unwrap();
+    redis::cmd("SET").arg(tok_key()).arg("{not json").query::<()>(&mut redis.conn()).unwrap();
     let m = manager(&redis.url(), &server.uri(), &cfg());
     assert_eq!(m.token(P).await.unwrap(), "tok-1");
     assert_eq!(ep.calls(), 1);
-    let stored: serde_json::Value = serde_json::from_str(&get(&redis, "m2m_token:corp").unwrap()).unwrap();
-    assert_eq!(stored["accessToken"], "tok-1");
+    assert_eq!(stored(&redis).1, "tok-1");
 
     // A token within the safety margin is never handed out, even from Redis.
-    let near = json!({"tokenProvider": "corp", "accessToken": "almost-expired", "expiresAt": portcullis::now() + 2});
-    redis::cmd("SET").arg("m2m_token:corp").arg(near.to_string()).query::<()>(&mut redis.conn()).unwrap();
+    let handle = Redis::connect(&redis_cfg(&redis.url())).unwrap();
+    let near = portcullis::m2m::CachedToken {
+        token_provider: P.into(),
+        access_token: "almost-expired".into(),
+        expires_at: portcullis::now() + 2,
+        issued_at_ms: None,
+    };
+    portcullis::m2m::shared::write(&handle, &ring(), &near, &slot(), portcullis::now()).await.unwrap();
     let fresh = manager(&redis.url(), &server.uri(), &cfg());
     assert_eq!(fresh.token(P).await.unwrap(), "tok-2");
 
@@ -408,7 +436,40 @@ async fn garbage_or_expired_tokens_in_redis_are_treated_as_missing() {
     let other = manager(&redis.url(), &server.uri(), &cfg());
     assert_eq!(other.token(P).await.unwrap(), "tok-2");
     assert_eq!(ep.calls(), 2);
+
+    // A plaintext token (written by hand, or by an older version) or one sealed under another key ring is
+    // never handed out: it is missing, and the next fetch overwrites it.
+    let far = portcullis::now() + 3600;
+    let plain = json!({"tokenProvider": "corp", "accessToken": "planted", "expiresAt": far});
+    redis::cmd("SET").arg(tok_key()).arg(plain.to_string()).query::<()>(&mut redis.conn()).unwrap();
+    assert_eq!(manager(&redis.url(), &server.uri(), &cfg()).token(P).await.unwrap(), "tok-3");
+    let stranger = KeyRing::parse(&[portcullis::crypto::generate_key()]).unwrap();
+    let foreign = portcullis::m2m::CachedToken { access_token: "foreign".into(), expires_at: far, ..near };
+    portcullis::m2m::shared::write(&handle, &stranger, &foreign, &slot(), portcullis::now()).await.unwrap();
+    assert_eq!(manager(&redis.url(), &server.uri(), &cfg()).token(P).await.unwrap(), "tok-4");
+    assert_eq!(ep.calls(), 4);
     assert!(matches!(other.token("unknown").await, Err(M2mError::Unavailable(_))));
+}
+
+/// Two deployments share one Redis and both call their provider `corp`, at different IdPs: each gets its own
+/// token from its own IdP, never the other's.
+#[tokio::test]
+async fn two_deployments_naming_their_provider_alike_never_share_a_token() {
+    let redis = RedisServer::start();
+    let (server_a, ep_a) = idp(vec![token(3600)]).await;
+    let (server_b, ep_b) = idp(vec![token(3600)]).await;
+    let a = manager(&redis.url(), &server_a.uri(), &cfg());
+    let mut s = settings(&server_b.uri(), ClientAuth::ClientSecretBasic);
+    s.issuer = "https://another-idp.test".into();
+    let b_slot = s.slot();
+    let clients = HashMap::from([(P.to_string(), TokenClient::new(s, transport_with(u32::MAX)).unwrap())]);
+    let b = M2mManager::new(Redis::connect(&redis_cfg(&redis.url())).unwrap(), ring(), &cfg(), clients);
+
+    assert_eq!(a.token(P).await.unwrap(), "tok-1");
+    assert_eq!(b.token(P).await.unwrap(), "tok-1");
+    assert_eq!((ep_a.calls(), ep_b.calls()), (1, 1), "each deployment asked its own IdP");
+    assert_ne!(slot(), b_slot);
+    assert!(redis.exists(&tok_key()) && redis.exists(&portcullis::keys::m2m_token(P, &b_slot)));
 }
 
 #[tokio::test]
@@ -416,7 +477,7 @@ async fn client_auth_basic_or_post_with_the_scope() {
     let redis = RedisServer::start();
     let (server, _ep) = idp(vec![token(3600)]).await;
     manager_with(&redis.url(), &server.uri(), &cfg(), ClientAuth::ClientSecretBasic).token(P).await.unwrap();
-    let _ = redis::cmd("DEL").arg("m2m_token:corp").query::<i64>(&mut redis.conn());
+    let _ = redis::cmd("DEL").arg(tok_key()).query::<i64>(&mut redis.conn());
     manager_with(&redis.url(), &server.uri(), &cfg(), ClientAuth::ClientSecretPost).token(P).await.unwrap();
 
     let reqs = server.received_requests().await.unwrap();
@@ -457,7 +518,7 @@ async fn status_forced_refresh_and_forget() {
     assert!(!format!("{s:?} {t:?} {m:?}").contains("tok-"), "status and Debug never show the token");
 
     assert!(m.forget(P).await.unwrap());
-    assert!(!redis.exists("m2m_token:corp"));
+    assert!(!redis.exists(&tok_key()));
     assert_eq!(m.token(P).await.unwrap(), "tok-3");
     assert_eq!(ep.calls(), 3);
 }
@@ -538,7 +599,8 @@ client_secret = "gateway-secret"
     .unwrap();
     assert!(ok && out.contains("corp: cached, expires in"), "{out}");
     assert!(!out.contains("tok-"), "status never prints the token: {out}");
-    redis::cmd("SET").arg("lock:m2m_token:corp").arg("x").arg("PX").arg(20_000).query::<()>(&mut redis.conn()).unwrap();
+    let lock = portcullis::keys::m2m_lock(P, &portcullis::m2m::shared::slot(&server.uri(), "gateway", None));
+    redis::cmd("SET").arg(lock).arg("x").arg("PX").arg(20_000).query::<()>(&mut redis.conn()).unwrap();
     let (ok, out) = tokio::task::spawn_blocking(move || run(&["status"])).await.unwrap();
     assert!(ok && out.contains("lock held"), "{out}");
 }
@@ -555,9 +617,9 @@ async fn a_caller_dropped_mid_call_does_not_abandon_the_fetch_or_the_lock() {
     assert!(dropped.is_err(), "the call should still have been in flight");
 
     // The fetch completes anyway: the token is shared and the lock released, not left to its 10 s TTL.
-    let stored = crate::harness::eventually(Duration::from_secs(10), async || redis.exists("m2m_token:corp")).await;
+    let stored = crate::harness::eventually(Duration::from_secs(10), async || redis.exists(&tok_key())).await;
     assert!(stored, "the abandoned fetch never stored its token");
-    assert!(crate::harness::eventually(Duration::from_secs(10), async || !redis.exists("lock:m2m_token:corp")).await);
+    assert!(crate::harness::eventually(Duration::from_secs(10), async || !redis.exists(&lock_key())).await);
     let other = manager(&redis.url(), &server.uri(), &cfg());
     assert_eq!(other.token(P).await.unwrap(), "tok-1");
     assert_eq!(m.token(P).await.unwrap(), "tok-1");
@@ -601,12 +663,15 @@ async fn real_idp_client_credentials_back_ping_style_introspection_in_two_replic
     // Both replicas pre-warm at start and every check needs the token: still one grant in all.
     assert_eq!(idp.count("/token:client_credentials").await, 1, "{:?}", idp.stats().await);
     assert!(idp.count("/token/introspection").await >= 1);
-    let shared = get(&redis, "m2m_token:corp").expect("m2m token shared in redis");
+    let slot = portcullis::m2m::shared::slot(&idp.issuer(), crate::harness::idp::CLIENT_ID, None);
+    let key = portcullis::keys::m2m_token(P, &slot);
+    let shared = get(&redis, &key).expect("m2m token shared in redis");
     assert!(shared.contains("\"tokenProvider\":\"corp\""), "{shared}");
 
     // The admin API shows, refreshes and drops it, never printing it.
-    let token: serde_json::Value = serde_json::from_str(&shared).unwrap();
-    let token = token["accessToken"].as_str().unwrap().to_string();
+    let sealed: serde_json::Value = serde_json::from_str(&shared).unwrap();
+    let ring = a.server.authorizer.store().keys();
+    let token = ring.decrypt(&key, "accessToken", sealed["accessToken"].as_str().unwrap()).unwrap();
     let admin = format!("http://{}/admin/m2m", a.server.admin_addr.unwrap());
     let http = reqwest::Client::new();
     let status = http.get(&admin).bearer_auth("admin-token-for-tests-only").send().await.unwrap().text().await.unwrap();
@@ -617,7 +682,7 @@ async fn real_idp_client_credentials_back_ping_style_introspection_in_two_replic
     assert_eq!(idp.count("/token:client_credentials").await, 2);
     let r = http.delete(format!("{admin}/corp")).bearer_auth("admin-token-for-tests-only").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(get(&redis, "m2m_token:corp").is_none());
+    assert!(get(&redis, &key).is_none());
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -663,7 +728,7 @@ fn real_idp_manager(redis_url: &str, idp: &crate::harness::idp::IdpServer, cfg: 
     s.client_id = crate::harness::idp::CLIENT_ID.into();
     s.client_secret = crate::harness::idp::CLIENT_SECRET.into();
     let clients = HashMap::from([(P.to_string(), TokenClient::new(s, transport_with(u32::MAX)).expect("client"))]);
-    Arc::new(M2mManager::new(redis, cfg, clients))
+    Arc::new(M2mManager::new(redis, ring(), cfg, clients))
 }
 
 /// A token living 10 s, far shorter than `refresh_before` (60 s) and the safety margin (5 s here): the margins
