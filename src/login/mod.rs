@@ -3,9 +3,11 @@
 //! provider serves them; `crate::providers` builds the [`LoginProvider`]s, each over its provider's transport.
 
 mod backend;
+mod binding;
 mod failures;
 mod flow;
 mod logout;
+mod pending;
 pub mod provider;
 pub mod redirect;
 mod security;
@@ -44,4 +46,9 @@ pub fn router(state: Arc<LoginState>) -> Router {
         .route("/oauth2/backchannel-logout", post(logout::backchannel))
         .layer(axum::middleware::from_fn_with_state(hsts, security::headers))
         .with_state(state)
+}
+
+/// The login-binding cookie's name for a login's state (tests and tools look for it).
+pub fn binding_cookie_name(cfg: &SessionConfig, state: &str) -> String {
+    binding::name(cfg, state)
 }
