@@ -79,6 +79,7 @@ impl Server {
             providers: providers.login,
             session: cfg.session.clone(),
             login: cfg.login.clone(),
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
         });
 
         let grpc = bind("grpc", &cfg.server.grpc_addr).await?;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::security::error_page;
-use super::{binding, failures, pending, redirect, LoginState, LOGIN_TTL_SECS};
+use super::{binding, client, failures, pending, redirect, LoginState, LOGIN_TTL_SECS};
 use crate::session::{cookie, fingerprint, NewSession};
 
 /// What `pkce:{state}` holds between login and callback.
@@ -76,7 +76,7 @@ pub async fn login(
     let Some(rd) = redirect::safe(rd, &s.login.allowed_redirect_hosts) else {
         return error_page(StatusCode::BAD_REQUEST, "Refused redirect", "The return address is not allowed.");
     };
-    let client = failures::client(&headers, Some(peer));
+    let client = client::client(&headers, peer.ip(), &s.trusted_proxies);
     match pending::admit(&s.redis, &client, &s.login, LOGIN_TTL_SECS).await {
         Ok(None) => {}
         Ok(Some(refused)) => {
@@ -125,7 +125,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let client = failures::client(&headers, Some(peer));
+    let client = client::client(&headers, peer.ip(), &s.trusted_proxies);
     match failures::blocked(&s.redis, &client, s.login.max_failures).await {
         Ok(Some(wait)) => return too_many(u64::try_from(wait).unwrap_or(1), "Too many failed sign-ins"),
         Ok(None) => {}

@@ -4,6 +4,7 @@
 
 mod backend;
 mod binding;
+mod client;
 mod failures;
 mod flow;
 mod logout;
@@ -34,6 +35,8 @@ pub struct LoginState {
     pub providers: BTreeMap<String, Arc<LoginProvider>>,
     pub session: SessionConfig,
     pub login: LoginConfig,
+    /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The `/oauth2/*` routes.

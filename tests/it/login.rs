@@ -297,6 +297,46 @@ async fn repeated_failures_get_429() {
     env.app.shutdown().await;
 }
 
+impl Env {
+    async fn bad_callback(&self, xff: Option<&str>) -> u16 {
+        let mut req = new_browser().get(format!("{}/oauth2/callback?code=x&state=forged", self.base));
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+}
+
+/// `X-Forwarded-For` (issue 10, hole 5): with no trusted proxies the direct peer is the client, so 10 bad
+/// callbacks lock that peer out and a forged header does not escape the lock (nor lock out someone else).
+#[tokio::test]
+async fn a_forged_forwarded_for_neither_escapes_nor_shifts_the_failure_limit() {
+    let env = setup("", false, |_| {}).await;
+    for i in 0..10 {
+        assert_eq!(env.bad_callback(Some(&format!("198.51.100.{i}"))).await, 400);
+    }
+    assert_eq!(env.bad_callback(None).await, 429);
+    assert_eq!(env.bad_callback(Some("203.0.113.99")).await, 429, "a forged header does not escape");
+    assert!(env.redis.exists("auth:failures:127.0.0.1"));
+    assert!(!env.redis.exists("auth:failures:198.51.100.0"));
+    env.app.shutdown().await;
+}
+
+/// Behind a trusted proxy (Envoy on loopback), the address it appended is the client: one client's
+/// failures lock out that client only.
+#[tokio::test]
+async fn behind_a_trusted_proxy_forwarded_for_names_the_client() {
+    let env = setup("", false, |c| c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    for _ in 0..10 {
+        assert_eq!(env.bad_callback(Some("6.6.6.6, 203.0.113.1")).await, 400);
+    }
+    assert_eq!(env.bad_callback(Some("203.0.113.1")).await, 429);
+    assert_eq!(env.bad_callback(Some("203.0.113.2")).await, 400, "another client is not locked out");
+    assert!(env.redis.exists("auth:failures:203.0.113.1"));
+    assert!(!env.redis.exists("auth:failures:6.6.6.6"), "the client-written entry is not believed");
+    env.app.shutdown().await;
+}
+
 #[tokio::test]
 async fn logout_ends_the_session_and_goes_to_the_idp() {
     let env = setup("", false, |_| {}).await;
