@@ -80,6 +80,7 @@ impl Server {
             session: cfg.session.clone(),
             login: cfg.login.clone(),
             trusted_proxies: cfg.server.trusted_proxies.clone(),
+            public_origin: login::public_origin(&cfg.server.public_url),
         });
 
         let grpc = bind("grpc", &cfg.server.grpc_addr).await?;

@@ -8,6 +8,7 @@ mod client;
 mod failures;
 mod flow;
 mod logout;
+mod origin;
 mod pending;
 pub mod provider;
 pub mod redirect;
@@ -37,6 +38,8 @@ pub struct LoginState {
     pub login: LoginConfig,
     /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `server.public_url`'s origin: the only one a logout POST may come from.
+    pub public_origin: String,
 }
 
 /// The `/oauth2/*` routes.
@@ -45,7 +48,7 @@ pub fn router(state: Arc<LoginState>) -> Router {
     Router::new()
         .route("/oauth2/login", get(flow::login))
         .route("/oauth2/callback", get(flow::callback))
-        .route("/oauth2/logout", get(logout::logout).post(logout::logout))
+        .route("/oauth2/logout", get(logout::confirm).post(logout::logout))
         .route("/oauth2/backchannel-logout", post(logout::backchannel))
         .layer(axum::middleware::from_fn_with_state(hsts, security::headers))
         .with_state(state)
@@ -54,4 +57,9 @@ pub fn router(state: Arc<LoginState>) -> Router {
 /// The login-binding cookie's name for a login's state (tests and tools look for it).
 pub fn binding_cookie_name(cfg: &SessionConfig, state: &str) -> String {
     binding::name(cfg, state)
+}
+
+/// The origin of a public URL, as a browser sends it in `Origin`.
+pub fn public_origin(public_url: &str) -> String {
+    origin::of(public_url)
 }

@@ -345,10 +345,26 @@ async fn logout_ends_the_session_and_goes_to_the_idp() {
     let id = portcullis::session::cookie::session_id(&value);
     assert!(env.redis.exists(&session_key(&id)));
 
+    // A GET changes nothing: a page whose form POSTs to the logout route.
     let r = env
         .browser
         .get(format!("{}/oauth2/logout", env.base))
         .header("cookie", format!("GATEWAY_SESSION={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    let page = r.text().await.unwrap();
+    assert!(page.contains(r#"<form method="post" action="/oauth2/logout">"#), "{page}");
+    assert!(env.redis.exists(&session_key(&id)));
+    assert_eq!(env.check(&value).await, 200);
+
+    let r = env
+        .browser
+        .post(format!("{}/oauth2/logout", env.base))
+        .header("cookie", format!("GATEWAY_SESSION={value}"))
+        .header("origin", &env.base)
         .send()
         .await
         .unwrap();
@@ -363,6 +379,51 @@ async fn logout_ends_the_session_and_goes_to_the_idp() {
 
     assert!(!env.redis.exists(&session_key(&id)), "session key gone");
     assert_eq!(env.check(&value).await, 401);
+    env.app.shutdown().await;
+}
+
+/// Logout CSRF: a cross-site POST (another Origin, a cross-site fetch, or no origin at all) is refused
+/// with 403, counted, and the session survives; a same-origin POST (Sec-Fetch-Site or Referer) logs out.
+#[tokio::test]
+async fn a_cross_site_logout_is_refused_and_the_session_survives() {
+    let env = setup("", false, |_| {}).await;
+    let (value, _) = env.login("alice").await;
+    let id = portcullis::session::cookie::session_id(&value);
+    let cookie = format!("GATEWAY_SESSION={value}");
+    let before = env.metric(r#"portcullis_logout_refused_total{reason="cross_origin"}"#);
+    for headers in [
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("referer", "https://evil.example/page")],
+        vec![],
+    ] {
+        let mut req = env.browser.post(format!("{}/oauth2/logout", env.base)).header("cookie", &cookie);
+        for (k, v) in &headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{headers:?}");
+        assert!(r.headers().get(SET_COOKIE).is_none(), "{headers:?}");
+        assert!(env.redis.exists(&session_key(&id)), "the session survives {headers:?}");
+    }
+    assert_eq!(env.metric(r#"portcullis_logout_refused_total{reason="cross_origin"}"#), before + 2);
+    assert_eq!(env.check(&value).await, 200);
+
+    for same in [("sec-fetch-site", "same-origin".to_string()), ("referer", format!("{}/reports", env.base))] {
+        let (value, _) = env.login("alice").await;
+        let id = portcullis::session::cookie::session_id(&value);
+        let r = env
+            .browser
+            .post(format!("{}/oauth2/logout", env.base))
+            .header("cookie", format!("GATEWAY_SESSION={value}"))
+            .header(same.0, &same.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302, "{same:?}");
+        assert!(!env.redis.exists(&session_key(&id)), "{same:?}");
+    }
     env.app.shutdown().await;
 }
 
