@@ -45,6 +45,16 @@ pub fn auth_failures(client: &str) -> String {
     format!("auth:failures:{client}")
 }
 
+/// `login_starts:{client}`: logins one client started in the current window (INCR counter with TTL).
+pub fn login_starts(client: &str) -> String {
+    format!("login_starts:{client}")
+}
+
+/// `login_starts_total`: logins all clients started in the current login lifetime (INCR counter with TTL).
+pub fn login_starts_total() -> String {
+    "login_starts_total".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +69,7 @@ mod tests {
         assert_eq!(refresh_lock("a"), "lock:refresh:a");
         assert_eq!(pkce("st"), "pkce:st");
         assert_eq!(auth_failures("c"), "auth:failures:c");
+        assert_eq!(login_starts("c"), "login_starts:c");
+        assert_eq!(login_starts_total(), "login_starts_total");
     }
 }

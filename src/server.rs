@@ -79,6 +79,8 @@ impl Server {
             providers: providers.login,
             session: cfg.session.clone(),
             login: cfg.login.clone(),
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            public_origin: login::public_origin(&cfg.server.public_url),
         });
 
         let grpc = bind("grpc", &cfg.server.grpc_addr).await?;

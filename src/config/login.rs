@@ -1,4 +1,4 @@
-//! `[login]`: redirects after login and logout, and the failed-login limit.
+//! `[login]`: redirects after login and logout, the failed-login limit and the bounds on pending logins.
 
 use std::time::Duration;
 
@@ -16,6 +16,14 @@ pub struct LoginConfig {
     pub max_failures: u32,
     #[serde(with = "humantime_serde")]
     pub failure_window: Duration,
+    /// Longest `rd` accepted by /oauth2/login (bytes); a longer one is 400, so no login stores a large value.
+    pub max_rd_bytes: usize,
+    /// Logins one client may start per `pending_window` before /oauth2/login answers 429.
+    pub max_pending_per_client: u32,
+    #[serde(with = "humantime_serde")]
+    pub pending_window: Duration,
+    /// Logins all clients together may start per login lifetime (10 minutes): a bound on `pkce:*` keys.
+    pub max_pending_total: u32,
 }
 
 impl Default for LoginConfig {
@@ -27,6 +35,32 @@ impl Default for LoginConfig {
             rp_initiated_logout: true,
             max_failures: 10,
             failure_window: Duration::from_secs(300),
+            max_rd_bytes: 2048,
+            max_pending_per_client: 30,
+            pending_window: Duration::from_secs(60),
+            max_pending_total: 10_000,
+        }
+    }
+}
+
+impl LoginConfig {
+    pub(super) fn validate(&self, errors: &mut Vec<String>) {
+        if !(1..=8192).contains(&self.max_rd_bytes) {
+            errors.push(format!("login.max_rd_bytes: {} must be between 1 and 8192", self.max_rd_bytes));
+        }
+        for (key, n) in [
+            ("login.max_failures", self.max_failures),
+            ("login.max_pending_per_client", self.max_pending_per_client),
+            ("login.max_pending_total", self.max_pending_total),
+        ] {
+            if n == 0 {
+                errors.push(format!("{key}: must be at least 1"));
+            }
+        }
+        for (key, d) in [("login.failure_window", self.failure_window), ("login.pending_window", self.pending_window)] {
+            if d.as_secs() == 0 {
+                errors.push(format!("{key}: must be at least 1s"));
+            }
         }
     }
 }

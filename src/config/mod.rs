@@ -114,6 +114,7 @@ impl Config {
         self.revalidation.validate(errors);
         self.m2m.validate(errors);
         self.headers.validate(errors);
+        self.login.validate(errors);
         for (name, p) in &self.providers {
             p.validate(name, errors);
         }

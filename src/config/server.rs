@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when they are the direct peer of the HTTP
+    /// listener. Default none: the direct peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Log lines as JSON (the default, for collectors) or as text (for people).

@@ -145,3 +145,28 @@ fn the_cookie_name_defaults_to_host_prefixed_when_the_browser_honours_it() {
     let named = secure.replace("cookie_secure = true", "cookie_secure = true\ncookie_name = \"SID\"");
     assert_eq!(Config::from_toml(&named).unwrap().session.cookie_name, "SID");
 }
+
+#[test]
+fn trusted_proxies_are_cidrs_and_a_bad_one_is_named() {
+    let text = minimal().replace("[redis]", "trusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\"]\n\n[redis]");
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+    assert!(Config::from_toml(&minimal()).unwrap().server.trusted_proxies.is_empty(), "default: none");
+    let bad = minimal().replace("[redis]", "trusted_proxies = [\"10.0.0.300/8\"]\n\n[redis]");
+    let err = Config::from_toml(&bad).unwrap_err().to_string();
+    assert!(err.contains("server.trusted_proxies"), "{err}");
+}
+
+#[test]
+fn login_bounds_are_validated_by_name() {
+    let text = minimal().replace(
+        "[providers.corp]",
+        "[login]\nmax_rd_bytes = 0\nmax_pending_per_client = 0\npending_window = \"0s\"\n\n[providers.corp]",
+    );
+    let err = Config::from_toml(&text).unwrap_err().to_string();
+    for key in ["login.max_rd_bytes", "login.max_pending_per_client", "login.pending_window"] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+    let c = Config::from_toml(&minimal()).unwrap();
+    assert_eq!((c.login.max_rd_bytes, c.login.max_pending_per_client, c.login.max_pending_total), (2048, 30, 10_000));
+}

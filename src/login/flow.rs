@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::security::error_page;
-use super::{failures, redirect, LoginState, LOGIN_TTL_SECS};
+use super::{binding, client, failures, pending, redirect, LoginState, LOGIN_TTL_SECS};
 use crate::session::{cookie, fingerprint, NewSession};
 
 /// What `pkce:{state}` holds between login and callback.
@@ -20,6 +20,8 @@ struct Pending {
     nonce: String,
     provider: String,
     rd: String,
+    /// Hash of the login-binding cookie's value ([`binding`]).
+    binding: String,
 }
 
 #[derive(Deserialize)]
@@ -38,12 +40,25 @@ fn unavailable() -> Response {
     r
 }
 
+fn too_many(retry_after: u64, title: &str) -> Response {
+    let mut r = error_page(StatusCode::TOO_MANY_REQUESTS, title, "Try again later.");
+    if let Ok(v) = header::HeaderValue::from_str(&retry_after.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 fn count(provider: &str, outcome: &'static str) {
     let provider = provider.to_string();
     metrics::counter!("portcullis_logins_total", "provider" => provider, "outcome" => outcome).increment(1);
 }
 
-pub async fn login(State(s): State<Arc<LoginState>>, Query(q): Query<LoginQuery>) -> Response {
+pub async fn login(
+    State(s): State<Arc<LoginState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     let provider = match (&q.provider, s.providers.len()) {
         (Some(p), _) => s.providers.get(p),
         (None, 1) => s.providers.values().next(),
@@ -52,9 +67,25 @@ pub async fn login(State(s): State<Arc<LoginState>>, Query(q): Query<LoginQuery>
     let Some(provider) = provider else {
         return error_page(StatusCode::BAD_REQUEST, "Unknown provider", "Choose a configured identity provider.");
     };
-    let Some(rd) = redirect::safe(q.rd.as_deref().unwrap_or("/"), &s.login.allowed_redirect_hosts) else {
+    let rd = q.rd.as_deref().unwrap_or("/");
+    if rd.len() > s.login.max_rd_bytes {
+        count(&provider.id, "rd_too_long");
+        tracing::warn!(provider = %provider.id, bytes = rd.len(), "login refused: rd longer than login.max_rd_bytes");
+        return error_page(StatusCode::BAD_REQUEST, "Refused redirect", "The return address is too long.");
+    }
+    let Some(rd) = redirect::safe(rd, &s.login.allowed_redirect_hosts) else {
         return error_page(StatusCode::BAD_REQUEST, "Refused redirect", "The return address is not allowed.");
     };
+    let client = client::client(&headers, peer.ip(), &s.trusted_proxies);
+    match pending::admit(&s.redis, &client, &s.login, LOGIN_TTL_SECS).await {
+        Ok(None) => {}
+        Ok(Some(refused)) => {
+            count(&provider.id, refused.outcome());
+            tracing::warn!(provider = %provider.id, client = %client, outcome = refused.outcome(), "login refused: too many pending logins");
+            return too_many(refused.retry_after(), "Too many sign-ins started");
+        }
+        Err(_) => return unavailable(),
+    }
     let nonce = cookie::new_value();
     let (url, state, verifier) = match provider.authorize(&nonce).await {
         Ok(a) => a,
@@ -63,13 +94,21 @@ pub async fn login(State(s): State<Arc<LoginState>>, Query(q): Query<LoginQuery>
             return unavailable();
         }
     };
-    let pending = Pending { verifier: verifier.secret().clone(), nonce, provider: provider.id.clone(), rd };
+    let (set_cookie, binding) = binding::issue(&s.session, state.secret(), LOGIN_TTL_SECS);
+    let pending = Pending { verifier: verifier.secret().clone(), nonce, provider: provider.id.clone(), rd, binding };
     let Ok(json) = serde_json::to_string(&pending) else { return unavailable() };
     let set = redis::cmd("SET").arg(crate::keys::pkce(state.secret())).arg(json).arg("EX").arg(LOGIN_TTL_SECS).clone();
     if s.redis.query::<()>(&set).await.is_err() {
         return unavailable();
     }
-    found(&url)
+    with_cookie(found(&url), &set_cookie)
+}
+
+fn with_cookie(mut resp: Response, set_cookie: &str) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(set_cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 #[derive(Deserialize)]
@@ -86,15 +125,9 @@ pub async fn callback(
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let client = failures::client(&headers, Some(peer));
+    let client = client::client(&headers, peer.ip(), &s.trusted_proxies);
     match failures::blocked(&s.redis, &client, s.login.max_failures).await {
-        Ok(Some(wait)) => {
-            let mut r = error_page(StatusCode::TOO_MANY_REQUESTS, "Too many failed sign-ins", "Try again later.");
-            if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
-        }
+        Ok(Some(wait)) => return too_many(u64::try_from(wait).unwrap_or(1), "Too many failed sign-ins"),
         Ok(None) => {}
         Err(_) => return unavailable(),
     }
@@ -118,8 +151,10 @@ pub async fn callback(
         return fail("unknown", "bad_request", "Sign-in failed", "The identity provider's answer was incomplete.");
     };
 
-    // Consume the state exactly once: a replayed callback finds nothing.
-    let pending = match s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(crate::keys::pkce(state))).await {
+    // The login must be bound to this browser (its binding cookie) before the state is consumed, so a
+    // leaked callback URL opened elsewhere neither signs that browser in nor spoils the real login.
+    let key = crate::keys::pkce(state);
+    let pending = match s.redis.query::<Option<String>>(redis::cmd("GET").arg(&key)).await {
         Ok(p) => p.and_then(|j| serde_json::from_str::<Pending>(&j).ok()),
         Err(_) => return unavailable(),
     };
@@ -132,6 +167,29 @@ pub async fn callback(
             "This sign-in link is unknown, expired or already used.",
         );
     };
+    let unbind = binding::clear(&s.session, state);
+    if let Err(e) = binding::verify(&headers, &s.session, state, &pending.binding) {
+        tracing::warn!(provider = %pending.provider, client = %client, error = %e, "callback refused: not the browser that started this login");
+        failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
+        let page = fail(
+            &pending.provider,
+            e.outcome(),
+            "Sign-in refused",
+            "This sign-in was started in another browser. Start again from here.",
+        );
+        return with_cookie(page, &unbind);
+    }
+    // Consume the state exactly once: a replayed or concurrent callback finds nothing.
+    match s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(&key)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return with_cookie(
+                fail(&pending.provider, "bad_state", "Sign-in expired", "This sign-in link was already used."),
+                &unbind,
+            )
+        }
+        Err(_) => return unavailable(),
+    }
     let Some(provider) = s.providers.get(&pending.provider) else {
         return fail("unknown", "bad_state", "Sign-in failed", "Unknown identity provider.");
     };
@@ -177,9 +235,5 @@ pub async fn callback(
         }
     };
     count(&provider.id, "success");
-    let mut resp = found(&pending.rd);
-    if let Ok(v) = header::HeaderValue::from_str(&cookie::set(&s.session, &value)) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    resp
+    with_cookie(with_cookie(found(&pending.rd), &cookie::set(&s.session, &value)), &unbind)
 }

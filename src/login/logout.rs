@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
 
 use super::security::error_page;
-use super::LoginState;
+use super::{origin, LoginState};
 use crate::session::store::{idp_key, user_key};
 use crate::session::{cookie, Session};
 
@@ -18,9 +18,27 @@ fn revoked(reason: &'static str, n: usize) {
     metrics::counter!("portcullis_sessions_revoked_total", "reason" => reason).increment(n as u64);
 }
 
-/// Ends the session: delete it, clear the cookie, then send the browser to the IdP's end_session_endpoint
-/// (with `id_token_hint`) or to the configured page.
+/// `GET /oauth2/logout`: changes nothing; a page whose button POSTs here (a link or image elsewhere cannot
+/// log anyone out).
+pub async fn confirm() -> Response {
+    let body = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign out</title></head>\
+        <body><h1>Sign out</h1><form method=\"post\" action=\"/oauth2/logout\">\
+        <button type=\"submit\">Sign out</button></form></body></html>";
+    (StatusCode::OK, Html(body)).into_response()
+}
+
+/// `POST /oauth2/logout`, same-origin only ([`origin::check`]): delete the session, clear the cookie, then
+/// send the browser to the IdP's end_session_endpoint (with `id_token_hint`) or to the configured page.
 pub async fn logout(State(s): State<Arc<LoginState>>, headers: HeaderMap) -> Response {
+    if let Err(why) = origin::check(&headers, &s.public_origin) {
+        metrics::counter!("portcullis_logout_refused_total", "reason" => why.reason()).increment(1);
+        tracing::warn!(reason = why.reason(), "logout refused: not a same-origin request");
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Sign-out refused",
+            "Sign out with the button on this site's sign-out page.",
+        );
+    }
     let value = headers
         .get_all(header::COOKIE)
         .iter()

@@ -3,9 +3,13 @@
 //! provider serves them; `crate::providers` builds the [`LoginProvider`]s, each over its provider's transport.
 
 mod backend;
+mod binding;
+mod client;
 mod failures;
 mod flow;
 mod logout;
+mod origin;
+mod pending;
 pub mod provider;
 pub mod redirect;
 mod security;
@@ -32,6 +36,10 @@ pub struct LoginState {
     pub providers: BTreeMap<String, Arc<LoginProvider>>,
     pub session: SessionConfig,
     pub login: LoginConfig,
+    /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `server.public_url`'s origin: the only one a logout POST may come from.
+    pub public_origin: String,
 }
 
 /// The `/oauth2/*` routes.
@@ -40,8 +48,18 @@ pub fn router(state: Arc<LoginState>) -> Router {
     Router::new()
         .route("/oauth2/login", get(flow::login))
         .route("/oauth2/callback", get(flow::callback))
-        .route("/oauth2/logout", get(logout::logout).post(logout::logout))
+        .route("/oauth2/logout", get(logout::confirm).post(logout::logout))
         .route("/oauth2/backchannel-logout", post(logout::backchannel))
         .layer(axum::middleware::from_fn_with_state(hsts, security::headers))
         .with_state(state)
+}
+
+/// The login-binding cookie's name for a login's state (tests and tools look for it).
+pub fn binding_cookie_name(cfg: &SessionConfig, state: &str) -> String {
+    binding::name(cfg, state)
+}
+
+/// The origin of a public URL, as a browser sends it in `Origin`.
+pub fn public_origin(public_url: &str) -> String {
+    origin::of(public_url)
 }

@@ -94,7 +94,7 @@ async fn a_browser_logs_in_through_envoy_and_reaches_the_upstream_as_itself() {
     // A spoofed identity header is replaced, logout ends it all.
     let r = browser.get(format!("{}/api", s.public)).header("x-auth-user-id", "mallory").send().await.unwrap();
     assert_eq!(r.json::<Echo>().await.unwrap().header("x-auth-user-id"), Some("alice"));
-    let r = browser.get(format!("{}/oauth2/logout", s.public)).send().await.unwrap();
+    let r = browser.post(format!("{}/oauth2/logout", s.public)).header("origin", &s.public).send().await.unwrap();
     assert_eq!(r.status(), 302);
     let r = browser.get(format!("{}/api", s.public)).send().await.unwrap();
     assert_eq!(r.status(), 401);

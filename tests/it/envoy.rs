@@ -203,7 +203,22 @@ async fn logout_through_envoy_ends_the_session() {
     let cookie = s.login("frank", json!({})).await;
     assert_eq!(s.echo("/api/me", &[("cookie", &cookie)]).await.header("x-auth-user-id"), Some("frank"));
 
+    // A GET only shows the sign-out page: nothing changes.
     let r = s.get("/oauth2/logout", &[("cookie", &cookie), ("accept", "text/html")]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("method=\"post\""));
+    assert_eq!(s.echo("/api/me", &[("cookie", &cookie)]).await.header("x-auth-user-id"), Some("frank"));
+
+    // Envoy routes the same-origin POST to portcullis, which ends the session.
+    let origin = portcullis::login::public_origin(&s.app().cfg.server.public_url);
+    let r = s
+        .http
+        .post(s.envoy.url("/oauth2/logout"))
+        .header("cookie", &cookie)
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 302);
     assert_eq!(header(r.headers(), "location"), Some("/"));
     let cleared = header(r.headers(), "set-cookie").expect("the session cookie is cleared");
@@ -211,7 +226,7 @@ async fn logout_through_envoy_ends_the_session() {
 
     let r = s.get("/api/me", &[("cookie", &cookie), ("accept", "application/json")]).await;
     assert_eq!(r.status(), 401, "the session must be gone after logout");
-    assert_eq!(s.upstream.hits(), 1);
+    assert_eq!(s.upstream.hits(), 2);
 }
 
 #[tokio::test]

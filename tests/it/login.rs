@@ -150,6 +150,140 @@ async fn callback_replay_wrong_verifier_and_open_redirect_fail() {
     env.app.shutdown().await;
 }
 
+fn new_browser() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap()
+}
+
+impl Env {
+    /// Session keys in Redis (`session:*`).
+    fn sessions(&self) -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("session:*").query(&mut self.redis.conn()).unwrap();
+        keys.len()
+    }
+
+    fn metric(&self, line_start: &str) -> u64 {
+        let text = portcullis::telemetry::metrics().render();
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+}
+
+/// Login CSRF / session swap (issue 10, hole 2): a callback URL completes only in the browser that
+/// started the login; opened in another browser it is refused with no session, and the rightful browser
+/// can still finish.
+#[tokio::test]
+async fn a_callback_url_opened_in_another_browser_is_refused() {
+    let env = setup("", false, |_| {}).await;
+    let cb = env.to_callback("mallory", "/").await;
+    let victim = new_browser();
+    let refused_before = env.metric(r#"portcullis_logins_total{provider="corp",outcome="binding_missing"}"#);
+    let r = victim.get(&cb).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.headers().get_all(SET_COOKIE).iter().all(|v| !v.to_str().unwrap().starts_with("GATEWAY_SESSION=")),
+        "no session cookie for the other browser"
+    );
+    assert_eq!(env.sessions(), 0, "no session created");
+    assert_eq!(env.metric(r#"portcullis_logins_total{provider="corp",outcome="binding_missing"}"#), refused_before + 1);
+
+    // A forged binding cookie of the right name does not help either.
+    let state = url::Url::parse(&cb).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.to_string();
+    let name = portcullis::login::binding_cookie_name(&env.app.cfg.session, &state);
+    let forged = format!("{name}={}", portcullis::session::cookie::new_value());
+    let r = victim.get(&cb).header("cookie", forged).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(env.sessions(), 0);
+
+    // The browser that started the login still completes it, and its binding cookie is cleared.
+    let r = env.browser.get(&cb).send().await.unwrap();
+    assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+    let sets: Vec<String> = r.headers().get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(sets.iter().any(|c| c.starts_with("GATEWAY_SESSION=")), "{sets:?}");
+    assert!(sets.iter().any(|c| c.starts_with(&format!("{name}=")) && c.contains("Max-Age=0")), "{sets:?}");
+    assert_eq!(env.sessions(), 1);
+    env.app.shutdown().await;
+}
+
+/// Two logins started in parallel tabs of one browser each keep their own binding and both complete.
+#[tokio::test]
+async fn two_logins_started_in_parallel_in_one_browser_both_complete() {
+    let env = setup("", false, |_| {}).await;
+    let first = env.to_callback("alice", "/one").await;
+    let second = env.to_callback("alice", "/two").await;
+    for (cb, rd) in [(&second, "/two"), (&first, "/one")] {
+        let r = env.browser.get(cb).send().await.unwrap();
+        assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+        assert_eq!(location(&r), rd);
+    }
+    assert_eq!(env.sessions(), 2);
+    env.app.shutdown().await;
+}
+
+impl Env {
+    fn used_memory(&self) -> i64 {
+        let info: String = redis::cmd("INFO").arg("memory").query(&mut self.redis.conn()).unwrap();
+        info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+    }
+
+    /// `n` login starts with `rd` from this test's one client; the statuses seen.
+    async fn start_logins(&self, n: usize, rd: &str) -> Vec<u16> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let r = new_browser().get(format!("{}/oauth2/login", self.base)).query(&[("rd", rd)]).send().await.unwrap();
+            out.push(r.status().as_u16());
+        }
+        out
+    }
+}
+
+/// Pending logins fill Redis (issue 10, hole 3): 300 logins with a 40 kB `rd` are all 400 and Redis
+/// grows by less than 2 MB (today: 12.5 MB).
+#[tokio::test]
+async fn logins_with_a_huge_rd_are_refused_and_store_nothing() {
+    let env = setup("", false, |_| {}).await;
+    let before = env.used_memory();
+    let rd = format!("/{}", "a".repeat(40_000));
+    let statuses = env.start_logins(300, &rd).await;
+    assert!(statuses.iter().all(|s| *s == 400), "{statuses:?}");
+    let grown = env.used_memory() - before;
+    assert!(grown < 2_000_000, "Redis grew by {grown} bytes");
+    let pending: Vec<String> = redis::cmd("KEYS").arg("pkce:*").query(&mut env.redis.conn()).unwrap();
+    assert!(pending.is_empty(), "{} pending logins stored", pending.len());
+    // An rd at the limit is still fine.
+    let ok = env.start_logins(1, &format!("/{}", "a".repeat(2047))).await;
+    assert_eq!(ok, vec![302]);
+    env.app.shutdown().await;
+}
+
+/// One client starting 300 logins gets 429 with Retry-After past `login.max_pending_per_client`; Redis
+/// growth stays bounded. The total cap refuses everyone once reached.
+#[tokio::test]
+async fn pending_logins_are_bounded_per_client_and_in_total() {
+    let env = setup("", false, |_| {}).await;
+    let before = env.used_memory();
+    let statuses = env.start_logins(300, "/reports").await;
+    let started = statuses.iter().filter(|s| **s == 302).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(started, 30, "the default per-client limit: {statuses:?}");
+    assert_eq!(limited, 270);
+    let grown = env.used_memory() - before;
+    assert!(grown < 2_000_000, "Redis grew by {grown} bytes");
+    let r = env.browser.get(format!("{}/oauth2/login", env.base)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(env.redis.exists("login_starts:127.0.0.1"));
+    env.app.shutdown().await;
+
+    let env = setup("[login]\nmax_pending_per_client = 100\nmax_pending_total = 5", false, |_| {}).await;
+    let statuses = env.start_logins(8, "/").await;
+    assert_eq!(statuses, vec![302, 302, 302, 302, 302, 429, 429, 429]);
+    env.app.shutdown().await;
+}
+
 #[tokio::test]
 async fn repeated_failures_get_429() {
     let env = setup("[login]\nmax_failures = 3\nfailure_window = \"60s\"", false, |_| {}).await;
@@ -163,6 +297,46 @@ async fn repeated_failures_get_429() {
     env.app.shutdown().await;
 }
 
+impl Env {
+    async fn bad_callback(&self, xff: Option<&str>) -> u16 {
+        let mut req = new_browser().get(format!("{}/oauth2/callback?code=x&state=forged", self.base));
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+}
+
+/// `X-Forwarded-For` (issue 10, hole 5): with no trusted proxies the direct peer is the client, so 10 bad
+/// callbacks lock that peer out and a forged header does not escape the lock (nor lock out someone else).
+#[tokio::test]
+async fn a_forged_forwarded_for_neither_escapes_nor_shifts_the_failure_limit() {
+    let env = setup("", false, |_| {}).await;
+    for i in 0..10 {
+        assert_eq!(env.bad_callback(Some(&format!("198.51.100.{i}"))).await, 400);
+    }
+    assert_eq!(env.bad_callback(None).await, 429);
+    assert_eq!(env.bad_callback(Some("203.0.113.99")).await, 429, "a forged header does not escape");
+    assert!(env.redis.exists("auth:failures:127.0.0.1"));
+    assert!(!env.redis.exists("auth:failures:198.51.100.0"));
+    env.app.shutdown().await;
+}
+
+/// Behind a trusted proxy (Envoy on loopback), the address it appended is the client: one client's
+/// failures lock out that client only.
+#[tokio::test]
+async fn behind_a_trusted_proxy_forwarded_for_names_the_client() {
+    let env = setup("", false, |c| c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    for _ in 0..10 {
+        assert_eq!(env.bad_callback(Some("6.6.6.6, 203.0.113.1")).await, 400);
+    }
+    assert_eq!(env.bad_callback(Some("203.0.113.1")).await, 429);
+    assert_eq!(env.bad_callback(Some("203.0.113.2")).await, 400, "another client is not locked out");
+    assert!(env.redis.exists("auth:failures:203.0.113.1"));
+    assert!(!env.redis.exists("auth:failures:6.6.6.6"), "the client-written entry is not believed");
+    env.app.shutdown().await;
+}
+
 #[tokio::test]
 async fn logout_ends_the_session_and_goes_to_the_idp() {
     let env = setup("", false, |_| {}).await;
@@ -171,10 +345,26 @@ async fn logout_ends_the_session_and_goes_to_the_idp() {
     let id = portcullis::session::cookie::session_id(&value);
     assert!(env.redis.exists(&session_key(&id)));
 
+    // A GET changes nothing: a page whose form POSTs to the logout route.
     let r = env
         .browser
         .get(format!("{}/oauth2/logout", env.base))
         .header("cookie", format!("GATEWAY_SESSION={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    let page = r.text().await.unwrap();
+    assert!(page.contains(r#"<form method="post" action="/oauth2/logout">"#), "{page}");
+    assert!(env.redis.exists(&session_key(&id)));
+    assert_eq!(env.check(&value).await, 200);
+
+    let r = env
+        .browser
+        .post(format!("{}/oauth2/logout", env.base))
+        .header("cookie", format!("GATEWAY_SESSION={value}"))
+        .header("origin", &env.base)
         .send()
         .await
         .unwrap();
@@ -189,6 +379,51 @@ async fn logout_ends_the_session_and_goes_to_the_idp() {
 
     assert!(!env.redis.exists(&session_key(&id)), "session key gone");
     assert_eq!(env.check(&value).await, 401);
+    env.app.shutdown().await;
+}
+
+/// Logout CSRF: a cross-site POST (another Origin, a cross-site fetch, or no origin at all) is refused
+/// with 403, counted, and the session survives; a same-origin POST (Sec-Fetch-Site or Referer) logs out.
+#[tokio::test]
+async fn a_cross_site_logout_is_refused_and_the_session_survives() {
+    let env = setup("", false, |_| {}).await;
+    let (value, _) = env.login("alice").await;
+    let id = portcullis::session::cookie::session_id(&value);
+    let cookie = format!("GATEWAY_SESSION={value}");
+    let before = env.metric(r#"portcullis_logout_refused_total{reason="cross_origin"}"#);
+    for headers in [
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("referer", "https://evil.example/page")],
+        vec![],
+    ] {
+        let mut req = env.browser.post(format!("{}/oauth2/logout", env.base)).header("cookie", &cookie);
+        for (k, v) in &headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{headers:?}");
+        assert!(r.headers().get(SET_COOKIE).is_none(), "{headers:?}");
+        assert!(env.redis.exists(&session_key(&id)), "the session survives {headers:?}");
+    }
+    assert_eq!(env.metric(r#"portcullis_logout_refused_total{reason="cross_origin"}"#), before + 2);
+    assert_eq!(env.check(&value).await, 200);
+
+    for same in [("sec-fetch-site", "same-origin".to_string()), ("referer", format!("{}/reports", env.base))] {
+        let (value, _) = env.login("alice").await;
+        let id = portcullis::session::cookie::session_id(&value);
+        let r = env
+            .browser
+            .post(format!("{}/oauth2/logout", env.base))
+            .header("cookie", format!("GATEWAY_SESSION={value}"))
+            .header(same.0, &same.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302, "{same:?}");
+        assert!(!env.redis.exists(&session_key(&id)), "{same:?}");
+    }
     env.app.shutdown().await;
 }
 

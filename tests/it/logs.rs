@@ -98,7 +98,7 @@ client_secret = "{CLIENT_SECRET}"
     let m2m: serde_json::Value = serde_json::from_str(&m2m).unwrap();
     secrets.push(m2m["accessToken"].as_str().unwrap().to_string());
 
-    let r = browser.get(format!("{base}/oauth2/logout")).send().await.unwrap();
+    let r = browser.post(format!("{base}/oauth2/logout")).header("origin", &base).send().await.unwrap();
     assert_eq!(r.status(), 302);
 
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
