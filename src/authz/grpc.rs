@@ -18,6 +18,10 @@ impl Authorizer {
             None => Err(Deny::Malformed),
         };
         let input = input.unwrap_or_default();
+        let outcome = match outcome {
+            Ok(a) => self.assert(a, &input, now).await,
+            Err(d) => Err(d),
+        };
         let request_id = input.header("x-request-id").unwrap_or("-");
         let (decision, reason, resp) = match &outcome {
             Ok(a) => {

@@ -43,7 +43,10 @@ pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConf
             None => remove.push(name.clone()),
         }
     }
-    remove.push(h.jwt.clone());
+    match &a.assertion {
+        Some(jwt) => set.push(header(&h.jwt, jwt)),
+        None => remove.push(h.jwt.clone()),
+    }
     match input.header("cookie").and_then(|c| cookie::strip(c, &s.cookie_name)) {
         Some(rest) => set.push(header("cookie", &rest)),
         None => remove.push("cookie".to_string()),

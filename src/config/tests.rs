@@ -145,3 +145,34 @@ fn the_cookie_name_defaults_to_host_prefixed_when_the_browser_honours_it() {
     let named = secure.replace("cookie_secure = true", "cookie_secure = true\ncookie_name = \"SID\"");
     assert_eq!(Config::from_toml(&named).unwrap().session.cookie_name, "SID");
 }
+
+#[test]
+fn assertion_keys_come_from_config_and_file_and_bad_ones_are_named() {
+    use crate::assertion::{generate_key, KeyAlg};
+    let (es, ed) = (generate_key(KeyAlg::Es256).unwrap(), generate_key(KeyAlg::Eddsa).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("# rotation\n{ed}\n")).unwrap();
+    let text = format!(
+        "{}\n[assertion]\nenabled = true\nsigning_keys = [\"{es}\"]\nsigning_keys_file = \"{}\"\n",
+        minimal(),
+        file.display()
+    );
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.assertion.signing_keys.len(), 2);
+    assert_eq!(c.assertion.ttl, Duration::from_secs(60));
+    assert_eq!(c.assertion.key_set().unwrap().jwks()["keys"].as_array().unwrap().len(), 2);
+
+    for (section, key) in [
+        ("enabled = true", "assertion.signing_keys: required"),
+        ("enabled = true\nsigning_keys = [\"k1:bm90IGEga2V5\"]", "assertion.signing_keys: key \"k1\""),
+        ("ttl = \"0s\"", "assertion.ttl"),
+        ("ttl = \"11m\"", "assertion.ttl"),
+        ("audience = \" \"", "assertion.audience"),
+        ("signing_keys_file = \"/nonexistent/keys\"", "assertion.signing_keys_file"),
+    ] {
+        let err = Config::from_toml(&format!("{}\n[assertion]\n{section}\n", minimal())).unwrap_err().to_string();
+        assert!(err.contains(key), "{section}: {err}");
+        assert!(!err.contains("bm90IGEga2V5"), "the key itself is never echoed: {err}");
+    }
+}
