@@ -6,6 +6,7 @@
 
 use portcullis_testkit as harness;
 
+mod assertion;
 mod attacks;
 mod check;
 mod cli;
