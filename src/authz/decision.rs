@@ -41,6 +41,8 @@ pub struct Authorizer {
     pub(crate) session: SessionConfig,
     pub(crate) headers: HeadersConfig,
     pub(crate) asserter: Option<Arc<Asserter>>,
+    /// `[response_headers]` merged over the defaults: added to every OK answer unless the route opts out.
+    pub(crate) response_headers: Vec<(String, String)>,
 }
 
 impl Authorizer {
@@ -50,7 +52,14 @@ impl Authorizer {
         cfg: &Config,
         asserter: Option<Arc<Asserter>>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, validators, session: cfg.session.clone(), headers: cfg.headers.clone(), asserter })
+        Arc::new(Self {
+            store,
+            validators,
+            session: cfg.session.clone(),
+            headers: cfg.headers.clone(),
+            asserter,
+            response_headers: cfg.response_headers.effective(),
+        })
     }
 
     /// Adds the signed assertion to an allow when `[assertion]` is on; a signing failure fails closed.

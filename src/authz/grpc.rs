@@ -26,7 +26,8 @@ impl Authorizer {
         let (decision, reason, resp) = match &outcome {
             Ok(a) => {
                 tracing::debug!(request_id, provider = %a.provider, "allow");
-                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session))
+                let extra: &[(String, String)] = if input.security_headers() { &self.response_headers } else { &[] };
+                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session, extra))
             }
             Err(d) => {
                 tracing::info!(request_id, reason = d.reason(), method = %input.method, "deny");

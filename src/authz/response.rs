@@ -28,7 +28,14 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 
 /// Allow: identity headers overwrite whatever the client sent; absent claims remove the header; the
 /// session cookie leaves the `cookie` header, other cookies stay.
-pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConfig) -> CheckResponse {
+/// `response` are the `[response_headers]` for the browser-facing answer (empty when the route opts out).
+pub fn allow(
+    a: &Allowed,
+    input: &CheckInput,
+    h: &HeadersConfig,
+    s: &SessionConfig,
+    response: &[(String, String)],
+) -> CheckResponse {
     let mut set = vec![header(&h.user_id, &a.identity.user_id), header(&h.provider, &a.provider)];
     let mut remove = Vec::new();
     let groups = a.identity.groups.iter().map(|g| encode_group(g)).collect::<Vec<_>>().join(",");
@@ -56,6 +63,7 @@ pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConf
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: set,
             headers_to_remove: remove,
+            response_headers_to_add: response.iter().map(|(k, v)| header(k, v)).collect(),
             ..Default::default()
         })),
         ..Default::default()

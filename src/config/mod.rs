@@ -10,6 +10,7 @@ mod login;
 mod m2m;
 mod provider;
 mod redis;
+mod response_headers;
 mod revalidation;
 mod server;
 mod session;
@@ -28,6 +29,7 @@ pub use login::LoginConfig;
 pub use m2m::M2mConfig;
 pub use provider::{ClientAuth, IntrospectionAuth, ProviderConfig, ProviderKind};
 pub use redis::{RedisConfig, RedisMode};
+pub use response_headers::ResponseHeadersConfig;
 pub use revalidation::{RevalidationConfig, RevalidationMode};
 pub use server::{LogFormat, ServerConfig};
 pub use session::{SameSite, SessionConfig};
@@ -59,6 +61,8 @@ pub struct Config {
     pub login: LoginConfig,
     #[serde(default)]
     pub assertion: AssertionConfig,
+    #[serde(default)]
+    pub response_headers: ResponseHeadersConfig,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -120,6 +124,7 @@ impl Config {
         self.m2m.validate(errors);
         self.headers.validate(errors);
         self.assertion.validate(errors);
+        self.response_headers.validate(errors);
         for (name, p) in &self.providers {
             p.validate(name, errors);
         }

@@ -176,3 +176,31 @@ fn assertion_keys_come_from_config_and_file_and_bad_ones_are_named() {
         assert!(!err.contains("bm90IGEga2V5"), "the key itself is never echoed: {err}");
     }
 }
+
+#[test]
+fn response_headers_merge_over_the_defaults_and_bad_ones_are_named() {
+    let c = Config::from_toml(&minimal()).unwrap();
+    let d = c.response_headers.effective();
+    assert!(d.contains(&("strict-transport-security".into(), "max-age=31536000; includeSubDomains".into())));
+    assert!(d.contains(&("x-frame-options".into(), "DENY".into())));
+    assert_eq!(d.len(), 4);
+
+    let text = format!(
+        "{}\n[response_headers]\n\"Content-Security-Policy\" = \"default-src 'self'\"\n\"X-Frame-Options\" = \"\"\n\"referrer-policy\" = \"same-origin\"\n",
+        minimal()
+    );
+    let e = Config::from_toml(&text).unwrap().response_headers.effective();
+    assert!(e.contains(&("content-security-policy".into(), "default-src 'self'".into())), "{e:?}");
+    assert!(e.contains(&("referrer-policy".into(), "same-origin".into())), "{e:?}");
+    assert!(!e.iter().any(|(k, _)| k == "x-frame-options"), "an empty value removes a default: {e:?}");
+    assert!(e.iter().any(|(k, _)| k == "strict-transport-security"));
+
+    for (line, key) in [
+        ("\"bad name\" = \"x\"", "response_headers.bad name"),
+        ("\"x-ok\" = \"line\\nbreak\"", "response_headers.x-ok"),
+        ("\"set-cookie\" = \"a=b\"", "response_headers.set-cookie"),
+    ] {
+        let err = Config::from_toml(&format!("{}\n[response_headers]\n{line}\n", minimal())).unwrap_err().to_string();
+        assert!(err.contains(key), "{line}: {err}");
+    }
+}

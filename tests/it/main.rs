@@ -16,5 +16,6 @@ mod idp;
 mod login;
 mod logs;
 mod m2m;
+mod rollout;
 mod rotation;
 mod sessions;
