@@ -43,6 +43,8 @@ pub struct Authorizer {
     pub(crate) asserter: Option<Arc<Asserter>>,
     /// `[response_headers]` merged over the defaults: added to every OK answer unless the route opts out.
     pub(crate) response_headers: Vec<(String, String)>,
+    /// `server.mode = "dry_run"`: routes without their own `portcullis.dry_run` only observe.
+    pub(crate) dry_run: bool,
 }
 
 impl Authorizer {
@@ -59,6 +61,7 @@ impl Authorizer {
             headers: cfg.headers.clone(),
             asserter,
             response_headers: cfg.response_headers.effective(),
+            dry_run: cfg.server.mode == crate::config::Mode::DryRun,
         })
     }
 

@@ -108,6 +108,12 @@ impl Deny {
         }
     }
 
+    /// Whether a dry run may let this deny through. Malformed requests and identity-header smuggling are
+    /// always refused: letting them through would hand the upstream a header that reads as an identity.
+    pub fn dry_runnable(self) -> bool {
+        !matches!(self, Deny::Malformed | Deny::IdentityHeader)
+    }
+
     /// Whether a presented session cookie is now worthless and should be cleared (and its session ended).
     pub fn clears_cookie(self) -> bool {
         self.answer().clears_cookie

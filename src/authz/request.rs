@@ -8,6 +8,9 @@ use envoy_types::ext_authz::v3::pb::CheckRequest;
 /// Context extension naming groups a route requires (any one of them, comma-separated).
 pub const REQUIRE_ANY: &str = "portcullis.require_any";
 
+/// Context extension that puts a route in dry run (`"true"`) or enforces it under a global dry run (`"false"`).
+pub const DRY_RUN: &str = "portcullis.dry_run";
+
 /// Context extension that turns `[response_headers]` off on a route (`"off"`).
 pub const SECURITY_HEADERS: &str = "portcullis.security_headers";
 
@@ -77,6 +80,20 @@ impl CheckInput {
                     tracing::warn!(value = %v, "portcullis.security_headers is neither \"on\" nor \"off\": kept on");
                 }
                 true
+            }
+        }
+    }
+
+    /// Whether this request is only observed: the route's `portcullis.dry_run` if it says `"true"` or
+    /// `"false"`, else the global mode. Any other value enforces (fail closed) and is logged.
+    pub fn dry_run(&self, global: bool) -> bool {
+        match self.context_extensions.get(DRY_RUN).map(|v| v.trim()) {
+            None => global,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => {
+                tracing::warn!(value = %v, "portcullis.dry_run is neither \"true\" nor \"false\": enforced");
+                false
             }
         }
     }

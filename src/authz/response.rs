@@ -54,6 +54,24 @@ pub fn allow(
         Some(jwt) => set.push(header(&h.jwt, jwt)),
         None => remove.push(h.jwt.clone()),
     }
+    ok(set, remove, input, s, response)
+}
+
+/// A dry-run pass of a request that would be denied: through to the upstream with no identity (every
+/// identity header removed) and without the session cookie.
+pub fn pass(input: &CheckInput, h: &HeadersConfig, s: &SessionConfig, response: &[(String, String)]) -> CheckResponse {
+    ok(Vec::new(), h.all().iter().map(|n| n.to_string()).collect(), input, s, response)
+}
+
+/// The OK answer: `set` and `remove` for the upstream request, the session cookie taken out of `cookie`,
+/// `response` for the browser.
+fn ok(
+    mut set: Vec<HeaderValueOption>,
+    mut remove: Vec<String>,
+    input: &CheckInput,
+    s: &SessionConfig,
+    response: &[(String, String)],
+) -> CheckResponse {
     match input.header("cookie").and_then(|c| cookie::strip(c, &s.cookie_name)) {
         Some(rest) => set.push(header("cookie", &rest)),
         None => remove.push("cookie".to_string()),

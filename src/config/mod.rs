@@ -31,7 +31,7 @@ pub use provider::{ClientAuth, IntrospectionAuth, ProviderConfig, ProviderKind};
 pub use redis::{RedisConfig, RedisMode};
 pub use response_headers::ResponseHeadersConfig;
 pub use revalidation::{RevalidationConfig, RevalidationMode};
-pub use server::{LogFormat, ServerConfig};
+pub use server::{LogFormat, Mode, ServerConfig};
 pub use session::{SameSite, SessionConfig};
 
 /// Environment prefix for overrides: `PORTCULLIS__SESSION__IDLE_TIMEOUT=10m`.

@@ -28,6 +28,18 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `enforce`, or `dry_run`: decide, log and count, but let every request through (see the README).
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// Whether decisions are enforced. A route overrides it with `portcullis.dry_run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    DryRun,
 }
 
 /// Log lines as JSON (the default, for collectors) or as text (for people).

@@ -204,3 +204,12 @@ fn response_headers_merge_over_the_defaults_and_bad_ones_are_named() {
         assert!(err.contains(key), "{line}: {err}");
     }
 }
+
+#[test]
+fn server_mode_is_enforce_unless_dry_run_and_a_typo_is_named() {
+    assert_eq!(Config::from_toml(&minimal()).unwrap().server.mode, Mode::Enforce);
+    let text = minimal().replace("[redis]", "mode = \"dry_run\"\n\n[redis]");
+    assert_eq!(Config::from_toml(&text).unwrap().server.mode, Mode::DryRun);
+    let err = Config::from_toml(&minimal().replace("[redis]", "mode = \"dryrun\"\n\n[redis]")).unwrap_err().to_string();
+    assert!(err.contains("server.mode"), "{err}");
+}

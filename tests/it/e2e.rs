@@ -33,6 +33,16 @@ impl Stack {
     /// As [`Stack::start`], with `extra` TOML appended to the portcullis config (after the provider) and the
     /// shipped envoy.yaml passed through `edit` (e.g. [`with_route`]).
     pub async fn start_with(extra: &str, edit: impl Fn(&str) -> String) -> Self {
+        Self::start_full(extra, |_| {}, edit).await
+    }
+
+    /// As [`Stack::start_with`], with `configure` applied to the parsed config last (keys of tables the
+    /// base config already has, such as `server.mode`).
+    pub async fn start_full(
+        extra: &str,
+        configure: impl FnOnce(&mut portcullis::config::Config),
+        edit: impl Fn(&str) -> String,
+    ) -> Self {
         let redis = RedisServer::start();
         let envoy_port = free_port();
         let public = format!("http://127.0.0.1:{envoy_port}");
@@ -45,6 +55,7 @@ impl Stack {
         let mut cfg = config(&redis.url(), &format!("{provider}\n{extra}"));
         cfg.server.public_url = public.clone();
         cfg.redis.timeout = Duration::from_secs(5);
+        configure(&mut cfg);
         let app = TestApp::configured(cfg, IdpM2m::new(&idp)).await;
         let upstream = Upstream::start().await;
         let envoy = Envoy::shipped(
