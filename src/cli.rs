@@ -25,8 +25,16 @@ pub enum Command {
     Serve,
     /// Load and validate the configuration, naming every bad key, then exit.
     CheckConfig,
-    /// Print a new AES-256 session encryption key entry (`<kid>:<base64>`).
-    Keygen,
+    /// Print a new AES-256 session encryption key entry (`<kid>:<base64>`), or with `--assertion` a new
+    /// `[assertion] signing_keys` entry (`<kid>:<base64 PKCS#8>`).
+    Keygen {
+        /// An identity-assertion signing key instead of a session encryption key.
+        #[arg(long)]
+        assertion: bool,
+        /// The assertion key's algorithm (with --assertion).
+        #[arg(long, value_enum, default_value = "es256", requires = "assertion")]
+        alg: crate::assertion::KeyAlg,
+    },
     /// List or revoke a user's sessions.
     Sessions {
         #[command(subcommand)]
@@ -77,9 +85,21 @@ const EX_CONFIG: u8 = 64;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Keygen = cli.command {
-        println!("{}", crate::crypto::generate_key());
-        return ExitCode::SUCCESS;
+    if let Command::Keygen { assertion, alg } = cli.command {
+        if !assertion {
+            println!("{}", crate::crypto::generate_key());
+            return ExitCode::SUCCESS;
+        }
+        return match crate::assertion::generate_key(alg) {
+            Ok(k) => {
+                println!("{k}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keygen: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Command::Healthcheck { url, timeout_secs } = &cli.command {
         let timeout = std::time::Duration::from_secs(*timeout_secs);
@@ -93,7 +113,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen | Command::Healthcheck { .. } => ExitCode::SUCCESS,
+        Command::Keygen { .. } | Command::Healthcheck { .. } => ExitCode::SUCCESS,
         Command::CheckConfig => {
             println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
             ExitCode::SUCCESS

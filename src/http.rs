@@ -1,4 +1,6 @@
-//! The HTTP listener: health, readiness and metrics (login routes join here).
+//! The HTTP listener: health, readiness, metrics and the assertion JWKS (login routes join here).
+
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -15,13 +17,29 @@ pub struct HttpState {
     pub redis: Redis,
     /// Cancelled when SIGTERM starts the drain: readiness turns 503 while requests are still served.
     pub draining: CancellationToken,
+    /// The rendered `/.well-known/jwks.json`; `None` when `[assertion]` is off (the route answers 404).
+    pub jwks: Option<Jwks>,
 }
+
+/// The JWKS document, rendered once: the keys only change with the config.
+#[derive(Clone)]
+pub struct Jwks(Arc<str>);
+
+impl Jwks {
+    pub fn new(asserter: Option<&crate::assertion::Asserter>) -> Option<Self> {
+        asserter.map(|a| Self(a.jwks().to_string().into()))
+    }
+}
+
+/// Short, so that an upstream sees a rotation's new key within minutes.
+const JWKS_CACHE_CONTROL: &str = "public, max-age=300";
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
 
@@ -33,6 +51,17 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable")
+    }
+}
+
+async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
+    match s.jwks {
+        Some(Jwks(body)) => (
+            [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, JWKS_CACHE_CONTROL)],
+            body.to_string(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 

@@ -1,12 +1,13 @@
 //! portcullis: an Envoy ext_authz sidecar that turns a session cookie into an IdP-revalidated identity.
 //!
-//! Layout by concern: `authz` (the Check decision and its gRPC service), `session` (cookie, Redis hash,
+//! Layout by concern: `assertion` (the signed `x-auth-jwt` and its JWKS), `authz` (the Check decision and its gRPC service), `session` (cookie, Redis hash,
 //! timeouts), `crypto` (tokens at rest), `idp` (provider validators and their transport), `m2m` (the
 //! shared M2M token), `login` (the `/oauth2/*` routes), `providers` (assembles transports, M2M and login
 //! providers, in that order), `keys` (every Redis key), `lock` (the Redis lock), `store` (the Redis
 //! connection), `config`, `telemetry`, `http` (health/metrics listener), `server` (wiring), `cli`.
 
 pub mod admin;
+pub mod assertion;
 pub mod authz;
 pub mod cli;
 pub mod config;

@@ -37,6 +37,8 @@ pub enum StartError {
     Redis(#[from] crate::store::StoreError),
     #[error("encryption keys: {0}")]
     Keys(#[from] crate::crypto::CryptoError),
+    #[error("assertion.signing_keys: {0}")]
+    Assertion(#[from] crate::assertion::AssertionError),
 }
 
 /// A running portcullis. Drop does not stop it: call [`Server::shutdown`].
@@ -72,7 +74,8 @@ impl Server {
 
     /// Binds both listeners (port 0 picks a free one) and starts serving.
     async fn launch(cfg: &Config, redis: Redis, store: SessionStore, providers: Providers) -> Result<Self, StartError> {
-        let authorizer = Authorizer::new(store.clone(), providers.validators, cfg.session.clone(), cfg.headers.clone());
+        let asserter = crate::assertion::Asserter::from_config(&cfg.assertion, &cfg.server.public_url)?;
+        let authorizer = Authorizer::new(store.clone(), providers.validators, cfg, asserter.clone());
         let login = Arc::new(LoginState {
             redis: redis.clone(),
             store,
@@ -109,8 +112,12 @@ impl Server {
             }
         }));
 
-        let app = http::router(HttpState { redis: redis.clone(), draining: draining.clone() })
-            .merge(login::router(login.clone()));
+        let app = http::router(HttpState {
+            redis: redis.clone(),
+            draining: draining.clone(),
+            jwks: http::Jwks::new(asserter.as_deref()),
+        })
+        .merge(login::router(login.clone()));
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::config::{HeadersConfig, SessionConfig};
+use crate::assertion::Asserter;
+use crate::config::{Config, HeadersConfig, SessionConfig};
 use crate::crypto::CryptoError;
 use crate::idp::{Identity, IdpError, Validators};
 use crate::session::{cookie, Expiry, LoadError, Session, SessionStore};
@@ -30,6 +31,8 @@ pub struct Allowed {
     pub identity: Identity,
     pub provider: String,
     pub session_id: String,
+    /// The signed `x-auth-jwt`, when `[assertion]` is on (filled in after the decision).
+    pub assertion: Option<String>,
 }
 
 pub struct Authorizer {
@@ -37,16 +40,44 @@ pub struct Authorizer {
     validators: Validators,
     pub(crate) session: SessionConfig,
     pub(crate) headers: HeadersConfig,
+    pub(crate) asserter: Option<Arc<Asserter>>,
+    /// `[response_headers]` merged over the defaults: added to every OK answer unless the route opts out.
+    pub(crate) response_headers: Vec<(String, String)>,
+    /// `server.mode = "dry_run"`: routes without their own `portcullis.dry_run` only observe.
+    pub(crate) dry_run: bool,
 }
 
 impl Authorizer {
     pub fn new(
         store: SessionStore,
         validators: Validators,
-        session: SessionConfig,
-        headers: HeadersConfig,
+        cfg: &Config,
+        asserter: Option<Arc<Asserter>>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, validators, session, headers })
+        Arc::new(Self {
+            store,
+            validators,
+            session: cfg.session.clone(),
+            headers: cfg.headers.clone(),
+            asserter,
+            response_headers: cfg.response_headers.effective(),
+            dry_run: cfg.server.mode == crate::config::Mode::DryRun,
+        })
+    }
+
+    /// Adds the signed assertion to an allow when `[assertion]` is on; a signing failure fails closed.
+    pub(crate) async fn assert(&self, mut a: Allowed, input: &CheckInput, now: i64) -> Result<Allowed, Deny> {
+        if let Some(asserter) = &self.asserter {
+            let aud = asserter.audience(input.context_extensions.get(crate::assertion::AUDIENCE).map(String::as_str));
+            match asserter.assertion(&a, aud, now).await {
+                Ok(t) => a.assertion = Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign the identity assertion");
+                    return Err(Deny::Assertion);
+                }
+            }
+        }
+        Ok(a)
     }
 
     /// The session store behind this authorizer (login routes and tools create sessions through it).
@@ -91,7 +122,7 @@ impl Authorizer {
                 if !required.is_empty() && !identity.groups.iter().any(|g| required.contains(&g.as_str())) {
                     return Err(Deny::Forbidden);
                 }
-                Ok(Allowed { identity, provider: session.provider, session_id: id })
+                Ok(Allowed { identity, provider: session.provider, session_id: id, assertion: None })
             }
             Err(deny) => {
                 if deny.clears_cookie() {

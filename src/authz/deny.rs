@@ -31,6 +31,8 @@ pub enum Deny {
     Misconfigured,
     RedisUnavailable,
     IdpUnavailable,
+    /// The identity assertion could not be signed: no allow without it.
+    Assertion,
 }
 
 /// What one [`Deny`] answers, before the browser-navigation redirect is considered.
@@ -67,6 +69,7 @@ impl Deny {
             Deny::Misconfigured => "misconfigured_route",
             Deny::RedisUnavailable => "redis_unavailable",
             Deny::IdpUnavailable => "idp_unavailable",
+            Deny::Assertion => "assertion_failed",
         }
     }
 
@@ -94,11 +97,21 @@ impl Deny {
             Deny::Forbidden | Deny::Misconfigured => a(403, Code::PermissionDenied, r#"{"error":"forbidden"}"#, false),
             // UnknownKey/UnknownProvider: this replica cannot judge the session (replicas differ mid-rollout),
             // so it stays in Redis for one that can.
-            Deny::RedisUnavailable | Deny::IdpUnavailable | Deny::UnknownKey | Deny::UnknownProvider => Answer {
+            Deny::RedisUnavailable
+            | Deny::IdpUnavailable
+            | Deny::UnknownKey
+            | Deny::UnknownProvider
+            | Deny::Assertion => Answer {
                 retry_after: Some(RETRY_AFTER_SECS),
                 ..a(503, Code::PermissionDenied, r#"{"error":"unavailable"}"#, false)
             },
         }
+    }
+
+    /// Whether a dry run may let this deny through. Malformed requests and identity-header smuggling are
+    /// always refused: letting them through would hand the upstream a header that reads as an identity.
+    pub fn dry_runnable(self) -> bool {
+        !matches!(self, Deny::Malformed | Deny::IdentityHeader)
     }
 
     /// Whether a presented session cookie is now worthless and should be cleared (and its session ended).
@@ -133,6 +146,7 @@ mod tests {
             Misconfigured,
             RedisUnavailable,
             IdpUnavailable,
+            Assertion,
         ] {
             let a = d.answer();
             assert!(matches!(a.grpc, Code::Unauthenticated | Code::PermissionDenied), "{d:?}");

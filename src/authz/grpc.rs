@@ -18,18 +18,31 @@ impl Authorizer {
             None => Err(Deny::Malformed),
         };
         let input = input.unwrap_or_default();
+        let outcome = match outcome {
+            Ok(a) => self.assert(a, &input, now).await,
+            Err(d) => Err(d),
+        };
         let request_id = input.header("x-request-id").unwrap_or("-");
+        let extra: &[(String, String)] = if input.security_headers() { &self.response_headers } else { &[] };
+        // Observed, not enforced: a dry-run route, unless the deny is one a dry run never lets through.
+        let dry_run = input.dry_run(self.dry_run) && outcome.as_ref().err().is_none_or(|d| d.dry_runnable());
         let (decision, reason, resp) = match &outcome {
             Ok(a) => {
-                tracing::debug!(request_id, provider = %a.provider, "allow");
-                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session))
+                tracing::debug!(request_id, provider = %a.provider, dry_run, "allow");
+                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session, extra))
+            }
+            Err(d) if dry_run => {
+                tracing::info!(request_id, reason = d.reason(), method = %input.method, "dry run: would deny; let through without identity");
+                ("deny", d.reason(), response::pass(&input, &self.headers, &self.session, extra))
             }
             Err(d) => {
                 tracing::info!(request_id, reason = d.reason(), method = %input.method, "deny");
                 ("deny", d.reason(), response::deny(*d, &input, &self.session))
             }
         };
-        metrics::counter!("portcullis_check_total", "decision" => decision, "reason" => reason).increment(1);
+        let dry = if dry_run { "true" } else { "false" };
+        metrics::counter!("portcullis_check_total", "decision" => decision, "reason" => reason, "dry_run" => dry)
+            .increment(1);
         metrics::histogram!("portcullis_check_duration_seconds").record(started.elapsed().as_secs_f64());
         resp
     }

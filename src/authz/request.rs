@@ -8,6 +8,12 @@ use envoy_types::ext_authz::v3::pb::CheckRequest;
 /// Context extension naming groups a route requires (any one of them, comma-separated).
 pub const REQUIRE_ANY: &str = "portcullis.require_any";
 
+/// Context extension that puts a route in dry run (`"true"`) or enforces it under a global dry run (`"false"`).
+pub const DRY_RUN: &str = "portcullis.dry_run";
+
+/// Context extension that turns `[response_headers]` off on a route (`"off"`).
+pub const SECURITY_HEADERS: &str = "portcullis.security_headers";
+
 #[derive(Debug, Default, Clone)]
 pub struct CheckInput {
     /// Lower-cased names; repeated headers joined as Envoy joins them.
@@ -61,6 +67,35 @@ impl CheckInput {
         let accepts_html = self.header("accept").is_some_and(|a| a.contains("text/html"));
         let mode_ok = self.header("sec-fetch-mode").is_none_or(|m| m.eq_ignore_ascii_case("navigate"));
         self.method.eq_ignore_ascii_case("GET") && accepts_html && mode_ok && self.header("x-requested-with").is_none()
+    }
+
+    /// Whether the route wants the `[response_headers]`: only an explicit `"off"` turns them off; any other
+    /// value keeps them (a typo must not drop HSTS) and is logged.
+    pub fn security_headers(&self) -> bool {
+        match self.context_extensions.get(SECURITY_HEADERS).map(|v| v.trim()) {
+            None => true,
+            Some(v) if v.eq_ignore_ascii_case("off") => false,
+            Some(v) => {
+                if !v.eq_ignore_ascii_case("on") {
+                    tracing::warn!(value = %v, "portcullis.security_headers is neither \"on\" nor \"off\": kept on");
+                }
+                true
+            }
+        }
+    }
+
+    /// Whether this request is only observed: the route's `portcullis.dry_run` if it says `"true"` or
+    /// `"false"`, else the global mode. Any other value enforces (fail closed) and is logged.
+    pub fn dry_run(&self, global: bool) -> bool {
+        match self.context_extensions.get(DRY_RUN).map(|v| v.trim()) {
+            None => global,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => {
+                tracing::warn!(value = %v, "portcullis.dry_run is neither \"true\" nor \"false\": enforced");
+                false
+            }
+        }
     }
 
     /// Groups the route requires (any one), from `context_extensions`: empty when the route names no

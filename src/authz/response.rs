@@ -28,7 +28,14 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 
 /// Allow: identity headers overwrite whatever the client sent; absent claims remove the header; the
 /// session cookie leaves the `cookie` header, other cookies stay.
-pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConfig) -> CheckResponse {
+/// `response` are the `[response_headers]` for the browser-facing answer (empty when the route opts out).
+pub fn allow(
+    a: &Allowed,
+    input: &CheckInput,
+    h: &HeadersConfig,
+    s: &SessionConfig,
+    response: &[(String, String)],
+) -> CheckResponse {
     let mut set = vec![header(&h.user_id, &a.identity.user_id), header(&h.provider, &a.provider)];
     let mut remove = Vec::new();
     let groups = a.identity.groups.iter().map(|g| encode_group(g)).collect::<Vec<_>>().join(",");
@@ -43,7 +50,28 @@ pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConf
             None => remove.push(name.clone()),
         }
     }
-    remove.push(h.jwt.clone());
+    match &a.assertion {
+        Some(jwt) => set.push(header(&h.jwt, jwt)),
+        None => remove.push(h.jwt.clone()),
+    }
+    ok(set, remove, input, s, response)
+}
+
+/// A dry-run pass of a request that would be denied: through to the upstream with no identity (every
+/// identity header removed) and without the session cookie.
+pub fn pass(input: &CheckInput, h: &HeadersConfig, s: &SessionConfig, response: &[(String, String)]) -> CheckResponse {
+    ok(Vec::new(), h.all().iter().map(|n| n.to_string()).collect(), input, s, response)
+}
+
+/// The OK answer: `set` and `remove` for the upstream request, the session cookie taken out of `cookie`,
+/// `response` for the browser.
+fn ok(
+    mut set: Vec<HeaderValueOption>,
+    mut remove: Vec<String>,
+    input: &CheckInput,
+    s: &SessionConfig,
+    response: &[(String, String)],
+) -> CheckResponse {
     match input.header("cookie").and_then(|c| cookie::strip(c, &s.cookie_name)) {
         Some(rest) => set.push(header("cookie", &rest)),
         None => remove.push("cookie".to_string()),
@@ -53,6 +81,7 @@ pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConf
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: set,
             headers_to_remove: remove,
+            response_headers_to_add: response.iter().map(|(k, v)| header(k, v)).collect(),
             ..Default::default()
         })),
         ..Default::default()

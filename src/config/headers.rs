@@ -39,7 +39,7 @@ impl HeadersConfig {
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
         if self.jwt_enabled.is_some() {
             errors.push(
-                "headers.jwt_enabled: no longer supported; it is replaced by the [assertion] section (remove this key)"
+                "headers.jwt_enabled: no longer supported; set [assertion] enabled = true with signing_keys instead (remove this key)"
                     .into(),
             );
         }

@@ -4,11 +4,13 @@
 //! One file per section; each section states its defaults once (its `Default`) and validates its own keys.
 //! Secrets are `SecretString`s, so no `Debug` of a config struct prints one.
 
+mod assertion;
 mod headers;
 mod login;
 mod m2m;
 mod provider;
 mod redis;
+mod response_headers;
 mod revalidation;
 mod server;
 mod session;
@@ -21,13 +23,15 @@ use figment::Figment;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub use assertion::AssertionConfig;
 pub use headers::HeadersConfig;
 pub use login::LoginConfig;
 pub use m2m::M2mConfig;
 pub use provider::{ClientAuth, IntrospectionAuth, ProviderConfig, ProviderKind};
 pub use redis::{RedisConfig, RedisMode};
+pub use response_headers::ResponseHeadersConfig;
 pub use revalidation::{RevalidationConfig, RevalidationMode};
-pub use server::{LogFormat, ServerConfig};
+pub use server::{LogFormat, Mode, ServerConfig};
 pub use session::{SameSite, SessionConfig};
 
 /// Environment prefix for overrides: `PORTCULLIS__SESSION__IDLE_TIMEOUT=10m`.
@@ -55,6 +59,10 @@ pub struct Config {
     pub headers: HeadersConfig,
     #[serde(default)]
     pub login: LoginConfig,
+    #[serde(default)]
+    pub assertion: AssertionConfig,
+    #[serde(default)]
+    pub response_headers: ResponseHeadersConfig,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -89,17 +97,18 @@ impl Config {
     fn resolve_files(&mut self, errors: &mut Vec<String>) {
         read_secret(&self.server.admin_token_file, &mut self.server.admin_token, "server.admin_token_file", errors);
         read_secret(&self.redis.password_file, &mut self.redis.password, "redis.password_file", errors);
-        if let Some(path) = &self.session.encryption_keys_file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => self.session.encryption_keys.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(|l| SecretString::from(l.to_string())),
-                ),
-                Err(e) => errors.push(format!("session.encryption_keys_file: cannot read {}: {e}", path.display())),
-            }
-        }
+        read_lines(
+            &self.session.encryption_keys_file,
+            &mut self.session.encryption_keys,
+            "session.encryption_keys_file",
+            errors,
+        );
+        read_lines(
+            &self.assertion.signing_keys_file,
+            &mut self.assertion.signing_keys,
+            "assertion.signing_keys_file",
+            errors,
+        );
         for (name, p) in self.providers.iter_mut() {
             let key = format!("providers.{name}.client_secret_file");
             read_secret(&p.client_secret_file, &mut p.client_secret, &key, errors);
@@ -115,6 +124,8 @@ impl Config {
         self.m2m.validate(errors);
         self.headers.validate(errors);
         self.login.validate(errors);
+        self.assertion.validate(errors);
+        self.response_headers.validate(errors);
         for (name, p) in &self.providers {
             p.validate(name, errors);
         }
@@ -125,6 +136,21 @@ fn read_secret(file: &Option<PathBuf>, into: &mut Option<SecretString>, key: &st
     if let Some(path) = file {
         match std::fs::read_to_string(path) {
             Ok(s) => *into = Some(SecretString::from(s.trim().to_string())),
+            Err(e) => errors.push(format!("{key}: cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// A file of secrets, one a line (`#` comments and blank lines skipped), appended to `into`.
+fn read_lines(file: &Option<PathBuf>, into: &mut Vec<SecretString>, key: &str, errors: &mut Vec<String>) {
+    if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => into.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|l| SecretString::from(l.to_string())),
+            ),
             Err(e) => errors.push(format!("{key}: cannot read {}: {e}", path.display())),
         }
     }

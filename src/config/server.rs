@@ -32,6 +32,18 @@ pub struct ServerConfig {
     /// listener. Default none: the direct peer is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `enforce`, or `dry_run`: decide, log and count, but let every request through (see the README).
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// Whether decisions are enforced. A route overrides it with `portcullis.dry_run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    DryRun,
 }
 
 /// Log lines as JSON (the default, for collectors) or as text (for people).

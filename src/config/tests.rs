@@ -170,3 +170,71 @@ fn login_bounds_are_validated_by_name() {
     let c = Config::from_toml(&minimal()).unwrap();
     assert_eq!((c.login.max_rd_bytes, c.login.max_pending_per_client, c.login.max_pending_total), (2048, 30, 10_000));
 }
+
+#[test]
+fn assertion_keys_come_from_config_and_file_and_bad_ones_are_named() {
+    use crate::assertion::{generate_key, KeyAlg};
+    let (es, ed) = (generate_key(KeyAlg::Es256).unwrap(), generate_key(KeyAlg::Eddsa).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("# rotation\n{ed}\n")).unwrap();
+    let text = format!(
+        "{}\n[assertion]\nenabled = true\nsigning_keys = [\"{es}\"]\nsigning_keys_file = \"{}\"\n",
+        minimal(),
+        file.display()
+    );
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.assertion.signing_keys.len(), 2);
+    assert_eq!(c.assertion.ttl, Duration::from_secs(60));
+    assert_eq!(c.assertion.key_set().unwrap().jwks()["keys"].as_array().unwrap().len(), 2);
+
+    for (section, key) in [
+        ("enabled = true", "assertion.signing_keys: required"),
+        ("enabled = true\nsigning_keys = [\"k1:bm90IGEga2V5\"]", "assertion.signing_keys: key \"k1\""),
+        ("ttl = \"0s\"", "assertion.ttl"),
+        ("ttl = \"11m\"", "assertion.ttl"),
+        ("audience = \" \"", "assertion.audience"),
+        ("signing_keys_file = \"/nonexistent/keys\"", "assertion.signing_keys_file"),
+    ] {
+        let err = Config::from_toml(&format!("{}\n[assertion]\n{section}\n", minimal())).unwrap_err().to_string();
+        assert!(err.contains(key), "{section}: {err}");
+        assert!(!err.contains("bm90IGEga2V5"), "the key itself is never echoed: {err}");
+    }
+}
+
+#[test]
+fn response_headers_merge_over_the_defaults_and_bad_ones_are_named() {
+    let c = Config::from_toml(&minimal()).unwrap();
+    let d = c.response_headers.effective();
+    assert!(d.contains(&("strict-transport-security".into(), "max-age=31536000; includeSubDomains".into())));
+    assert!(d.contains(&("x-frame-options".into(), "DENY".into())));
+    assert_eq!(d.len(), 4);
+
+    let text = format!(
+        "{}\n[response_headers]\n\"Content-Security-Policy\" = \"default-src 'self'\"\n\"X-Frame-Options\" = \"\"\n\"referrer-policy\" = \"same-origin\"\n",
+        minimal()
+    );
+    let e = Config::from_toml(&text).unwrap().response_headers.effective();
+    assert!(e.contains(&("content-security-policy".into(), "default-src 'self'".into())), "{e:?}");
+    assert!(e.contains(&("referrer-policy".into(), "same-origin".into())), "{e:?}");
+    assert!(!e.iter().any(|(k, _)| k == "x-frame-options"), "an empty value removes a default: {e:?}");
+    assert!(e.iter().any(|(k, _)| k == "strict-transport-security"));
+
+    for (line, key) in [
+        ("\"bad name\" = \"x\"", "response_headers.bad name"),
+        ("\"x-ok\" = \"line\\nbreak\"", "response_headers.x-ok"),
+        ("\"set-cookie\" = \"a=b\"", "response_headers.set-cookie"),
+    ] {
+        let err = Config::from_toml(&format!("{}\n[response_headers]\n{line}\n", minimal())).unwrap_err().to_string();
+        assert!(err.contains(key), "{line}: {err}");
+    }
+}
+
+#[test]
+fn server_mode_is_enforce_unless_dry_run_and_a_typo_is_named() {
+    assert_eq!(Config::from_toml(&minimal()).unwrap().server.mode, Mode::Enforce);
+    let text = minimal().replace("[redis]", "mode = \"dry_run\"\n\n[redis]");
+    assert_eq!(Config::from_toml(&text).unwrap().server.mode, Mode::DryRun);
+    let err = Config::from_toml(&minimal().replace("[redis]", "mode = \"dryrun\"\n\n[redis]")).unwrap_err().to_string();
+    assert!(err.contains("server.mode"), "{err}");
+}

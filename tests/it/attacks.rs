@@ -78,7 +78,7 @@ impl Stack {
     async fn denied(&self, reason: &str) -> u64 {
         let url = format!("http://{}/metrics", self.app.server.http_addr);
         let text = self.http.get(url).send().await.expect("metrics").text().await.expect("metrics text");
-        let series = format!("portcullis_check_total{{decision=\"deny\",reason=\"{reason}\"}} ");
+        let series = format!("portcullis_check_total{{decision=\"deny\",reason=\"{reason}\",dry_run=\"false\"}} ");
         text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     }
 }

@@ -413,7 +413,10 @@ async fn metrics_are_exposed() {
     let (_redis, app, _v) = setup("").await;
     app.check(request("GET", "/", API)).await;
     let body = reqwest::get(format!("http://{}/metrics", app.server.http_addr)).await.unwrap().text().await.unwrap();
-    assert!(body.contains("portcullis_check_total{decision=\"deny\",reason=\"no_cookie\"}"), "{body}");
+    assert!(
+        body.contains("portcullis_check_total{decision=\"deny\",reason=\"no_cookie\",dry_run=\"false\"}"),
+        "{body}"
+    );
     assert!(body.contains("portcullis_check_duration_seconds_bucket"), "{body}");
     assert!(body.contains("portcullis_build_info{"), "{body}");
     assert_eq!(reqwest::get(format!("http://{}/healthz", app.server.http_addr)).await.unwrap().status(), 200);

@@ -30,6 +30,40 @@ fn keygen_prints_a_usable_key() {
 }
 
 #[test]
+fn keygen_assertion_prints_entries_that_check_config_accepts() {
+    let mut entries = Vec::new();
+    for args in [&["keygen", "--assertion"][..], &["keygen", "--assertion", "--alg", "eddsa"]] {
+        let out = portcullis().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        entries.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    }
+    let jwks = portcullis::assertion::KeySet::parse(&[&entries[0], &entries[1]]).unwrap().jwks();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    assert_eq!(jwks["keys"][1]["alg"], "EdDSA");
+    assert_ne!(jwks["keys"][0]["kid"], jwks["keys"][1]["kid"], "a fresh kid each time");
+
+    // The example's own [assertion] section, switched on.
+    let with = |keys: &str, ttl: &str| {
+        let text = good()
+            .replacen("enabled = false", "enabled = true", 1)
+            .replacen("signing_keys = []", &format!("signing_keys = [{keys}]"), 1)
+            .replacen("ttl = \"60s\"", &format!("ttl = {ttl:?}"), 1);
+        assert!(text.contains("enabled = true") && text.contains(ttl), "the example's [assertion] changed");
+        write(&text)
+    };
+    let f = with(&format!("{:?}, {:?}", entries[0], entries[1]), "60s");
+    let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = with("", "1h");
+    let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("assertion.ttl") && err.contains("assertion.signing_keys"), "{err}");
+    // --alg belongs to --assertion.
+    assert!(!portcullis().args(["keygen", "--alg", "eddsa"]).output().unwrap().status.success());
+}
+
+#[test]
 fn check_config_accepts_the_example_and_names_bad_keys() {
     let f = write(&good());
     let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();

@@ -27,6 +27,22 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with("", |t| t.to_string()).await
+    }
+
+    /// As [`Stack::start`], with `extra` TOML appended to the portcullis config (after the provider) and the
+    /// shipped envoy.yaml passed through `edit` (e.g. [`with_route`]).
+    pub async fn start_with(extra: &str, edit: impl Fn(&str) -> String) -> Self {
+        Self::start_full(extra, |_| {}, edit).await
+    }
+
+    /// As [`Stack::start_with`], with `configure` applied to the parsed config last (keys of tables the
+    /// base config already has, such as `server.mode`).
+    pub async fn start_full(
+        extra: &str,
+        configure: impl FnOnce(&mut portcullis::config::Config),
+        edit: impl Fn(&str) -> String,
+    ) -> Self {
         let redis = RedisServer::start();
         let envoy_port = free_port();
         let public = format!("http://127.0.0.1:{envoy_port}");
@@ -36,23 +52,59 @@ impl Stack {
         })
         .await;
         let provider = provider_toml("corp", "oidc", &idp, "introspection_auth = \"client_secret_basic\"");
-        let mut cfg = config(&redis.url(), &provider);
+        let mut cfg = config(&redis.url(), &format!("{provider}\n{extra}"));
         cfg.server.public_url = public.clone();
         cfg.redis.timeout = Duration::from_secs(5);
+        configure(&mut cfg);
         let app = TestApp::configured(cfg, IdpM2m::new(&idp)).await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::start(&[
-            ("ENVOY_LISTEN_PORT", envoy_port.to_string()),
-            ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
-            ("PORTCULLIS_GRPC_PORT", app.server.grpc_addr.port().to_string()),
-            ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
-            ("PORTCULLIS_HTTP_PORT", app.server.http_addr.port().to_string()),
-            ("UPSTREAM_HOST", "127.0.0.1".into()),
-            ("UPSTREAM_PORT", upstream.addr.port().to_string()),
-        ])
+        let envoy = Envoy::shipped(
+            &[
+                ("ENVOY_LISTEN_PORT", envoy_port.to_string()),
+                ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
+                ("PORTCULLIS_GRPC_PORT", app.server.grpc_addr.port().to_string()),
+                ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
+                ("PORTCULLIS_HTTP_PORT", app.server.http_addr.port().to_string()),
+                ("UPSTREAM_HOST", "127.0.0.1".into()),
+                ("UPSTREAM_PORT", upstream.addr.port().to_string()),
+            ],
+            edit,
+        )
         .await;
         Self { envoy, upstream, app, idp, redis, public }
     }
+}
+
+/// An edit of the shipped envoy.yaml: a route for `prefix` (before the catch-all) to the upstream, with
+/// these ext_authz `context_extensions`.
+pub fn with_route(yaml: &str, prefix: &str, extensions: &[(&str, &str)]) -> String {
+    let catch_all = "                        - match: { prefix: / }\n";
+    assert!(yaml.contains(catch_all), "the shipped envoy.yaml has no catch-all route");
+    let ext: String =
+        extensions.iter().map(|(k, v)| format!("                                  {k}: {v:?}\n")).collect();
+    let route = format!(
+        "                        - match: {{ prefix: {prefix} }}
+                          route: {{ cluster: upstream }}
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              check_settings:
+                                context_extensions:
+{ext}"
+    );
+    yaml.replacen(catch_all, &format!("{route}{catch_all}"), 1)
+}
+
+/// A browser: no automatic redirects, a cookie jar the test can read.
+pub fn browser() -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(jar.clone())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    (client, jar)
 }
 
 fn location(r: &reqwest::Response) -> String {
@@ -102,7 +154,7 @@ async fn a_browser_logs_in_through_envoy_and_reaches_the_upstream_as_itself() {
 
 /// Follows the redirects like a browser from `next` (the login route): login -> IdP -> form (signed in as
 /// `login`) -> callback -> the page, which the echo upstream answers.
-async fn follow_login(browser: &reqwest::Client, mut next: String, login: &str) -> Echo {
+pub async fn follow_login(browser: &reqwest::Client, mut next: String, login: &str) -> Echo {
     let html = |url: String| browser.get(url).header("accept", "text/html");
     let mut page = None;
     for _ in 0..12 {

@@ -193,7 +193,10 @@ async fn without_a_session_api_calls_get_401_and_browser_navigations_get_302_to_
     // What the alert rules and the dashboard read (k8s/monitoring) is on portcullis's /metrics.
     let metrics = s.http.get(format!("http://{}/metrics", s.app().server.http_addr)).send().await.expect("metrics");
     let metrics = metrics.text().await.expect("metrics text");
-    assert!(metrics.contains(r#"portcullis_check_total{decision="deny",reason="no_cookie"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"portcullis_check_total{decision="deny",reason="no_cookie",dry_run="false"}"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("portcullis_check_duration_seconds_bucket{le="), "{metrics}");
 }
 

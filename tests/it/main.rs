@@ -6,6 +6,7 @@
 
 use portcullis_testkit as harness;
 
+mod assertion;
 mod attacks;
 mod check;
 mod cli;
@@ -15,5 +16,6 @@ mod idp;
 mod login;
 mod logs;
 mod m2m;
+mod rollout;
 mod rotation;
 mod sessions;
