@@ -6,7 +6,7 @@ use std::time::Instant;
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
-use super::{response, Authorizer, CheckInput, Deny};
+use super::{metrics, response, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
     /// One Check, end to end: read, decide, answer, count, log.
@@ -19,18 +19,19 @@ impl Authorizer {
         };
         let input = input.unwrap_or_default();
         let request_id = input.header("x-request-id").unwrap_or("-");
-        let (decision, reason, resp) = match &outcome {
+        let resp = match &outcome {
             Ok(a) => {
                 tracing::debug!(request_id, provider = %a.provider, "allow");
-                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session))
+                metrics::allowed().increment(1);
+                response::allow(a, &input, &self.headers, &self.session)
             }
             Err(d) => {
                 tracing::info!(request_id, reason = d.reason(), method = %input.method, "deny");
-                ("deny", d.reason(), response::deny(*d, &input, &self.session))
+                metrics::denied(*d).increment(1);
+                response::deny(*d, &input, &self.session)
             }
         };
-        metrics::counter!("portcullis_check_total", "decision" => decision, "reason" => reason).increment(1);
-        metrics::histogram!("portcullis_check_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::duration().record(started.elapsed().as_secs_f64());
         resp
     }
 }

@@ -28,7 +28,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 
 /// Allow: identity headers overwrite whatever the client sent; absent claims remove the header; the
 /// session cookie leaves the `cookie` header, other cookies stay.
-pub fn allow(a: &Allowed, input: &CheckInput, h: &HeadersConfig, s: &SessionConfig) -> CheckResponse {
+pub fn allow(a: &Allowed, input: &CheckInput<'_>, h: &HeadersConfig, s: &SessionConfig) -> CheckResponse {
     let mut set = vec![header(&h.user_id, &a.identity.user_id), header(&h.provider, &a.provider)];
     let mut remove = Vec::new();
     let groups = a.identity.groups.iter().map(|g| encode_group(g)).collect::<Vec<_>>().join(",");
@@ -71,7 +71,7 @@ fn sanitize(v: &str) -> String {
 }
 
 /// Deny, rendering the row of [`Deny::answer`]; a 401 to a browser navigation becomes the login redirect.
-pub fn deny(d: Deny, input: &CheckInput, s: &SessionConfig) -> CheckResponse {
+pub fn deny(d: Deny, input: &CheckInput<'_>, s: &SessionConfig) -> CheckResponse {
     let a = d.answer();
     let mut headers = vec![header("cache-control", "no-store")];
     let presented = input.header("cookie").and_then(|c| cookie::find(c, &s.cookie_name)).is_some();
