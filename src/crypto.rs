@@ -5,11 +5,19 @@
 //! then make it the encrypting key), so no replica ever meets a key id it lacks. The AAD
 //! binds a ciphertext to its session and field: a value copied to another session or field fails to open.
 //! Stored form: `v1.<kid>.<base64url(nonce || ciphertext+tag)>`.
+//!
+//! The same ring also MACs what a session says about itself in the clear (`userId`, `provider`, `sid`, the
+//! clock fields): HMAC-SHA256 under a key derived from the AES key, stored as `v1.<kid>.<base64url(tag)>`
+//! beside the fields, so an edit in Redis is seen on the very next check without decrypting anything.
 
 use aes_gcm::aead::{Aead, Generate, Key, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
 
 const NONCE_LEN: usize = 12;
 const PREFIX: &str = "v1";
@@ -30,11 +38,16 @@ pub enum CryptoError {
     Tampered,
 }
 
-/// A named AES-256 key. `Debug` leaves the key out.
+/// A named AES-256 key and the MAC key derived from it. Neither type prints the key.
 struct NamedKey {
     kid: String,
     cipher: Aes256Gcm,
+    /// Keyed once; each MAC clones this state.
+    mac: HmacSha256,
 }
+
+/// Domain separation: the MAC key is HMAC(AES key, this label), never the AES key itself.
+const MAC_KEY_LABEL: &[u8] = b"portcullis/session-mac/v1";
 
 /// The configured keys; the first one encrypts.
 pub struct KeyRing {
@@ -71,10 +84,14 @@ impl KeyRing {
             }
             let raw = STANDARD.decode(b64).map_err(|_| CryptoError::BadKey(i))?;
             let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| CryptoError::BadKey(i))?;
+            let mut derive = HmacSha256::new_from_slice(&raw).map_err(|_| CryptoError::BadKey(i))?;
+            derive.update(MAC_KEY_LABEL);
+            let mac =
+                HmacSha256::new_from_slice(&derive.finalize().into_bytes()).map_err(|_| CryptoError::BadKey(i))?;
             if keys.iter().any(|k| k.kid == kid) {
                 return Err(CryptoError::DuplicateKid(kid.to_string()));
             }
-            keys.push(NamedKey { kid: kid.to_string(), cipher });
+            keys.push(NamedKey { kid: kid.to_string(), cipher, mac });
         }
         if keys.is_empty() {
             return Err(CryptoError::NoKey);
@@ -115,6 +132,43 @@ impl KeyRing {
             key.cipher.decrypt(&nonce, Payload { msg: ct, aad: aad.as_bytes() }).map_err(|_| CryptoError::Tampered)?;
         String::from_utf8(pt).map_err(|_| CryptoError::Tampered)
     }
+}
+
+impl KeyRing {
+    /// The MAC of `parts` (each length-prefixed, so no two lists of parts ever read alike) under the
+    /// encrypting key: `v1.<kid>.<base64url(tag)>`.
+    pub fn mac(&self, parts: &[&[u8]]) -> Result<String, CryptoError> {
+        let key = self.keys.first().ok_or(CryptoError::NoKey)?;
+        let tag = tag(&key.mac, parts);
+        Ok(format!("{PREFIX}.{}.{}", key.kid, URL_SAFE_NO_PAD.encode(tag)))
+    }
+
+    /// Checks a value produced by [`KeyRing::mac`] over the same parts, in constant time. Any key of the
+    /// ring verifies (decrypt-only ones too); an unknown key id is [`CryptoError::UnknownKey`].
+    pub fn verify_mac(&self, parts: &[&[u8]], stored: &str) -> Result<(), CryptoError> {
+        let mut split = stored.splitn(3, '.');
+        let (Some(PREFIX), Some(kid), Some(body)) = (split.next(), split.next(), split.next()) else {
+            return Err(CryptoError::Malformed);
+        };
+        let key = self.keys.iter().find(|k| k.kid == kid).ok_or(CryptoError::UnknownKey)?;
+        let given = URL_SAFE_NO_PAD.decode(body).map_err(|_| CryptoError::Malformed)?;
+        let mut m = key.mac.clone();
+        feed(&mut m, parts);
+        m.verify_slice(&given).map_err(|_| CryptoError::Tampered)
+    }
+}
+
+fn feed(m: &mut HmacSha256, parts: &[&[u8]]) {
+    for p in parts {
+        m.update(&(p.len() as u64).to_be_bytes());
+        m.update(p);
+    }
+}
+
+fn tag(key: &HmacSha256, parts: &[&[u8]]) -> Vec<u8> {
+    let mut m = key.clone();
+    feed(&mut m, parts);
+    m.finalize().into_bytes().to_vec()
 }
 
 fn aad(session_id: &str, field: &str) -> String {
@@ -181,6 +235,25 @@ mod tests {
             KeyRing::parse_with_decrypt_only(&[old.as_str()], &[old.as_str()]),
             Err(CryptoError::DuplicateKid(_))
         ));
+    }
+
+    #[test]
+    fn macs_bind_every_part_and_follow_the_ring() {
+        let (old, new) = (generate_key(), generate_key());
+        let ring = KeyRing::parse(std::slice::from_ref(&old)).unwrap();
+        let parts: [&[u8]; 3] = [b"s1", b"alice", b"corp"];
+        let mac = ring.mac(&parts).unwrap();
+        ring.verify_mac(&parts, &mac).unwrap();
+        for other in [&[b"s1".as_slice(), b"bob", b"corp"][..], &[b"s1", b"alicecorp", b""], &[b"s1", b"alice"]] {
+            assert!(matches!(ring.verify_mac(other, &mac), Err(CryptoError::Tampered)), "{other:?}");
+        }
+        let rotated = KeyRing::parse_with_decrypt_only(&[new.as_str()], &[old.as_str()]).unwrap();
+        rotated.verify_mac(&parts, &mac).unwrap();
+        let fresh = KeyRing::parse(&[new]).unwrap();
+        assert!(matches!(fresh.verify_mac(&parts, &mac), Err(CryptoError::UnknownKey)));
+        for bad in ["", "v1", "v2.a.b", &mac[..mac.len() - 2], "v1.x.!!"] {
+            assert!(ring.verify_mac(&parts, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl Authorizer {
     }
 
     /// Adds the signed assertion to an allow when `[assertion]` is on; a signing failure fails closed.
-    pub(crate) async fn assert(&self, mut a: Allowed, input: &CheckInput, now: i64) -> Result<Allowed, Deny> {
+    pub(crate) async fn assert(&self, mut a: Allowed, input: &CheckInput<'_>, now: i64) -> Result<Allowed, Deny> {
         if let Some(asserter) = &self.asserter {
             let aud = asserter.audience(input.context_extensions.get(crate::assertion::AUDIENCE).map(String::as_str));
             match asserter.assertion(&a, aud, now).await {
@@ -86,7 +86,7 @@ impl Authorizer {
     }
 
     /// Applies the request flow of the design, steps 2 to 6.
-    pub async fn decide(&self, input: &CheckInput, now: i64) -> Result<Allowed, Deny> {
+    pub async fn decide(&self, input: &CheckInput<'_>, now: i64) -> Result<Allowed, Deny> {
         if let Some(name) = input.headers.keys().find(|n| self.smuggles_identity(n)) {
             tracing::warn!(header = %name, "client sent a header that reads as an identity header");
             return Err(Deny::IdentityHeader);
@@ -101,7 +101,7 @@ impl Authorizer {
             return Err(Deny::UnknownSession);
         }
         let id = cookie::session_id(value);
-        let session = match self.store.load(&id, now).await {
+        let session = match self.store.load(&id).await {
             Ok(Some(s)) => s,
             Ok(None) => return Err(Deny::UnknownSession),
             Err(LoadError::Store(_)) => return Err(Deny::RedisUnavailable),
@@ -115,6 +115,12 @@ impl Authorizer {
         };
         match self.check_session(&session, input, now).await {
             Ok(identity) => {
+                if self.store.slide_due(&session, now) {
+                    // The rare second call; a session that could not slide is still valid for this request.
+                    if let Err(e) = self.store.slide(&session, now).await {
+                        tracing::warn!(session = cookie::short(&id), error = %e, "could not slide the idle expiry");
+                    }
+                }
                 let Some(required) = input.required_groups() else {
                     tracing::warn!(path = %input.path, "route requires groups but names none: denied");
                     return Err(Deny::Misconfigured);
@@ -146,7 +152,12 @@ impl Authorizer {
         all.contains(&name.as_str()) || identity_prefix(&all).is_some_and(|p| name.starts_with(p))
     }
 
-    async fn check_session(&self, s: &Session, input: &CheckInput, now: i64) -> Result<Identity, Deny> {
+    async fn check_session(&self, s: &Session, input: &CheckInput<'_>, now: i64) -> Result<Identity, Deny> {
+        // First, on every check (cached or not): the clock fields below are only worth reading if authentic.
+        self.store.verify(s).map_err(|e| {
+            tracing::warn!(session = cookie::short(&s.id), error = %e, "session fields fail their MAC");
+            crypto_deny(e)
+        })?;
         match s.expired(now, self.store.idle_timeout()) {
             Some(Expiry::Idle) => return Err(Deny::IdleTimeout),
             Some(Expiry::Absolute) => return Err(Deny::AbsoluteTimeout),
@@ -155,16 +166,17 @@ impl Authorizer {
         if self.session.bind_fingerprint && s.fingerprint_differs(input.header("user-agent").unwrap_or_default()) {
             return Err(Deny::Fingerprint);
         }
-        let tokens = self.store.decrypt(s).map_err(|e| {
-            tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
-            match e {
-                CryptoError::UnknownKey => Deny::UnknownKey,
-                _ => Deny::Tampered,
-            }
-        })?;
         let validator = self.validators.get(&s.provider).ok_or_else(|| {
             tracing::warn!(session = cookie::short(&s.id), provider = %s.provider, "session names an unconfigured provider");
             Deny::UnknownProvider
+        })?;
+        if let Some(v) = validator.cached(s).await {
+            // `max_staleness` within its window: the tokens are not needed, so they stay sealed.
+            return Ok(v.identity);
+        }
+        let tokens = self.store.decrypt(s).map_err(|e| {
+            tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
+            crypto_deny(e)
         })?;
         match validator.validate(s, &tokens, now).await {
             Ok(v) => Ok(v.identity),
@@ -185,6 +197,14 @@ impl Authorizer {
             Ok(()) => metrics::counter!("portcullis_sessions_revoked_total", "reason" => why.reason()).increment(1),
             Err(e) => tracing::warn!(session = cookie::short(&s.id), error = %e, "could not delete failed session"),
         }
+    }
+}
+
+/// A key this replica lacks is ours to fix (503, session kept); anything else is tampering.
+fn crypto_deny(e: CryptoError) -> Deny {
+    match e {
+        CryptoError::UnknownKey => Deny::UnknownKey,
+        _ => Deny::Tampered,
     }
 }
 

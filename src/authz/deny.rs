@@ -49,6 +49,29 @@ pub struct Answer {
 }
 
 impl Deny {
+    /// Every variant, in declaration order (`d as usize` indexes it).
+    pub const ALL: [Deny; 19] = [
+        Deny::Malformed,
+        Deny::IdentityHeader,
+        Deny::NoCookie,
+        Deny::DuplicateCookie,
+        Deny::UnknownSession,
+        Deny::IdleTimeout,
+        Deny::AbsoluteTimeout,
+        Deny::Fingerprint,
+        Deny::Corrupt,
+        Deny::Tampered,
+        Deny::UnknownKey,
+        Deny::UnknownProvider,
+        Deny::Revoked,
+        Deny::InvalidToken,
+        Deny::Forbidden,
+        Deny::Misconfigured,
+        Deny::RedisUnavailable,
+        Deny::IdpUnavailable,
+        Deny::Assertion,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Deny::Malformed => "malformed",
@@ -126,33 +149,14 @@ mod tests {
 
     #[test]
     fn only_unauthenticated_or_permission_denied_ever_leave() {
-        use Deny::*;
-        for d in [
-            Malformed,
-            IdentityHeader,
-            NoCookie,
-            DuplicateCookie,
-            UnknownSession,
-            IdleTimeout,
-            AbsoluteTimeout,
-            Fingerprint,
-            Corrupt,
-            Tampered,
-            UnknownKey,
-            UnknownProvider,
-            Revoked,
-            InvalidToken,
-            Forbidden,
-            Misconfigured,
-            RedisUnavailable,
-            IdpUnavailable,
-            Assertion,
-        ] {
+        for (i, d) in Deny::ALL.into_iter().enumerate() {
+            assert_eq!(d as usize, i, "Deny::ALL is in declaration order");
             let a = d.answer();
             assert!(matches!(a.grpc, Code::Unauthenticated | Code::PermissionDenied), "{d:?}");
             assert_eq!(a.grpc == Code::Unauthenticated, a.status == 401, "{d:?}");
             assert_eq!(a.retry_after.is_some(), a.status == 503, "{d:?}");
             assert!(!a.clears_cookie || a.status == 401, "{d:?}");
         }
+        assert_eq!(Deny::ALL.len(), Deny::Assertion as usize + 1, "a new variant goes last and into ALL");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
-use super::{response, Authorizer, CheckInput, Deny};
+use super::{metrics, response, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
     /// One Check, end to end: read, decide, answer, count, log.
@@ -26,24 +26,24 @@ impl Authorizer {
         let extra: &[(String, String)] = if input.security_headers() { &self.response_headers } else { &[] };
         // Observed, not enforced: a dry-run route, unless the deny is one a dry run never lets through.
         let dry_run = input.dry_run(self.dry_run) && outcome.as_ref().err().is_none_or(|d| d.dry_runnable());
-        let (decision, reason, resp) = match &outcome {
+        let resp = match &outcome {
             Ok(a) => {
                 tracing::debug!(request_id, provider = %a.provider, dry_run, "allow");
-                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session, extra))
+                metrics::allowed(dry_run).increment(1);
+                response::allow(a, &input, &self.headers, &self.session, extra)
             }
             Err(d) if dry_run => {
                 tracing::info!(request_id, reason = d.reason(), method = %input.method, "dry run: would deny; let through without identity");
-                ("deny", d.reason(), response::pass(&input, &self.headers, &self.session, extra))
+                metrics::denied(*d, true).increment(1);
+                response::pass(&input, &self.headers, &self.session, extra)
             }
             Err(d) => {
                 tracing::info!(request_id, reason = d.reason(), method = %input.method, "deny");
-                ("deny", d.reason(), response::deny(*d, &input, &self.session))
+                metrics::denied(*d, false).increment(1);
+                response::deny(*d, &input, &self.session)
             }
         };
-        let dry = if dry_run { "true" } else { "false" };
-        metrics::counter!("portcullis_check_total", "decision" => decision, "reason" => reason, "dry_run" => dry)
-            .increment(1);
-        metrics::histogram!("portcullis_check_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::duration().record(started.elapsed().as_secs_f64());
         resp
     }
 }

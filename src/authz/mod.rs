@@ -6,6 +6,7 @@
 pub mod decision;
 pub mod deny;
 pub mod grpc;
+mod metrics;
 pub mod request;
 pub mod response;
 

@@ -1,9 +1,11 @@
 //! What the decision needs from a CheckRequest, read defensively: a request without HTTP attributes is
 //! malformed, never a panic.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 
 /// Context extension naming groups a route requires (any one of them, comma-separated).
 pub const REQUIRE_ANY: &str = "portcullis.require_any";
@@ -14,47 +16,34 @@ pub const DRY_RUN: &str = "portcullis.dry_run";
 /// Context extension that turns `[response_headers]` off on a route (`"off"`).
 pub const SECURITY_HEADERS: &str = "portcullis.security_headers";
 
+/// Borrows from the CheckRequest: in the usual case (Envoy's lower-cased `headers` map, no `header_map`)
+/// nothing is copied, so a check allocates no header map of its own.
 #[derive(Debug, Default, Clone)]
-pub struct CheckInput {
+pub struct CheckInput<'a> {
     /// Lower-cased names; repeated headers joined as Envoy joins them.
-    pub headers: HashMap<String, String>,
-    pub method: String,
-    pub path: String,
-    pub host: String,
-    pub context_extensions: HashMap<String, String>,
+    pub headers: Cow<'a, HashMap<String, String>>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub host: &'a str,
+    pub context_extensions: Cow<'a, HashMap<String, String>>,
 }
 
-impl CheckInput {
+impl<'a> CheckInput<'a> {
     /// `None` when the request carries no HTTP attributes.
-    pub fn from_request(req: &CheckRequest) -> Option<Self> {
+    pub fn from_request(req: &'a CheckRequest) -> Option<Self> {
         let attrs = req.attributes.as_ref()?;
         let http = attrs.request.as_ref()?.http.as_ref()?;
-        let mut headers: HashMap<String, String> =
-            http.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-        // Envoy sends `header_map` instead of `headers` when configured to encode raw headers.
-        if let Some(map) = &http.header_map {
-            for h in &map.headers {
-                let value = if h.raw_value.is_empty() {
-                    h.value.clone()
-                } else {
-                    String::from_utf8_lossy(&h.raw_value).into_owned()
-                };
-                let sep = if h.key.eq_ignore_ascii_case("cookie") { "; " } else { "," };
-                headers
-                    .entry(h.key.to_ascii_lowercase())
-                    .and_modify(|v| {
-                        v.push_str(sep);
-                        v.push_str(&value)
-                    })
-                    .or_insert(value);
-            }
-        }
+        let lower = |k: &String| !k.bytes().any(|b| b.is_ascii_uppercase());
+        let headers = match &http.header_map {
+            None if http.headers.keys().all(lower) => Cow::Borrowed(&http.headers),
+            _ => Cow::Owned(owned_headers(http)),
+        };
         Some(Self {
             headers,
-            method: http.method.clone(),
-            path: http.path.clone(),
-            host: http.host.clone(),
-            context_extensions: attrs.context_extensions.clone(),
+            method: &http.method,
+            path: &http.path,
+            host: &http.host,
+            context_extensions: Cow::Borrowed(&attrs.context_extensions),
         })
     }
 
@@ -108,4 +97,29 @@ impl CheckInput {
         let groups: Vec<&str> = v.split(',').map(str::trim).filter(|g| !g.is_empty()).collect();
         (!groups.is_empty()).then_some(groups)
     }
+}
+
+/// The header map with lower-cased names, merging Envoy's raw `header_map` when it sends one.
+fn owned_headers(http: &HttpRequest) -> HashMap<String, String> {
+    let mut headers: HashMap<String, String> =
+        http.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+    // Envoy sends `header_map` instead of `headers` when configured to encode raw headers.
+    if let Some(map) = &http.header_map {
+        for h in &map.headers {
+            let value = if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            };
+            let sep = if h.key.eq_ignore_ascii_case("cookie") { "; " } else { "," };
+            headers
+                .entry(h.key.to_ascii_lowercase())
+                .and_modify(|v| {
+                    v.push_str(sep);
+                    v.push_str(&value)
+                })
+                .or_insert(value);
+        }
+    }
+    headers
 }

@@ -31,7 +31,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 /// `response` are the `[response_headers]` for the browser-facing answer (empty when the route opts out).
 pub fn allow(
     a: &Allowed,
-    input: &CheckInput,
+    input: &CheckInput<'_>,
     h: &HeadersConfig,
     s: &SessionConfig,
     response: &[(String, String)],
@@ -100,7 +100,7 @@ fn sanitize(v: &str) -> String {
 }
 
 /// Deny, rendering the row of [`Deny::answer`]; a 401 to a browser navigation becomes the login redirect.
-pub fn deny(d: Deny, input: &CheckInput, s: &SessionConfig) -> CheckResponse {
+pub fn deny(d: Deny, input: &CheckInput<'_>, s: &SessionConfig) -> CheckResponse {
     let a = d.answer();
     let mut headers = vec![header("cache-control", "no-store")];
     let presented = input.header("cookie").and_then(|c| cookie::find(c, &s.cookie_name)).is_some();

@@ -64,6 +64,10 @@ impl Coalescing {
 
 #[async_trait::async_trait]
 impl Validator for Coalescing {
+    async fn cached(&self, s: &Session) -> Option<Validated> {
+        self.cache.as_ref()?.get(&s.id).await
+    }
+
     async fn validate(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
         match &self.cache {
             None => self.single_flight(s, tokens, now).await,

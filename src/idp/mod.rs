@@ -62,6 +62,12 @@ pub enum IdpError {
 #[async_trait::async_trait]
 pub trait Validator: Send + Sync {
     async fn validate(&self, session: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError>;
+
+    /// A result still good for this session without asking anyone (`max_staleness`): the Check path then
+    /// skips decrypting the tokens altogether. Most validators remember nothing.
+    async fn cached(&self, _session: &Session) -> Option<Validated> {
+        None
+    }
 }
 
 /// Validators by provider id (the session's `provider` field).

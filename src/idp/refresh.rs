@@ -55,7 +55,7 @@ pub async fn refresh(p: &Provider, session: &Session, now: i64, user_claim: &str
             }
             Ok(None) => {
                 tokio::time::sleep(FOLLOWER_POLL).await;
-                if let Some(r) = adopt(p, session, now, user_claim).await? {
+                if let Some(r) = adopt(p, session, user_claim).await? {
                     return Ok(r);
                 }
             }
@@ -67,8 +67,8 @@ pub async fn refresh(p: &Provider, session: &Session, now: i64, user_claim: &str
 }
 
 /// Re-reads the session: the tokens someone else wrote since `seen` was read, if any.
-async fn adopt(p: &Provider, seen: &Session, now: i64, user_claim: &str) -> Result<Option<Refreshed>, IdpError> {
-    let Some(current) = reread(p, seen, now).await? else {
+async fn adopt(p: &Provider, seen: &Session, user_claim: &str) -> Result<Option<Refreshed>, IdpError> {
+    let Some(current) = reread(p, seen).await? else {
         return Err(IdpError::Revoked("session ended while refreshing".into()));
     };
     if current.id_token == seen.id_token && current.access_token == seen.access_token {
@@ -79,13 +79,13 @@ async fn adopt(p: &Provider, seen: &Session, now: i64, user_claim: &str) -> Resu
     Ok(Some(Refreshed { tokens, id_token }))
 }
 
-async fn reread(p: &Provider, seen: &Session, now: i64) -> Result<Option<Session>, IdpError> {
-    p.store.load(&seen.id, now).await.map_err(|e| IdpError::Unavailable(format!("session re-read: {e}")))
+async fn reread(p: &Provider, seen: &Session) -> Result<Option<Session>, IdpError> {
+    p.store.load(&seen.id).await.map_err(|e| IdpError::Unavailable(format!("session re-read: {e}")))
 }
 
 /// The lock holder: adopt a fresh result if there is one, else call the IdP.
 async fn lead(p: &Provider, seen: &Session, now: i64, user_claim: &str) -> Result<Refreshed, IdpError> {
-    if let Some(r) = adopt(p, seen, now, user_claim).await? {
+    if let Some(r) = adopt(p, seen, user_claim).await? {
         return Ok(r);
     }
     let tokens = p.store.decrypt(seen).map_err(|e| IdpError::Invalid(format!("stored tokens: {e}")))?;

@@ -48,7 +48,7 @@ pub async fn logout(State(s): State<Arc<LoginState>>, headers: HeaderMap) -> Res
     let mut target = s.login.logout_redirect.clone();
     if let Some(value) = value {
         let id = cookie::session_id(&value);
-        match s.store.load(&id, crate::now()).await {
+        match s.store.load(&id).await {
             Ok(Some(session)) => {
                 if let Err(e) = s.store.delete(&session).await {
                     tracing::warn!(error = %e, "logout could not delete the session");

@@ -16,7 +16,12 @@ pub mod field {
     pub const EXPIRES_AT: &str = "expiresAt";
     pub const FINGERPRINT: &str = "clientFingerprint";
     pub const LAST_TOKEN_UPDATE: &str = "lastTokenUpdate";
+    /// MAC over the fields a session states in the clear; see [`super::Session::mac_parts`].
+    pub const MAC: &str = "mac";
 }
+
+/// Domain label, the first part of every session MAC.
+const MAC_LABEL: &[u8] = b"portcullis/session/v1";
 
 /// Why the clock ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub struct Session {
     pub expires_at: i64,
     pub client_fingerprint: Option<String>,
     pub last_token_update: i64,
+    /// The stored MAC (`None` on a session written before MACs, refused as tampered).
+    pub mac: Option<String>,
 }
 
 /// Decrypted tokens. `Debug` leaves them out.
@@ -81,6 +88,7 @@ impl Session {
             Ok(v) => int(v, field::LAST_TOKEN_UPDATE)?,
             Err(_) => created_at,
         };
+        let mac = text(field::MAC).ok();
         Ok(Self {
             id,
             user_id,
@@ -94,7 +102,27 @@ impl Session {
             expires_at,
             client_fingerprint,
             last_token_update,
+            mac,
         })
+    }
+
+    /// What the MAC binds, length-prefixed by the key ring: the session id and every field that decides
+    /// who the user is and how long the session lives (`userId`, `provider`, `sid`, `createdAt`,
+    /// `expiresAt`) plus the client fingerprint. `lastAccess` and `lastTokenUpdate` move on every slide
+    /// and refresh and stay outside; the tokens have their own AEAD binding. An absent optional field is
+    /// empty (stored fields are never empty).
+    pub fn mac_parts<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        let (created, expires) = (self.created_at.to_be_bytes(), self.expires_at.to_be_bytes());
+        f(&[
+            MAC_LABEL,
+            self.id.as_bytes(),
+            self.user_id.as_bytes(),
+            self.provider.as_bytes(),
+            self.sid.as_deref().unwrap_or_default().as_bytes(),
+            &created,
+            &expires,
+            self.client_fingerprint.as_deref().unwrap_or_default().as_bytes(),
+        ])
     }
 
     /// Whether the clock alone has ended this session: idle for `idle_timeout` seconds, or past its
@@ -162,6 +190,7 @@ mod tests {
             expires_at,
             client_fingerprint: fp.map(String::from),
             last_token_update: 0,
+            mac: None,
         }
     }
 

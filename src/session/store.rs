@@ -1,9 +1,9 @@
 //! Sessions in Redis: `session:{id}` hashes, the `user_sessions:{userId}` and `idp_sessions:{provider}:{sid}`
 //! indexes, and token encryption on the way in and out.
 //!
-//! The Check hot path costs one round trip: [`SessionStore::load`] reads the hash and, only when the last
-//! slide is older than `slide_after`, moves `lastAccess` and the key's TTL, all in one Lua script (one key,
-//! so it is Redis Cluster safe).
+//! The Check hot path costs one command: [`SessionStore::load`] is a plain `HGETALL`. Only when the last
+//! slide is older than `slide_after` does a check make a second call, [`SessionStore::slide`], a small
+//! script on the one key (Redis Cluster safe) that moves `lastAccess` and the TTL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,23 +16,13 @@ use crate::config::SessionConfig;
 use crate::crypto::{CryptoError, KeyRing};
 use crate::store::{Redis, StoreError};
 
-/// Read the hash (a key of another type comes back as a hash that fails to parse); slide the idle expiry when due and the session is still within both timeouts.
-/// KEYS[1] = session key; ARGV = now, idle timeout, slide_after (all seconds).
-const LOAD_AND_SLIDE: &str = r#"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t == 'none' then return {} end
-if t ~= 'hash' then return {'__type', t} end
-local h = redis.call('HGETALL', KEYS[1])
-local last, exp
-for i = 1, #h, 2 do
-  if h[i] == 'lastAccess' then last = tonumber(h[i + 1]) elseif h[i] == 'expiresAt' then exp = tonumber(h[i + 1]) end
-end
-local now, idle, after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if last and exp and now - last >= after and now - last < idle and now < exp then
-  redis.call('HSET', KEYS[1], 'lastAccess', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], math.max(1, math.min(idle, exp - now)))
-end
-return h
+/// Slide the idle expiry, only while the session still exists (a logout in between must not leave a stub).
+/// KEYS[1] = session key; ARGV = now, TTL seconds. Run only when a slide is due: most checks never call it.
+const SLIDE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'lastAccess', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
 "#;
 
 /// Write token fields only while the session still exists, so a refresh never resurrects a logout.
@@ -67,7 +57,7 @@ pub struct SessionStore {
     idle: i64,
     absolute: i64,
     slide_after: i64,
-    load_script: Arc<Script>,
+    slide_script: Arc<Script>,
     update_script: Arc<Script>,
 }
 
@@ -81,7 +71,7 @@ impl SessionStore {
             idle: cfg.idle_timeout.as_secs().max(1) as i64,
             absolute: cfg.absolute_timeout.as_secs().max(1) as i64,
             slide_after: cfg.slide_after.as_secs() as i64,
-            load_script: Arc::new(Script::new(LOAD_AND_SLIDE)),
+            slide_script: Arc::new(Script::new(SLIDE)),
             update_script: Arc::new(Script::new(UPDATE_IF_EXISTS)),
         }
     }
@@ -100,15 +90,35 @@ impl SessionStore {
         self.idle
     }
 
-    /// One round trip: the session, or `None` when there is none.
-    pub async fn load(&self, id: &str, now: i64) -> Result<Option<Session>, LoadError> {
-        let mut inv = self.load_script.prepare_invoke();
-        inv.key(session_key(id)).arg(now).arg(self.idle).arg(self.slide_after);
-        let hash: HashMap<String, String> = self.redis.script(inv).await?;
+    /// One plain `HGETALL` (one command, one round trip): the session, or `None` when there is none. A key
+    /// of another type or bytes that are not text are [`Corrupt`], so the caller denies and deletes.
+    pub async fn load(&self, id: &str) -> Result<Option<Session>, LoadError> {
+        let reply = self.redis.query::<redis::Value>(redis::cmd("HGETALL").arg(session_key(id))).await;
+        let value = match reply {
+            Ok(v) => v,
+            Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => return Err(Corrupt("<type>").into()),
+            Err(e) => return Err(e.into()),
+        };
+        let hash = text_pairs(value)?;
         if hash.is_empty() {
             return Ok(None);
         }
         Ok(Some(Session::from_hash(id.to_string(), hash)?))
+    }
+
+    /// Whether a check at `now` should move the idle expiry: the last slide is `slide_after` old and the
+    /// session is still within both timeouts.
+    pub fn slide_due(&self, s: &Session, now: i64) -> bool {
+        let since = now - s.last_access;
+        since >= self.slide_after && since < self.idle && now < s.expires_at
+    }
+
+    /// The rare second call of a check: moves `lastAccess` and the key's TTL (one key: Cluster safe).
+    pub async fn slide(&self, s: &Session, now: i64) -> Result<(), StoreError> {
+        let ttl = self.idle.min(s.expires_at - now).max(1);
+        let mut inv = self.slide_script.prepare_invoke();
+        inv.key(session_key(&s.id)).arg(now).arg(ttl);
+        self.redis.script::<i64>(inv).await.map(|_| ())
     }
 
     /// Creates a session under a fresh cookie value (a new id every login: no fixation).
@@ -130,6 +140,7 @@ impl SessionStore {
             expires_at: now + self.absolute,
             client_fingerprint: new.client_fingerprint,
             last_token_update: now,
+            mac: None,
             id,
         };
         self.write(&session).await?;
@@ -138,11 +149,13 @@ impl SessionStore {
 
     /// Writes a whole session with its indexes (also used by tests and tools to plant sessions). One
     /// pipeline per key, so no pipeline spans Redis Cluster hash slots.
-    pub async fn write(&self, s: &Session) -> Result<(), StoreError> {
+    /// The session's MAC is computed here, over what is written.
+    pub async fn write(&self, s: &Session) -> Result<(), SessionWriteError> {
         let key = session_key(&s.id);
         let ttl = self.idle.min(s.expires_at - s.last_access).max(1);
+        let mac = s.mac_parts(|parts| self.keys.mac(parts))?;
         let mut p = redis::pipe();
-        p.cmd("HSET").arg(&key).arg(s.to_fields()).ignore();
+        p.cmd("HSET").arg(&key).arg(s.to_fields()).arg(field::MAC).arg(mac).ignore();
         p.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
         let mut indexes = vec![user_key(&s.user_id)];
         if let Some(sid) = &s.sid {
@@ -159,7 +172,14 @@ impl SessionStore {
             self.redis.pipeline::<()>(&p),
             futures::future::try_join_all(adds.iter().map(|p| self.redis.pipeline::<()>(p)))
         );
-        first.and(rest.map(|_| ()))
+        Ok(first.and(rest.map(|_| ()))?)
+    }
+
+    /// Whether the fields a session states in the clear are the ones it was written with. A session
+    /// without a MAC (written before MACs existed) is [`CryptoError::Malformed`]: refused as tampered.
+    pub fn verify(&self, s: &Session) -> Result<(), CryptoError> {
+        let mac = s.mac.as_deref().ok_or(CryptoError::Malformed)?;
+        s.mac_parts(|parts| self.keys.verify_mac(parts, mac))
     }
 
     /// Opens the stored tokens. Any failure means tampering or a lost key: the caller denies and deletes.
@@ -211,8 +231,11 @@ impl SessionStore {
 
     /// A session as stored, without sliding its expiry (admin and tools); `None` if gone or unreadable.
     pub async fn peek(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let hash: HashMap<String, String> = self.redis.query(redis::cmd("HGETALL").arg(session_key(id))).await?;
-        Ok(if hash.is_empty() { None } else { Session::from_hash(id.to_string(), hash).ok() })
+        match self.load(id).await {
+            Ok(s) => Ok(s),
+            Err(LoadError::Store(e)) => Err(e),
+            Err(LoadError::Corrupt(_)) => Ok(None),
+        }
     }
 
     /// A user's live sessions; index entries whose session expired are pruned on the way.
@@ -238,6 +261,32 @@ impl SessionStore {
         }
         self.redis.query::<()>(redis::cmd("DEL").arg(set_key)).await?;
         Ok(n)
+    }
+}
+
+/// An `HGETALL` reply (RESP2 array or RESP3 map) as text pairs; anything else is [`Corrupt`].
+fn text_pairs(v: redis::Value) -> Result<HashMap<String, String>, Corrupt> {
+    use redis::Value;
+    fn text(v: Value) -> Result<String, Corrupt> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b).map_err(|_| Corrupt("<utf-8>")),
+            Value::SimpleString(s) => Ok(s),
+            _ => Err(Corrupt("<reply>")),
+        }
+    }
+    match v {
+        Value::Nil => Ok(HashMap::new()),
+        Value::Array(items) => {
+            let mut out = HashMap::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let Some(k) = it.next() {
+                let v = it.next().ok_or(Corrupt("<reply>"))?;
+                out.insert(text(k)?, text(v)?);
+            }
+            Ok(out)
+        }
+        Value::Map(pairs) => pairs.into_iter().map(|(k, v)| Ok((text(k)?, text(v)?))).collect(),
+        _ => Err(Corrupt("<reply>")),
     }
 }
 

@@ -18,7 +18,7 @@ struct Stack {
     upstream: Upstream,
     app: TestApp,
     _validator: Arc<StaticValidator>,
-    _redis: RedisServer,
+    redis: RedisServer,
     http: reqwest::Client,
 }
 
@@ -46,7 +46,7 @@ impl Stack {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("http client");
-        Self { envoy, upstream, app, _validator: validator, _redis: redis, http }
+        Self { envoy, upstream, app, _validator: validator, redis, http }
     }
 
     async fn shipped() -> Self {
@@ -181,4 +181,49 @@ async fn the_admin_route_cannot_be_bypassed_by_spelling() {
     // The admins still get in, and a path that only starts with "admin" is another route.
     assert_eq!(s.echo("/admin;x=1", &[("cookie", &carol)]).await.header("x-auth-user-id"), Some("carol"));
     assert_eq!(s.echo("/administrivia", &[("cookie", &bob)]).await.header("x-auth-user-id"), Some("bob"));
+}
+
+/// Someone who can write to Redis edits what a session states in the clear: who it belongs to, which
+/// provider vouches for it, its IdP session, its clock. Each edit breaks the session's MAC: 401, the session
+/// deleted, counted as `tampered`, and the upstream never sees the request.
+#[tokio::test]
+async fn editing_a_session_in_redis_is_tampering() {
+    use portcullis::session::store::session_key;
+    let s = Stack::shipped().await;
+    let now = portcullis::now();
+    let edits: [(&str, String); 6] = [
+        ("createdAt", (now + 3600).to_string()),
+        ("expiresAt", (now + 365 * 86400).to_string()),
+        ("userId", "admin".into()),
+        ("provider", "other".into()),
+        ("sid", "someone-elses-idp-session".into()),
+        ("mac", String::new()), // filled in below: the stored MAC with its tag changed
+    ];
+    let before = s.denied("tampered").await;
+    for (field, value) in &edits {
+        let (cookie, session) = s.app.login("alice", json!({"groups": ["admins"]})).await;
+        let cookie = format!("{}={cookie}", s.app.cookie_name());
+        assert_eq!(s.echo("/api/x", &[("cookie", &cookie)]).await.header("x-auth-user-id"), Some("alice"));
+        let key = session_key(&session.id);
+        let mut value = value.clone();
+        if *field == "mac" {
+            let stored: String = redis::cmd("HGET").arg(&key).arg("mac").query(&mut s.redis.conn()).expect("HGET");
+            let (head, tag) = stored.rsplit_once('.').expect("v1.<kid>.<tag>");
+            value = format!("{head}.{}", tag.chars().rev().collect::<String>());
+        }
+        redis::cmd("HSET").arg(&key).arg(*field).arg(&value).query::<()>(&mut s.redis.conn()).expect("HSET");
+        let hits = s.upstream.hits();
+        let r = s.get("/api/x", &[("cookie", &cookie)]).await;
+        assert_eq!(r.status(), 401, "edited {field}");
+        assert_eq!(s.upstream.hits(), hits, "edited {field}: reached the upstream");
+        assert!(!s.redis.exists(&key), "edited {field}: the session must be deleted");
+    }
+    // A session whose MAC was removed (or that was written before MACs) is refused the same way.
+    let (cookie, session) = s.app.login("alice", json!({})).await;
+    let key = session_key(&session.id);
+    redis::cmd("HDEL").arg(&key).arg("mac").query::<()>(&mut s.redis.conn()).expect("HDEL");
+    let r = s.get("/api/x", &[("cookie", &format!("{}={cookie}", s.app.cookie_name()))]).await;
+    assert_eq!(r.status(), 401);
+    assert!(!s.redis.exists(&key));
+    assert_eq!(s.denied("tampered").await, before + edits.len() as u64 + 1);
 }

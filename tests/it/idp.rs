@@ -134,7 +134,7 @@ async fn expired_id_token_is_refreshed_and_the_session_updated() {
     assert_eq!(e.idp.count(REFRESH).await, 1);
     let after = session_field(&e.redis, &s, "idToken");
     assert!(after.is_some() && after != before, "the refreshed ID token is stored");
-    let stored = e.app.server.authorizer.store().load(&s.id, portcullis::now()).await.unwrap().unwrap();
+    let stored = e.app.server.authorizer.store().load(&s.id).await.unwrap().unwrap();
     let stored = e.app.server.authorizer.store().decrypt(&stored).unwrap();
     assert_ne!(stored.id_token, tokens.id_token);
     assert_ne!(stored.refresh_token, tokens.refresh_token, "the rotated refresh token is stored");

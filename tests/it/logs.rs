@@ -94,9 +94,15 @@ client_secret = "{CLIENT_SECRET}"
         secrets.push(sealed.clone());
         secrets.push(ring.decrypt(&session_id, field, sealed).unwrap());
     }
-    let m2m: String = redis::cmd("GET").arg("m2m_token:corp").query(&mut redis.conn()).unwrap();
+    let m2m_key = portcullis::keys::m2m_token(
+        "corp",
+        &portcullis::m2m::shared::slot(&idp.issuer(), crate::harness::idp::CLIENT_ID, None),
+    );
+    let m2m: String = redis::cmd("GET").arg(&m2m_key).query(&mut redis.conn()).unwrap();
     let m2m: serde_json::Value = serde_json::from_str(&m2m).unwrap();
-    secrets.push(m2m["accessToken"].as_str().unwrap().to_string());
+    let sealed = m2m["accessToken"].as_str().unwrap().to_string();
+    secrets.push(ring.decrypt(&m2m_key, "accessToken", &sealed).unwrap());
+    secrets.push(sealed);
 
     let r = browser.post(format!("{base}/oauth2/logout")).header("origin", &base).send().await.unwrap();
     assert_eq!(r.status(), 302);
