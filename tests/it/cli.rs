@@ -186,20 +186,20 @@ fn check_config_accepts_same_site_in_any_case() {
 }
 
 /// `portcullis serve --config FILE` as an operator starts it, on free ports; killed when dropped.
-struct Served {
-    child: std::process::Child,
-    grpc: u16,
-    http: u16,
+pub struct Served {
+    pub child: std::process::Child,
+    pub grpc: u16,
+    pub http: u16,
     _config: tempfile::NamedTempFile,
 }
 
 impl Served {
     /// `redis` is the body of the `[redis]` section; `server` adds keys to `[server]`.
     fn start(redis: &str, server: &str) -> Self {
-        let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
         let key = portcullis::crypto::generate_key();
-        let config = write(&format!(
-            r#"
+        Self::with_config(|grpc, http| {
+            format!(
+                r#"
 [server]
 grpc_addr = "127.0.0.1:{grpc}"
 http_addr = "127.0.0.1:{http}"
@@ -216,7 +216,14 @@ issuer = "http://127.0.0.1:1"
 client_id = "portcullis"
 client_secret = "not-a-real-secret"
 "#
-        ));
+            )
+        })
+    }
+
+    /// The config file `text(grpc_port, http_port)` makes for two free ports.
+    pub fn with_config(text: impl FnOnce(u16, u16) -> String) -> Self {
+        let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
+        let config = write(&text(grpc, http));
         let child = portcullis()
             .args(["serve", "--config"])
             .arg(config.path())
@@ -227,13 +234,13 @@ client_secret = "not-a-real-secret"
         Self { child, grpc, http, _config: config }
     }
 
-    async fn readyz(&self) -> Option<u16> {
+    pub async fn readyz(&self) -> Option<u16> {
         let url = format!("http://127.0.0.1:{}/readyz", self.http);
         reqwest::get(url).await.map(|r| r.status().as_u16()).ok()
     }
 
     /// Readiness means Redis answered in the configured mode.
-    async fn wait_ready(&self) -> bool {
+    pub async fn wait_ready(&self) -> bool {
         crate::harness::eventually(std::time::Duration::from_secs(20), async || self.readyz().await == Some(200)).await
     }
 

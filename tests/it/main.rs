@@ -16,6 +16,7 @@ mod idp;
 mod login;
 mod logs;
 mod m2m;
+mod rolling_update;
 mod rollout;
 mod rotation;
 mod sessions;
