@@ -17,6 +17,15 @@ const LEEWAY: i64 = 60;
 const LOGOUT_TOKEN_MAX_AGE: i64 = 600;
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
+/// How long a verified logout token could still be accepted (seconds from `now`), i.e. how long its `jti`
+/// must be remembered to refuse a replay: until `iat` is too old or `exp` has passed, leeway included.
+pub fn logout_token_replay_ttl(claims: &Map<String, Value>, now: i64) -> u64 {
+    let int = |k: &str| claims.get(k).and_then(Value::as_i64);
+    let by_age = int("iat").map_or(now + LOGOUT_TOKEN_MAX_AGE, |iat| iat + LOGOUT_TOKEN_MAX_AGE);
+    let until = int("exp").map_or(by_age, |exp| by_age.min(exp + LEEWAY));
+    u64::try_from((until - now).clamp(1, LOGOUT_TOKEN_MAX_AGE + 2 * LEEWAY)).unwrap_or(1)
+}
+
 #[async_trait::async_trait]
 impl LoginBackend for Provider {
     async fn endpoints(&self) -> Result<LoginEndpoints, IdpError> {
@@ -77,11 +86,38 @@ impl LoginBackend for Provider {
         if !claims.contains_key("sid") && !claims.contains_key("sub") {
             return Err(IdpError::Invalid("logout token names neither sid nor sub".into()));
         }
+        // §2.4: jti is REQUIRED; it is how a replay is recognised.
+        if !claims.get("jti").and_then(Value::as_str).is_some_and(|j| !j.is_empty() && j.len() <= 256) {
+            return Err(IdpError::Invalid("logout token lacks a usable jti".into()));
+        }
         Ok(claims)
     }
 
     fn user_id(&self, claims: &Map<String, Value>) -> Option<String> {
         let claim = if self.cfg.kind == ProviderKind::Entra { "oid" } else { "sub" };
         claims.get(claim).and_then(Value::as_str).map(String::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_jti_is_remembered_for_as_long_as_its_token_would_be_accepted() {
+        let now = 1_000_000;
+        assert_eq!(logout_token_replay_ttl(&claims(json!({"iat": now})), now), 600);
+        assert_eq!(logout_token_replay_ttl(&claims(json!({"iat": now - 590})), now), 10);
+        assert_eq!(logout_token_replay_ttl(&claims(json!({"iat": now, "exp": now + 30})), now), 90);
+        assert_eq!(logout_token_replay_ttl(&claims(json!({"iat": now + 60})), now), 660);
+        // Never unbounded, never zero.
+        assert_eq!(logout_token_replay_ttl(&claims(json!({"iat": now + 100_000})), now), 720);
+        assert_eq!(logout_token_replay_ttl(&claims(json!({"iat": now - 100_000})), now), 1);
     }
 }
