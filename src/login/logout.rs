@@ -125,7 +125,7 @@ pub async fn backchannel(State(s): State<Arc<LoginState>>, Form(f): Form<Backcha
     // A token is used once (§2.6 "jti"): remembered for as long as it could still be accepted.
     let jti = claims.get("jti").and_then(|v| v.as_str()).unwrap_or_default();
     let seen = crate::keys::backchannel_jti(&provider.id, jti);
-    let ttl = super::backend::logout_token_replay_ttl(&claims, crate::now());
+    let ttl = super::logout_token::replay_ttl(&claims, crate::now());
     let first = s.redis.query::<Option<String>>(redis::cmd("SET").arg(&seen).arg(1).arg("NX").arg("EX").arg(ttl)).await;
     match first {
         Ok(Some(_)) => {}
