@@ -24,7 +24,9 @@ pub async fn confirm() -> Response {
     let body = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign out</title></head>\
         <body><h1>Sign out</h1><form method=\"post\" action=\"/oauth2/logout\">\
         <button type=\"submit\">Sign out</button></form></body></html>";
-    (StatusCode::OK, Html(body)).into_response()
+    // Same-origin referrer policy: the form's POST then carries this origin in `Origin` (under no-referrer
+    // browsers send `Origin: null`).
+    (StatusCode::OK, [(header::REFERRER_POLICY, "same-origin")], Html(body)).into_response()
 }
 
 /// `POST /oauth2/logout`, same-origin only ([`origin::check`]): delete the session, clear the cookie, then

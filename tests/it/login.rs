@@ -355,6 +355,8 @@ async fn logout_ends_the_session_and_goes_to_the_idp() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().get(SET_COOKIE).is_none());
+    // Under no-referrer a browser's form POST would carry `Origin: null`.
+    assert_eq!(r.headers().get("referrer-policy").unwrap(), "same-origin");
     let page = r.text().await.unwrap();
     assert!(page.contains(r#"<form method="post" action="/oauth2/logout">"#), "{page}");
     assert!(env.redis.exists(&session_key(&id)));
