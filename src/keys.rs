@@ -55,6 +55,12 @@ pub fn login_starts_total() -> String {
     "login_starts_total".into()
 }
 
+/// `bcl_jti:{provider}:{jti}`: a back-channel logout token already used (SET NX, TTL = its remaining
+/// lifetime), so a replayed token is refused.
+pub fn backchannel_jti(provider: &str, jti: &str) -> String {
+    format!("bcl_jti:{provider}:{jti}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +77,6 @@ mod tests {
         assert_eq!(auth_failures("c"), "auth:failures:c");
         assert_eq!(login_starts("c"), "login_starts:c");
         assert_eq!(login_starts_total(), "login_starts_total");
+        assert_eq!(backchannel_jti("p", "j"), "bcl_jti:p:j");
     }
 }

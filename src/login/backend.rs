@@ -2,20 +2,16 @@
 //! lazily discovered endpoints, ID tokens checked with the login's nonce, and back-channel logout tokens
 //! (OIDC Back-Channel Logout 1.0 §2.6). It lives on the login side so that `idp` never imports `login`.
 
-use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::{Map, Value};
 
+use super::logout_token;
 use super::provider::{LoginBackend, LoginEndpoints};
 use crate::config::ProviderKind;
-use crate::idp::id_token::ALLOWED;
 use crate::idp::provider::Provider;
 use crate::idp::IdpError;
 
-/// Clock skew tolerated on `exp` and `iat`.
+/// Clock skew tolerated on `exp`.
 const LEEWAY: i64 = 60;
-/// How old a logout token may be.
-const LOGOUT_TOKEN_MAX_AGE: i64 = 600;
-const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 #[async_trait::async_trait]
 impl LoginBackend for Provider {
@@ -46,38 +42,9 @@ impl LoginBackend for Provider {
     }
 
     async fn verify_logout_token(&self, token: &str) -> Result<Map<String, Value>, IdpError> {
-        let header = decode_header(token).map_err(|e| IdpError::Invalid(format!("logout token header: {e}")))?;
-        if !ALLOWED.contains(&header.alg) {
-            return Err(IdpError::Invalid(format!("logout token algorithm {:?} not accepted", header.alg)));
-        }
+        let header = logout_token::header(token)?;
         let key = self.jwks.key(header.kid.as_deref(), &self.http, &self.discovery).await?;
-        let mut v = Validation::new(header.alg);
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.cfg.client_id]);
-        v.set_required_spec_claims(&["iss", "aud", "iat"]);
-        v.validate_exp = false;
-        let claims = decode::<Map<String, Value>>(token, &key, &v)
-            .map_err(|e| IdpError::Invalid(format!("logout token: {e}")))?
-            .claims;
-        let now = crate::now();
-        let int = |k: &str| claims.get(k).and_then(Value::as_i64);
-        match int("iat") {
-            Some(iat) if iat <= now + LEEWAY && iat >= now - LOGOUT_TOKEN_MAX_AGE => {}
-            _ => return Err(IdpError::Invalid("logout token iat out of range".into())),
-        }
-        if int("exp").is_some_and(|exp| exp < now - LEEWAY) {
-            return Err(IdpError::Invalid("logout token expired".into()));
-        }
-        if !claims.get("events").and_then(Value::as_object).is_some_and(|e| e.contains_key(BACKCHANNEL_EVENT)) {
-            return Err(IdpError::Invalid("logout token lacks the back-channel logout event".into()));
-        }
-        if claims.contains_key("nonce") {
-            return Err(IdpError::Invalid("logout token must not carry a nonce".into()));
-        }
-        if !claims.contains_key("sid") && !claims.contains_key("sub") {
-            return Err(IdpError::Invalid("logout token names neither sid nor sub".into()));
-        }
-        Ok(claims)
+        logout_token::verify(token, header.alg, &key, &self.issuer, &self.cfg.client_id, crate::now())
     }
 
     fn user_id(&self, claims: &Map<String, Value>) -> Option<String> {

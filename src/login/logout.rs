@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::security::error_page;
 use super::{origin, LoginState};
-use crate::session::store::{idp_key, user_key};
+use crate::session::store::idp_key;
 use crate::session::{cookie, Session};
 
 fn revoked(reason: &'static str, n: usize) {
@@ -24,7 +24,9 @@ pub async fn confirm() -> Response {
     let body = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign out</title></head>\
         <body><h1>Sign out</h1><form method=\"post\" action=\"/oauth2/logout\">\
         <button type=\"submit\">Sign out</button></form></body></html>";
-    (StatusCode::OK, Html(body)).into_response()
+    // Same-origin referrer policy: the form's POST then carries this origin in `Origin` (under no-referrer
+    // browsers send `Origin: null`).
+    (StatusCode::OK, [(header::REFERRER_POLICY, "same-origin")], Html(body)).into_response()
 }
 
 /// `POST /oauth2/logout`, same-origin only ([`origin::check`]): delete the session, clear the cookie, then
@@ -104,8 +106,9 @@ pub struct BackchannelForm {
     logout_token: String,
 }
 
-/// Verifies the logout token and deletes the sessions it names: by `sid` when present, else every session
-/// of its subject (§2.6, §2.7). Answers 200 on success, 400 otherwise, never cached (§2.8).
+/// Verifies the logout token and deletes the sessions it names: by `sid` when present, else its subject's
+/// sessions of this provider (§2.6, §2.7). A replayed `jti` is refused. Answers 200 on success, 400
+/// otherwise, never cached (§2.8).
 pub async fn backchannel(State(s): State<Arc<LoginState>>, Form(f): Form<BackchannelForm>) -> Response {
     let bad = |why: &str| {
         tracing::info!(why, "back-channel logout rejected");
@@ -121,17 +124,35 @@ pub async fn backchannel(State(s): State<Arc<LoginState>>, Form(f): Form<Backcha
         Ok(c) => c,
         Err(e) => return bad(&e.to_string()),
     };
-    let set = match (claims.get("sid").and_then(|v| v.as_str()), provider.backend.user_id(&claims)) {
-        (Some(sid), _) => idp_key(&provider.id, sid),
-        (None, Some(user)) => user_key(&user),
+    // A token is used once (§2.6 "jti"): remembered for as long as it could still be accepted.
+    let jti = claims.get("jti").and_then(|v| v.as_str()).unwrap_or_default();
+    let seen = crate::keys::backchannel_jti(&provider.id, jti);
+    let ttl = super::logout_token::replay_ttl(&claims, crate::now());
+    let first = s.redis.query::<Option<String>>(redis::cmd("SET").arg(&seen).arg(1).arg("NX").arg("EX").arg(ttl)).await;
+    match first {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::warn!(provider = %provider.id, "back-channel logout refused: replayed jti");
+            return bad("replayed jti");
+        }
+        Err(_) => return unavailable(),
+    }
+    // By `sid`: that IdP session's sessions. By `sub` alone: that user's sessions of THIS provider only.
+    let deleted = match (claims.get("sid").and_then(|v| v.as_str()), provider.backend.user_id(&claims)) {
+        (Some(sid), _) => s.store.delete_indexed(&idp_key(&provider.id, sid)).await,
+        (None, Some(user)) => s.store.delete_user_sessions_of(&user, &provider.id).await,
         (None, None) => return bad("neither sid nor sub"),
     };
-    match s.store.delete_indexed(&set).await {
+    match deleted {
         Ok(n) => {
             revoked("backchannel_logout", n);
             tracing::info!(provider = %provider.id, sessions = n, "back-channel logout");
             StatusCode::OK.into_response()
         }
-        Err(_) => unavailable(),
+        Err(_) => {
+            // Not done: let the IdP's retry through.
+            let _ = s.redis.query::<()>(redis::cmd("DEL").arg(&seen)).await;
+            unavailable()
+        }
     }
 }

@@ -8,6 +8,7 @@ mod client;
 mod failures;
 mod flow;
 mod logout;
+mod logout_token;
 mod origin;
 mod pending;
 pub mod provider;

@@ -30,17 +30,24 @@ pub fn of(public_url: &str) -> String {
     url::Url::parse(public_url).map(|u| u.origin().ascii_serialization()).unwrap_or_default()
 }
 
-/// `Ok` when the request demonstrably comes from a page of `origin` (see the module doc for the order).
+/// `Ok` when the request demonstrably comes from a page of `origin`: a real `Origin` must be it; else the
+/// browser's `Sec-Fetch-Site` must say `same-origin` (a page under `Referrer-Policy: no-referrer` sends
+/// `Origin: null` even to its own origin); else a same-origin `Referer`. Nothing of the kind: refused.
 pub fn check(headers: &HeaderMap, origin: &str) -> Result<(), Refused> {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(o) = text(header::ORIGIN) {
-        return (!origin.is_empty() && o.eq_ignore_ascii_case(origin)).then_some(()).ok_or(Refused::CrossOrigin);
+    let same = |o: &str| !origin.is_empty() && o.eq_ignore_ascii_case(origin);
+    let sent_origin = text(header::ORIGIN);
+    if let Some(o) = sent_origin.filter(|o| *o != "null") {
+        return same(o).then_some(()).ok_or(Refused::CrossOrigin);
     }
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         return (site == "same-origin").then_some(()).ok_or(Refused::CrossSite);
     }
+    if sent_origin.is_some() {
+        return Err(Refused::CrossOrigin);
+    }
     match text(header::REFERER).and_then(|r| url::Url::parse(r).ok()) {
-        Some(r) if !origin.is_empty() && r.origin().ascii_serialization().eq_ignore_ascii_case(origin) => Ok(()),
+        Some(r) if same(&r.origin().ascii_serialization()) => Ok(()),
         _ => Err(Refused::NoOrigin),
     }
 }
@@ -66,10 +73,14 @@ mod tests {
         assert_eq!(of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
         assert_eq!(check(&headers(&[("origin", "https://app.example.com")]), &o), Ok(()));
         assert_eq!(check(&headers(&[("sec-fetch-site", "same-origin")]), &o), Ok(()));
+        // Chromium under `Referrer-Policy: no-referrer`: Origin null, but the fetch metadata is same-origin.
+        assert_eq!(check(&headers(&[("origin", "null"), ("sec-fetch-site", "same-origin")]), &o), Ok(()));
         assert_eq!(check(&headers(&[("referer", "https://app.example.com/reports?x=1")]), &o), Ok(()));
         for (h, why) in [
             (headers(&[("origin", "https://evil.example")]), Refused::CrossOrigin),
             (headers(&[("origin", "null")]), Refused::CrossOrigin),
+            (headers(&[("origin", "null"), ("sec-fetch-site", "cross-site")]), Refused::CrossSite),
+            (headers(&[("origin", "null"), ("referer", "https://app.example.com/")]), Refused::CrossOrigin),
             (headers(&[("origin", "https://app.example.com.evil.example")]), Refused::CrossOrigin),
             (headers(&[("origin", "http://app.example.com")]), Refused::CrossOrigin),
             // A matching Referer does not excuse a foreign Origin.

@@ -250,6 +250,24 @@ impl SessionStore {
         Ok(out)
     }
 
+    /// Deletes the sessions `user_id` opened through `provider` and no others: `user_sessions:{userId}` is
+    /// shared by every provider, and one IdP must not end sessions another IdP vouched for (back-channel
+    /// logout by `sub`). Returns how many were deleted; entries whose session is gone are pruned.
+    pub async fn delete_user_sessions_of(&self, user_id: &str, provider: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for id in self.members(&user_key(user_id)).await? {
+            match self.peek(&id).await? {
+                Some(s) if s.provider == provider => {
+                    self.delete(&s).await?;
+                    n += 1;
+                }
+                Some(_) => {}
+                None => self.redis.query::<()>(redis::cmd("SREM").arg(user_key(user_id)).arg(&id)).await?,
+            }
+        }
+        Ok(n)
+    }
+
     /// Deletes every session in an index set and the set; returns how many sessions existed.
     pub async fn delete_indexed(&self, set_key: &str) -> Result<usize, StoreError> {
         let ids = self.members(set_key).await?;

@@ -196,6 +196,60 @@ async fn an_email_the_idp_has_not_verified_never_reaches_the_upstream() {
     assert_eq!(page.header("x-auth-name"), Some("User unverified-mallory"));
 }
 
+fn browser_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .local_address(local.parse::<std::net::IpAddr>().ok())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Login CSRF through the shipped Envoy: a callback URL completes only in the browser that started the
+/// login; another browser gets 400 and no session.
+#[tokio::test]
+async fn through_envoy_a_callback_url_only_completes_in_the_browser_that_started_it() {
+    let s = Stack::start().await;
+    let (attacker, victim) = (browser_from("127.0.0.1"), browser_from("127.0.0.1"));
+    let cb = crate::harness::idp::sign_in(&attacker, &s.public, &s.idp.issuer(), "mallory", "/", |_| {}).await;
+    let r = victim.get(&cb).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("session:*").query(&mut s.redis.conn()).unwrap();
+    assert!(keys.is_empty(), "no session for the victim: {keys:?}");
+    let r = attacker.get(&cb).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(s.upstream.hits(), 0);
+}
+
+/// The shipped layout: Envoy (use_remote_address) on loopback is portcullis's only trusted proxy, so the
+/// address Envoy saw is the client of the failed-callback limit. A client-written X-Forwarded-For neither
+/// escapes the lock nor shifts it onto someone else. Clients come from 127.0.0.2 and 127.0.0.3 (loopback,
+/// but not the trusted 127.0.0.1).
+#[tokio::test]
+async fn through_envoy_the_login_limits_count_the_address_envoy_saw() {
+    let s =
+        Stack::start_full("", |c| c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()], |y| y.to_string())
+            .await;
+    let bad = async |from: &str, forged: &str| {
+        browser_from(from)
+            .get(format!("{}/oauth2/callback?code=x&state=forged", s.public))
+            .header("x-forwarded-for", forged)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..10 {
+        assert_eq!(bad("127.0.0.2", &format!("198.51.100.{i}")).await, 400);
+    }
+    assert_eq!(bad("127.0.0.2", "203.0.113.1").await, 429, "a forged header does not escape the lock");
+    assert_eq!(bad("127.0.0.3", "127.0.0.2").await, 400, "another client is not locked out");
+    assert!(s.redis.exists("auth:failures:127.0.0.2"));
+    assert!(!s.redis.exists("auth:failures:198.51.100.0"));
+}
+
 /// chromedriver on a free port, killed on drop.
 struct ChromeDriver {
     port: u16,
@@ -272,5 +326,21 @@ async fn headless_chromium_logs_in_through_envoy_and_sees_its_identity() {
     let cookies = c.get_all_cookies().await.unwrap();
     let session = cookies.iter().find(|k| k.name() == "GATEWAY_SESSION").expect("session cookie in the browser");
     assert_eq!(session.http_only(), Some(true));
+
+    // Sign out the way a user does: the GET page's button POSTs (same origin) and ends the session.
+    let sessions = || -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("session:*").query(&mut s.redis.conn()).unwrap();
+        keys.len()
+    };
+    assert_eq!(sessions(), 1);
+    c.goto(&format!("{}/oauth2/logout", s.public)).await.unwrap();
+    assert_eq!(sessions(), 1, "showing the sign-out page changes nothing");
+    c.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    let at_idp = crate::harness::eventually(Duration::from_secs(15), async || {
+        c.current_url().await.is_ok_and(|u| u.as_str().starts_with(&s.idp.issuer()))
+    })
+    .await;
+    assert!(at_idp, "RP-initiated logout at the IdP, at {:?}", c.current_url().await);
+    assert_eq!(sessions(), 0, "the session is gone");
     c.close().await.unwrap();
 }

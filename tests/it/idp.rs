@@ -216,12 +216,36 @@ async fn forged_id_tokens_are_denied_without_asking_the_idp() {
     let real = e.idp.login("alice").await;
     let now = portcullis::now();
     let claims = |iss: &str, aud: &str| json!({"sub": "alice", "iss": iss, "aud": aud, "exp": now + 3600, "iat": now});
+    let with = |mut base: serde_json::Value, over: serde_json::Value| {
+        for (k, v) in over.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        base
+    };
     let issuer = e.idp.issuer();
     let forged = [
         ("unknown key", e.idp.mint(claims(&issuer, CLIENT_ID), "stranger").await),
         ("wrong aud", e.idp.mint(claims(&issuer, "someone-else"), "provider").await),
         ("wrong iss", e.idp.mint(claims("https://evil.example.com", CLIENT_ID), "provider").await),
         ("alg none", fake_jwt(claims(&issuer, CLIENT_ID))),
+        (
+            "azp of another client",
+            e.idp
+                .mint(with(claims(&issuer, CLIENT_ID), json!({"aud": [CLIENT_ID, "api"], "azp": "api"})), "provider")
+                .await,
+        ),
+        (
+            "several audiences, no azp",
+            e.idp.mint(with(claims(&issuer, CLIENT_ID), json!({"aud": [CLIENT_ID, "api"]})), "provider").await,
+        ),
+        (
+            "nbf in the future",
+            e.idp.mint(with(claims(&issuer, CLIENT_ID), json!({"nbf": now + 3600})), "provider").await,
+        ),
+        (
+            "iat in the future",
+            e.idp.mint(with(claims(&issuer, CLIENT_ID), json!({"iat": now + 3600})), "provider").await,
+        ),
     ];
     // Control: the same minting with the right claims is accepted.
     let good = e.idp.mint(claims(&issuer, CLIENT_ID), "provider").await;

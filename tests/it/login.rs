@@ -355,6 +355,8 @@ async fn logout_ends_the_session_and_goes_to_the_idp() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().get(SET_COOKIE).is_none());
+    // Under no-referrer a browser's form POST would carry `Origin: null`.
+    assert_eq!(r.headers().get("referrer-policy").unwrap(), "same-origin");
     let page = r.text().await.unwrap();
     assert!(page.contains(r#"<form method="post" action="/oauth2/logout">"#), "{page}");
     assert!(env.redis.exists(&session_key(&id)));
@@ -465,6 +467,78 @@ async fn backchannel_logout_from_the_idp_ends_the_session() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(env.check(&other).await, 200, "bob's session survives alice's logout and a forged token");
+    env.app.shutdown().await;
+}
+
+/// Back-channel logout by `sub` alone ends that user's sessions of the provider that sent it, not those of
+/// another provider (two issuers, one `sub`); a replayed `jti` is refused and ends nothing.
+#[tokio::test]
+async fn backchannel_logout_by_sub_ends_only_that_providers_sessions_and_refuses_a_replay() {
+    let partner = IdpServer::start().await;
+    let extra = provider_toml("partner", "oidc", &partner, "introspection_auth = \"client_secret_basic\"");
+    let env = setup(&extra, false, |_| {}).await;
+    let store = env.app.server.authorizer.store();
+    let plant = async |provider: &str| {
+        let tokens =
+            portcullis::session::Tokens { id_token: "id".into(), access_token: "at".into(), refresh_token: None };
+        let new = portcullis::session::NewSession {
+            user_id: "alice".into(),
+            provider: provider.into(),
+            sid: None,
+            tokens,
+            client_fingerprint: None,
+        };
+        let (_, s) = store.create(new, portcullis::now()).await.unwrap();
+        session_key(&s.id)
+    };
+    let at_corp = plant("corp").await;
+    let at_partner = plant("partner").await;
+    let logout_token = async |jti: &str| {
+        partner
+            .mint(
+                serde_json::json!({"iss": partner.issuer(), "aud": "portcullis", "iat": portcullis::now(),
+                    "jti": jti, "sub": "alice",
+                    "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+                "provider",
+            )
+            .await
+    };
+    let post = async |token: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/oauth2/backchannel-logout", env.base))
+            .form(&[("logout_token", token)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let token = logout_token("jti-1").await;
+    assert_eq!(post(&token).await, 200);
+    assert!(!env.redis.exists(&at_partner), "the partner session is ended");
+    assert!(env.redis.exists(&at_corp), "the partner IdP cannot end alice's corp session");
+    assert!(env.redis.exists("bcl_jti:partner:jti-1"));
+    let ttl: i64 = redis::cmd("TTL").arg("bcl_jti:partner:jti-1").query(&mut env.redis.conn()).unwrap();
+    assert!((1..=660).contains(&ttl), "{ttl}");
+
+    // Alice signs in again through the partner; a replay of the old token is refused and ends nothing.
+    let again = plant("partner").await;
+    assert_eq!(post(&token).await, 400);
+    assert!(env.redis.exists(&again), "a replayed logout token ends nothing");
+    // A token without a jti is refused; a fresh one is honoured.
+    let no_jti = partner
+        .mint(
+            serde_json::json!({"iss": partner.issuer(), "aud": "portcullis", "iat": portcullis::now(), "sub": "alice",
+                "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+            "provider",
+        )
+        .await;
+    assert_eq!(post(&no_jti).await, 400);
+    assert!(env.redis.exists(&again));
+    assert_eq!(post(&logout_token("jti-2").await).await, 200);
+    assert!(!env.redis.exists(&again));
+    assert!(env.redis.exists(&at_corp));
     env.app.shutdown().await;
 }
 
