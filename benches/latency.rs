@@ -4,7 +4,8 @@
 //! across machines and runs.
 //!
 //!   cargo bench --bench latency             # every section
-//!   cargo bench --bench latency -- check    # only sections whose name contains an argument (check, m2m)
+//!   cargo bench --bench latency -- check    # only sections whose name contains an argument (check, m2m,
+//!                                           # assertion)
 //!
 //! Numbers only, no pass/fail. `cargo test --all-targets` (`make test`) also builds this target and, since
 //! it has `harness = false`, runs it without arguments: `main` returns at once unless cargo bench passed
@@ -48,6 +49,9 @@ fn main() {
         }
         if wanted("m2m") {
             m2m_section().await;
+        }
+        if wanted("assertion") {
+            assertion_section().await;
         }
     });
 }
@@ -283,4 +287,71 @@ async fn m2m_section() {
     rows.push(row("M2M token, cold (lock + IdP client_credentials)", t, "includes the DEL of forget()".into()));
 
     print_table("M2M token source (2 tokio workers)", &rows);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Assertion: what `x-auth-jwt` adds to a Check, and what one signature costs against a cache hit.
+
+async fn assertion_section() {
+    use portcullis::assertion::{generate_key, Asserter, KeyAlg, KeySet};
+    let redis = RedisServer::start();
+    let mut rows = Vec::new();
+    for (name, alg) in [
+        ("no assertion (baseline)", None),
+        ("ES256 assertion, reused", Some(KeyAlg::Es256)),
+        ("EdDSA assertion, reused", Some(KeyAlg::Eddsa)),
+    ] {
+        let extra = match alg {
+            Some(a) => format!("[assertion]\nenabled = true\nsigning_keys = [{:?}]", generate_key(a).unwrap()),
+            None => String::new(),
+        };
+        let app = TestApp::with_validator(config(&redis.url(), &extra), StaticValidator::new()).await;
+        let (value, _) = app.login("alice", json!({"sub": "alice", "email": "alice@example.com"})).await;
+        let cookie = format!("{}={value}", app.cookie_name());
+        rows.push(row(
+            &format!("session + static validator, {name}"),
+            checks(&app, Some(&cookie), 200, 500, 3000).await,
+            String::new(),
+        ));
+        app.shutdown().await;
+    }
+    print_table("Check with x-auth-jwt: sequential gRPC calls, one client, loopback", &rows);
+
+    let mut rows = Vec::new();
+    let allowed = |session: String| portcullis::authz::Allowed {
+        identity: portcullis::idp::Identity {
+            user_id: "alice".into(),
+            email: Some("alice@example.com".into()),
+            name: Some("Alice".into()),
+            groups: vec!["dev".into(), "ops".into()],
+        },
+        provider: P.into(),
+        session_id: session,
+        assertion: None,
+    };
+    let es = generate_key(KeyAlg::Es256).unwrap();
+    let a = Asserter::new(KeySet::parse(&[&es]).unwrap(), "https://app", "https://app", Duration::from_secs(60));
+    let hit = allowed("hit".into());
+    let now = portcullis::now();
+    let t = measure(1000, 20_000, || async {
+        a.assertion(&hit, "https://app", now).await.unwrap();
+    })
+    .await;
+    rows.push(row("cache hit (baseline)", t, String::new()));
+    for (name, alg) in [("ES256 sign (cache miss)", KeyAlg::Es256), ("EdDSA sign (cache miss)", KeyAlg::Eddsa)] {
+        let k = generate_key(alg).unwrap();
+        let a = Asserter::new(KeySet::parse(&[&k]).unwrap(), "https://app", "https://app", Duration::from_secs(60));
+        let mut i = 0u64;
+        let t = measure(50, 2000, || {
+            i += 1;
+            let u = allowed(format!("s{i}"));
+            let a = &a;
+            async move {
+                a.assertion(&u, "https://app", now).await.unwrap();
+            }
+        })
+        .await;
+        rows.push(row(name, t, "a new session each call".into()));
+    }
+    print_table("One assertion: cache hit against signing", &rows);
 }

@@ -9,6 +9,7 @@ use crate::crypto::CryptoError;
 use crate::idp::{Identity, IdpError, Validators};
 use crate::session::{cookie, Expiry, LoadError, Session, SessionStore};
 
+use super::audit::Who;
 use super::{CheckInput, Deny};
 
 /// The prefix the identity headers share up to a `-` (`x-auth-` by default), when it is specific enough to
@@ -45,6 +46,7 @@ pub struct Authorizer {
     pub(crate) response_headers: Vec<(String, String)>,
     /// `server.mode = "dry_run"`: routes without their own `portcullis.dry_run` only observe.
     pub(crate) dry_run: bool,
+    pub(crate) audit_allow_sample: f64,
 }
 
 impl Authorizer {
@@ -62,6 +64,7 @@ impl Authorizer {
             asserter,
             response_headers: cfg.response_headers.effective(),
             dry_run: cfg.server.mode == crate::config::Mode::DryRun,
+            audit_allow_sample: cfg.server.audit_allow_sample,
         })
     }
 
@@ -85,8 +88,9 @@ impl Authorizer {
         &self.store
     }
 
-    /// Applies the request flow of the design, steps 2 to 6.
-    pub async fn decide(&self, input: &CheckInput<'_>, now: i64) -> Result<Allowed, Deny> {
+    /// Applies the request flow of the design, steps 2 to 6. `who` is filled in once a session is found, so
+    /// that a deny can be attributed too.
+    pub async fn decide(&self, input: &CheckInput<'_>, now: i64, who: &mut Option<Who>) -> Result<Allowed, Deny> {
         if let Some(name) = input.headers.keys().find(|n| self.smuggles_identity(n)) {
             tracing::warn!(header = %name, "client sent a header that reads as an identity header");
             return Err(Deny::IdentityHeader);
@@ -113,6 +117,7 @@ impl Authorizer {
                 return Err(Deny::Corrupt);
             }
         };
+        *who = Some(Who { user_id: session.user_id.clone(), provider: session.provider.clone() });
         match self.check_session(&session, input, now).await {
             Ok(identity) => {
                 if self.store.slide_due(&session, now) {

@@ -1,4 +1,4 @@
-//! The `envoy.service.auth.v3.Authorization` gRPC service, with the check metrics and log line.
+//! The `envoy.service.auth.v3.Authorization` gRPC service, with the check metrics and the audit line.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,15 +6,16 @@ use std::time::Instant;
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
-use super::{metrics, response, Authorizer, CheckInput, Deny};
+use super::{audit, metrics, response, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
     /// One Check, end to end: read, decide, answer, count, log.
     pub async fn check(&self, req: &CheckRequest, now: i64) -> CheckResponse {
         let started = Instant::now();
         let input = CheckInput::from_request(req);
+        let mut who = None;
         let outcome = match &input {
-            Some(i) => self.decide(i, now).await,
+            Some(i) => self.decide(i, now, &mut who).await,
             None => Err(Deny::Malformed),
         };
         let input = input.unwrap_or_default();
@@ -22,28 +23,27 @@ impl Authorizer {
             Ok(a) => self.assert(a, &input, now).await,
             Err(d) => Err(d),
         };
-        let request_id = input.header("x-request-id").unwrap_or("-");
         let extra: &[(String, String)] = if input.security_headers() { &self.response_headers } else { &[] };
         // Observed, not enforced: a dry-run route, unless the deny is one a dry run never lets through.
         let dry_run = input.dry_run(self.dry_run) && outcome.as_ref().err().is_none_or(|d| d.dry_runnable());
-        let resp = match &outcome {
+        let (decision, reason, resp) = match &outcome {
             Ok(a) => {
-                tracing::debug!(request_id, provider = %a.provider, dry_run, "allow");
                 metrics::allowed(dry_run).increment(1);
-                response::allow(a, &input, &self.headers, &self.session, extra)
+                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session, extra))
             }
             Err(d) if dry_run => {
-                tracing::info!(request_id, reason = d.reason(), method = %input.method, "dry run: would deny; let through without identity");
                 metrics::denied(*d, true).increment(1);
-                response::pass(&input, &self.headers, &self.session, extra)
+                ("deny", d.reason(), response::pass(&input, &self.headers, &self.session, extra))
             }
             Err(d) => {
-                tracing::info!(request_id, reason = d.reason(), method = %input.method, "deny");
                 metrics::denied(*d, false).increment(1);
-                response::deny(*d, &input, &self.session)
+                ("deny", d.reason(), response::deny(*d, &input, &self.session))
             }
         };
-        metrics::duration().record(started.elapsed().as_secs_f64());
+        let latency = started.elapsed();
+        let entry = audit::Entry { input: &input, who: who.as_ref(), decision, reason, dry_run, latency };
+        audit::record(&entry, self.audit_allow_sample);
+        metrics::duration().record(latency.as_secs_f64());
         resp
     }
 }

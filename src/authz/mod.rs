@@ -1,8 +1,9 @@
 //! The Check path: a CheckRequest in, an allow with identity headers or a deny out.
 //!
 //! `request` reads what Envoy sent, `decision` applies the session rules and asks the provider,
-//! `response` turns the outcome into Envoy's answer, `grpc` serves it.
+//! `response` turns the outcome into Envoy's answer, `grpc` serves it, `audit` writes one line per decision.
 
+pub mod audit;
 pub mod decision;
 pub mod deny;
 pub mod grpc;

@@ -35,6 +35,9 @@ pub struct ServerConfig {
     /// `enforce`, or `dry_run`: decide, log and count, but let every request through (see the README).
     #[serde(default)]
     pub mode: Mode,
+    /// Share of allows that get an audit line (0.0 ..= 1.0); denies always do.
+    #[serde(default = "audit_allow_sample")]
+    pub audit_allow_sample: f64,
 }
 
 /// Whether decisions are enforced. A route overrides it with `portcullis.dry_run`.
@@ -60,6 +63,10 @@ fn shutdown_grace() -> Duration {
     Duration::from_secs(10)
 }
 
+fn audit_allow_sample() -> f64 {
+    1.0
+}
+
 fn drain_delay() -> Duration {
     Duration::from_secs(5)
 }
@@ -79,6 +86,9 @@ impl ServerConfig {
                 errors
                     .push("server.admin_token: required (at least 16 characters) when server.admin_addr is set".into());
             }
+        }
+        if !(0.0..=1.0).contains(&self.audit_allow_sample) {
+            errors.push(format!("server.audit_allow_sample: {} must be between 0.0 and 1.0", self.audit_allow_sample));
         }
         match url::Url::parse(&self.public_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}

@@ -238,3 +238,15 @@ fn server_mode_is_enforce_unless_dry_run_and_a_typo_is_named() {
     let err = Config::from_toml(&minimal().replace("[redis]", "mode = \"dryrun\"\n\n[redis]")).unwrap_err().to_string();
     assert!(err.contains("server.mode"), "{err}");
 }
+
+#[test]
+fn audit_allow_sample_is_a_share() {
+    assert_eq!(Config::from_toml(&minimal()).unwrap().server.audit_allow_sample, 1.0);
+    for bad in ["1.5", "-0.1", "nan"] {
+        let text = minimal().replace("[redis]", &format!("audit_allow_sample = {bad}\n\n[redis]"));
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("server.audit_allow_sample"), "{bad}: {err}");
+    }
+    let text = minimal().replace("[redis]", "audit_allow_sample = 0.25\n\n[redis]");
+    assert_eq!(Config::from_toml(&text).unwrap().server.audit_allow_sample, 0.25);
+}

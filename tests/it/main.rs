@@ -8,6 +8,7 @@ use portcullis_testkit as harness;
 
 mod assertion;
 mod attacks;
+mod audit;
 mod check;
 mod cli;
 mod e2e;

@@ -1,0 +1,164 @@
+//! The audit line: the real binary (JSON logs), a real sign-in at the real IdP, then checks; every decision's
+//! line is read back from its log.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use serde_json::Value;
+
+use crate::harness::app::{request, Checked};
+use crate::harness::idp::{sign_in, IdpOptions, IdpServer, CLIENT_SECRET};
+use crate::harness::redis::RedisServer;
+use crate::harness::{eventually, free_port};
+
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    grpc: u16,
+    base: String,
+}
+
+impl Running {
+    /// Stops the binary and returns its audit lines.
+    fn audit_lines(mut self) -> Vec<Value> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "portcullis::audit")
+            .collect()
+    }
+}
+
+async fn serve(redis: &RedisServer, idp_for: impl FnOnce(&str) -> IdpOptions, sample: &str) -> (Running, IdpServer) {
+    let (grpc, http) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{http}");
+    let idp = IdpServer::start_with(idp_for(&base)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+grpc_addr = "127.0.0.1:{grpc}"
+http_addr = "127.0.0.1:{http}"
+public_url = "{base}"
+log_format = "json"
+audit_allow_sample = {sample}
+[redis]
+url = "{redis}"
+timeout = "5s"
+[session]
+cookie_secure = false
+encryption_keys = ["{key}"]
+[providers.corp]
+kind = "ping"
+issuer = "{issuer}"
+client_id = "portcullis"
+client_secret = "{CLIENT_SECRET}"
+"#,
+            redis = redis.url(),
+            key = portcullis::crypto::generate_key(),
+            issuer = idp.issuer()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("portcullis.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = eventually(Duration::from_secs(20), async || {
+        reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "portcullis did not become ready");
+    (Running { child, log, _dir: dir, grpc, base }, idp)
+}
+
+fn idp_options(base: &str) -> IdpOptions {
+    IdpOptions { backchannel_logout_uri: None, redirect_uris: vec![format!("{base}/oauth2/callback")] }
+}
+
+/// Signs `user` in and returns the session cookie header.
+async fn session_cookie(r: &Running, idp: &IdpServer, user: &str) -> String {
+    let browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap();
+    let callback = sign_in(&browser, &r.base, &idp.issuer(), user, "/", |_| {}).await;
+    let resp = browser.get(&callback).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let set = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    set.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn every_decision_gets_one_audit_line_without_query_or_secrets() {
+    let redis = RedisServer::start();
+    let (r, idp) = serve(&redis, idp_options, "1.0").await;
+    let cookie = session_cookie(&r, &idp, "alice").await;
+    let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", r.grpc)).await.unwrap();
+    let mut check = async |method: &str, path: &str, headers: &[(&str, &str)]| {
+        Checked(grpc.check(request(method, path, headers)).await.unwrap().into_inner()).status()
+    };
+    assert_eq!(
+        check("GET", "/reports?token=s3cr3t-query", &[("cookie", &cookie), ("x-request-id", "req-1")]).await,
+        200
+    );
+    assert_eq!(check("POST", "/api/x?q=1", &[("x-request-id", "req-2")]).await, 401);
+    let session_value = cookie.split_once('=').unwrap().1.to_string();
+    let lines = r.audit_lines();
+
+    let allow = lines.iter().find(|l| l["request_id"] == "req-1").expect("the allow's audit line");
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(allow["reason"], "ok");
+    assert_eq!(allow["user"], "alice");
+    assert_eq!(allow["provider"], "corp");
+    assert_eq!(allow["method"], "GET");
+    assert_eq!(allow["path"], "/reports", "the query is left out");
+    assert_eq!(allow["dry_run"], false);
+    assert_eq!(allow["level"], "INFO");
+    assert!(allow["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{allow}");
+
+    let deny = lines.iter().find(|l| l["request_id"] == "req-2").expect("the deny's audit line");
+    assert_eq!((deny["decision"].as_str(), deny["reason"].as_str()), (Some("deny"), Some("no_cookie")));
+    assert_eq!(
+        (deny["user"].as_str(), deny["method"].as_str(), deny["path"].as_str()),
+        (Some("-"), Some("POST"), Some("/api/x"))
+    );
+    assert_eq!(lines.iter().filter(|l| l["request_id"] == "req-1").count(), 1, "one line per decision");
+
+    let text = lines.iter().map(Value::to_string).collect::<String>();
+    let session_id = portcullis::session::cookie::session_id(&session_value);
+    for secret in ["s3cr3t-query", session_value.as_str(), session_id.as_str()] {
+        assert!(!text.contains(&secret[..secret.len().min(24)]), "{secret} in an audit line");
+    }
+}
+
+#[tokio::test]
+async fn sampling_drops_allows_but_never_denies() {
+    let redis = RedisServer::start();
+    let (r, idp) = serve(&redis, idp_options, "0.0").await;
+    let cookie = session_cookie(&r, &idp, "bob").await;
+    let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", r.grpc)).await.unwrap();
+    for i in 0..5 {
+        let id = format!("allow-{i}");
+        let resp = grpc.check(request("GET", "/x", &[("cookie", &cookie), ("x-request-id", &id)])).await.unwrap();
+        assert_eq!(Checked(resp.into_inner()).status(), 200);
+        let id = format!("deny-{i}");
+        let resp = grpc.check(request("GET", "/x", &[("x-request-id", &id)])).await.unwrap();
+        assert_eq!(Checked(resp.into_inner()).status(), 401);
+    }
+    let lines = r.audit_lines();
+    let count =
+        |prefix: &str| lines.iter().filter(|l| l["request_id"].as_str().is_some_and(|s| s.starts_with(prefix))).count();
+    assert_eq!(count("deny-"), 5, "every deny is audited");
+    assert_eq!(count("allow-"), 0, "audit_allow_sample = 0.0 drops every allow");
+}
