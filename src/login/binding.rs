@@ -61,16 +61,22 @@ pub fn clear(cfg: &SessionConfig, state: &str) -> String {
     format!("{}={}; Max-Age=0", name(cfg, state), attributes(cfg))
 }
 
-/// Whether the request carries the binding cookie of `state` with a value whose hash is `stored`.
-pub fn verify(headers: &HeaderMap, cfg: &SessionConfig, state: &str, stored: &str) -> Result<(), BindingError> {
-    let name = name(cfg, state);
-    let value = headers
+fn value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|h| cookie::find(h, &name))
-        .filter(|v| cookie::well_formed(v))
-        .ok_or(BindingError::Missing)?;
+        .find_map(|h| cookie::find(h, name))
+}
+
+/// Whether the request carries a binding cookie for `state` at all (then the callback clears it).
+pub fn sent(headers: &HeaderMap, cfg: &SessionConfig, state: &str) -> bool {
+    value(headers, &name(cfg, state)).is_some()
+}
+
+/// Whether the request carries the binding cookie of `state` with a value whose hash is `stored`.
+pub fn verify(headers: &HeaderMap, cfg: &SessionConfig, state: &str, stored: &str) -> Result<(), BindingError> {
+    let value = value(headers, &name(cfg, state)).filter(|v| cookie::well_formed(v)).ok_or(BindingError::Missing)?;
     // Hashes of a secret compared in constant time: nothing about `stored` leaks through timing.
     if bool::from(hash(value).as_bytes().ct_eq(stored.as_bytes())) {
         Ok(())

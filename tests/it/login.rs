@@ -134,7 +134,9 @@ async fn callback_replay_wrong_verifier_and_open_redirect_fail() {
     env.idp.reset_stats().await;
     let r = env.browser.get(&cb).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.headers().get(SET_COOKIE).is_none());
+    let sets: Vec<&str> = r.headers().get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(sets.iter().all(|c| c.starts_with("portcullis_login_") && c.contains("Max-Age=0")), "{sets:?}");
+    assert_eq!(env.sessions(), 1, "only the first login's session");
     assert!(env.idp.count("/token:authorization_code").await >= 1, "{:?}", env.idp.stats().await);
 
     // Open redirects are refused before the IdP is involved.
