@@ -36,11 +36,16 @@ impl BindingError {
     }
 }
 
-/// The binding cookie's name for one login: `__Host-` prefixed when cookies are Secure (no sibling
-/// subdomain can set or shadow it).
+/// The binding cookie's name for one login: `__Host-` prefixed when cookies are Secure and host-only (no
+/// sibling subdomain can set or shadow it); `__Secure-` when `session.cookie_domain` shares cookies across
+/// hosts (the login may start on one host and come back on another, as the session cookie does).
 pub fn name(cfg: &SessionConfig, state: &str) -> String {
     let tag = &hex::encode(Sha256::digest(state.as_bytes()))[..TAG_LEN];
-    let prefix = if cfg.cookie_secure { "__Host-" } else { "" };
+    let prefix = match (cfg.cookie_secure, &cfg.cookie_domain) {
+        (true, None) => "__Host-",
+        (true, Some(_)) => "__Secure-",
+        (false, _) => "",
+    };
     format!("{prefix}{STEM}{tag}")
 }
 
@@ -85,14 +90,19 @@ pub fn verify(headers: &HeaderMap, cfg: &SessionConfig, state: &str, stored: &st
     }
 }
 
-/// Host-only (no Domain), Path=/, HttpOnly, SameSite=Lax: the IdP's redirect back is a top-level GET
-/// navigation, which Lax cookies accompany; Strict ones would not.
-fn attributes(cfg: &SessionConfig) -> &'static str {
+/// Path=/, HttpOnly, SameSite=Lax (the IdP's redirect back is a top-level GET navigation, which Lax
+/// cookies accompany; Strict ones would not), host-only unless `session.cookie_domain` is set.
+fn attributes(cfg: &SessionConfig) -> String {
+    let mut a = String::from("; Path=/; HttpOnly");
     if cfg.cookie_secure {
-        "; Path=/; HttpOnly; Secure; SameSite=Lax"
-    } else {
-        "; Path=/; HttpOnly; SameSite=Lax"
+        a.push_str("; Secure");
     }
+    if let Some(d) = &cfg.cookie_domain {
+        a.push_str("; Domain=");
+        a.push_str(d);
+    }
+    a.push_str("; SameSite=Lax");
+    a
 }
 
 #[cfg(test)]
@@ -123,6 +133,9 @@ mod tests {
         }
         assert!(!set.contains("Domain"), "{set}");
         assert!(clear(&cfg(false), "s").contains("Max-Age=0"));
+        let shared = SessionConfig { cookie_domain: Some("example.com".into()), ..cfg(true) };
+        assert!(name(&shared, "s").starts_with("__Secure-portcullis_login_"));
+        assert!(issue(&shared, "s", 600).0.contains("; Domain=example.com"));
     }
 
     #[test]
