@@ -36,11 +36,16 @@ impl BindingError {
     }
 }
 
-/// The binding cookie's name for one login: `__Host-` prefixed when cookies are Secure (no sibling
-/// subdomain can set or shadow it).
+/// The binding cookie's name for one login: `__Host-` prefixed when cookies are Secure and host-only (no
+/// sibling subdomain can set or shadow it); `__Secure-` when `session.cookie_domain` shares cookies across
+/// hosts (the login may start on one host and come back on another, as the session cookie does).
 pub fn name(cfg: &SessionConfig, state: &str) -> String {
     let tag = &hex::encode(Sha256::digest(state.as_bytes()))[..TAG_LEN];
-    let prefix = if cfg.cookie_secure { "__Host-" } else { "" };
+    let prefix = match (cfg.cookie_secure, &cfg.cookie_domain) {
+        (true, None) => "__Host-",
+        (true, Some(_)) => "__Secure-",
+        (false, _) => "",
+    };
     format!("{prefix}{STEM}{tag}")
 }
 
@@ -61,16 +66,22 @@ pub fn clear(cfg: &SessionConfig, state: &str) -> String {
     format!("{}={}; Max-Age=0", name(cfg, state), attributes(cfg))
 }
 
-/// Whether the request carries the binding cookie of `state` with a value whose hash is `stored`.
-pub fn verify(headers: &HeaderMap, cfg: &SessionConfig, state: &str, stored: &str) -> Result<(), BindingError> {
-    let name = name(cfg, state);
-    let value = headers
+fn value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|h| cookie::find(h, &name))
-        .filter(|v| cookie::well_formed(v))
-        .ok_or(BindingError::Missing)?;
+        .find_map(|h| cookie::find(h, name))
+}
+
+/// Whether the request carries a binding cookie for `state` at all (then the callback clears it).
+pub fn sent(headers: &HeaderMap, cfg: &SessionConfig, state: &str) -> bool {
+    value(headers, &name(cfg, state)).is_some()
+}
+
+/// Whether the request carries the binding cookie of `state` with a value whose hash is `stored`.
+pub fn verify(headers: &HeaderMap, cfg: &SessionConfig, state: &str, stored: &str) -> Result<(), BindingError> {
+    let value = value(headers, &name(cfg, state)).filter(|v| cookie::well_formed(v)).ok_or(BindingError::Missing)?;
     // Hashes of a secret compared in constant time: nothing about `stored` leaks through timing.
     if bool::from(hash(value).as_bytes().ct_eq(stored.as_bytes())) {
         Ok(())
@@ -79,14 +90,19 @@ pub fn verify(headers: &HeaderMap, cfg: &SessionConfig, state: &str, stored: &st
     }
 }
 
-/// Host-only (no Domain), Path=/, HttpOnly, SameSite=Lax: the IdP's redirect back is a top-level GET
-/// navigation, which Lax cookies accompany; Strict ones would not.
-fn attributes(cfg: &SessionConfig) -> &'static str {
+/// Path=/, HttpOnly, SameSite=Lax (the IdP's redirect back is a top-level GET navigation, which Lax
+/// cookies accompany; Strict ones would not), host-only unless `session.cookie_domain` is set.
+fn attributes(cfg: &SessionConfig) -> String {
+    let mut a = String::from("; Path=/; HttpOnly");
     if cfg.cookie_secure {
-        "; Path=/; HttpOnly; Secure; SameSite=Lax"
-    } else {
-        "; Path=/; HttpOnly; SameSite=Lax"
+        a.push_str("; Secure");
     }
+    if let Some(d) = &cfg.cookie_domain {
+        a.push_str("; Domain=");
+        a.push_str(d);
+    }
+    a.push_str("; SameSite=Lax");
+    a
 }
 
 #[cfg(test)]
@@ -117,6 +133,9 @@ mod tests {
         }
         assert!(!set.contains("Domain"), "{set}");
         assert!(clear(&cfg(false), "s").contains("Max-Age=0"));
+        let shared = SessionConfig { cookie_domain: Some("example.com".into()), ..cfg(true) };
+        assert!(name(&shared, "s").starts_with("__Secure-portcullis_login_"));
+        assert!(issue(&shared, "s", 600).0.contains("; Domain=example.com"));
     }
 
     #[test]

@@ -119,13 +119,28 @@ pub struct CallbackQuery {
     error_description: Option<String>,
 }
 
+/// The callback; whatever its outcome, a login-binding cookie the browser sent for this state is cleared
+/// (the state is used or refused now, the cookie has no further use).
 pub async fn callback(
     State(s): State<Arc<LoginState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let client = client::client(&headers, peer.ip(), &s.trusted_proxies);
+    let unbind = q
+        .state
+        .as_deref()
+        .filter(|st| binding::sent(&headers, &s.session, st))
+        .map(|st| binding::clear(&s.session, st));
+    let resp = complete(&s, peer, &headers, q).await;
+    match unbind {
+        Some(c) => with_cookie(resp, &c),
+        None => resp,
+    }
+}
+
+async fn complete(s: &LoginState, peer: SocketAddr, headers: &HeaderMap, q: CallbackQuery) -> Response {
+    let client = client::client(headers, peer.ip(), &s.trusted_proxies);
     match failures::blocked(&s.redis, &client, s.login.max_failures).await {
         Ok(Some(wait)) => return too_many(u64::try_from(wait).unwrap_or(1), "Too many failed sign-ins"),
         Ok(None) => {}
@@ -167,8 +182,7 @@ pub async fn callback(
             "This sign-in link is unknown, expired or already used.",
         );
     };
-    let unbind = binding::clear(&s.session, state);
-    if let Err(e) = binding::verify(&headers, &s.session, state, &pending.binding) {
+    if let Err(e) = binding::verify(headers, &s.session, state, &pending.binding) {
         tracing::warn!(provider = %pending.provider, client = %client, error = %e, "callback refused: not the browser that started this login");
         failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
         let page = fail(
@@ -177,16 +191,13 @@ pub async fn callback(
             "Sign-in refused",
             "This sign-in was started in another browser. Start again from here.",
         );
-        return with_cookie(page, &unbind);
+        return page;
     }
     // Consume the state exactly once: a replayed or concurrent callback finds nothing.
     match s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(&key)).await {
         Ok(Some(_)) => {}
         Ok(None) => {
-            return with_cookie(
-                fail(&pending.provider, "bad_state", "Sign-in expired", "This sign-in link was already used."),
-                &unbind,
-            )
+            return fail(&pending.provider, "bad_state", "Sign-in expired", "This sign-in link was already used.")
         }
         Err(_) => return unavailable(),
     }
@@ -235,5 +246,5 @@ pub async fn callback(
         }
     };
     count(&provider.id, "success");
-    with_cookie(with_cookie(found(&pending.rd), &cookie::set(&s.session, &value)), &unbind)
+    with_cookie(found(&pending.rd), &cookie::set(&s.session, &value))
 }
