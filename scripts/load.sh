@@ -24,6 +24,7 @@
 #   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,max_staleness,
 #                max_staleness-10k,every_request,breaker_open)      MIX  sessions of the big mix (default 10000)
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
+#   BIN_DIR      use the portcullis and loadkit binaries in this directory instead of building them
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -88,11 +89,17 @@ scripts/ensure-envoy.sh
 scripts/ensure-idp.sh
 ENVOY="${ENVOY_BIN:-$root/.venv/bin/envoy}"
 
-log "building portcullis and examples/loadkit ($PROFILE)"
-cargo build --quiet --profile "$PROFILE" --bin portcullis --example loadkit
-dir="$root/target/$([[ "$PROFILE" == dev ]] && echo debug || echo "$PROFILE")"
-BIN="$dir/portcullis"
-KIT="$dir/examples/loadkit"
+if [[ -n "${BIN_DIR:-}" ]]; then
+    # Binaries built elsewhere (e.g. from an earlier commit, to compare before/after with the same script).
+    BIN="$BIN_DIR/portcullis"; KIT="$BIN_DIR/loadkit"
+    [[ -x "$BIN" && -x "$KIT" ]] || die "BIN_DIR must hold portcullis and loadkit"
+else
+    log "building portcullis and examples/loadkit ($PROFILE)"
+    cargo build --quiet --profile "$PROFILE" --bin portcullis --example loadkit
+    dir="$root/target/$([[ "$PROFILE" == dev ]] && echo debug || echo "$PROFILE")"
+    BIN="$dir/portcullis"
+    KIT="$dir/examples/loadkit"
+fi
 
 # --- dependencies --------------------------------------------------------------------------------------
 REDIS_PORT=$(free_port); IDP_PORT=$(free_port); UP_PORT=$(free_port)
