@@ -35,7 +35,7 @@ pub fn record(e: &Entry<'_>, allow_sample: f64) {
     if allow && !sampled(allow_sample) {
         return;
     }
-    let path = path_only(&e.input.path);
+    let path = path_only(e.input.path);
     let (user, provider) = e.who.map_or(("-", "-"), |w| (w.user_id.as_str(), w.provider.as_str()));
     tracing::info!(
         target: TARGET,
