@@ -10,6 +10,6 @@ pub mod grpc;
 pub mod request;
 pub mod response;
 
-pub use decision::{Allowed, Authorizer};
+pub use decision::{Allowed, Authorizer, BearerUse};
 pub use deny::{Answer, Deny};
 pub use request::CheckInput;
