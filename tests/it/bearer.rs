@@ -126,3 +126,42 @@ async fn jwt_access_tokens_are_verified_against_the_jwks_issuer_audience_and_tim
     let early = s.idp.mint(early, "provider").await;
     assert_invalid_token(&call(&s, "/svc/x", &early, false).await, "not yet valid");
 }
+
+/// `every_request`: concurrent checks of one token share one introspection; `max_staleness`: a result is
+/// reused, not past the token's `exp`.
+#[tokio::test]
+async fn revalidation_modes_bound_the_introspections() {
+    let s = stack().await;
+    let cc = s.idp.client_credentials().await;
+    echo(&s, "/svc/warm", &cc).await;
+    s.idp.delay("/token/introspection", 300).await;
+    let before = s.idp.count("/token/introspection").await;
+    let calls: Vec<_> = (0..8).map(|_| call(&s, "/svc/x", &cc, false)).collect();
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.status(), 200);
+    }
+    let n = s.idp.count("/token/introspection").await - before;
+    assert!(n <= 2, "8 concurrent checks of one token made {n} introspections");
+    s.idp.delay("/token/introspection", 0).await;
+
+    let stale = Stack::start_full(
+        "[bearer]\n[revalidation]\nmode = \"max_staleness\"\nmax_staleness = \"60s\"\n",
+        |c| c.providers.get_mut("corp").unwrap().introspection_auth = IntrospectionAuth::Bearer,
+        routes,
+    )
+    .await;
+    let cc = stale.idp.client_credentials().await;
+    let before = stale.idp.count("/token/introspection").await;
+    for _ in 0..5 {
+        echo(&stale, "/svc/x", &cc).await;
+    }
+    assert_eq!(stale.idp.count("/token/introspection").await - before, 1, "reused within max_staleness");
+
+    // A JWT that expires in 2 s is not reused past its exp, whatever max_staleness says.
+    let now = portcullis::now();
+    let short = json!({"iss": stale.idp.issuer(), "aud": CLIENT_ID, "sub": "fay", "exp": now + 2});
+    let short = stale.idp.mint(short, "provider").await;
+    echo(&stale, "/svc/x", &short).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_invalid_token(&call(&stale, "/svc/x", &short, false).await, "expired while cached");
+}
