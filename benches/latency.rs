@@ -328,6 +328,7 @@ async fn assertion_section() {
         provider: P.into(),
         session_id: session,
         assertion: None,
+        bearer: None,
     };
     let es = generate_key(KeyAlg::Es256).unwrap();
     let a = Asserter::new(KeySet::parse(&[&es]).unwrap(), "https://app", "https://app", Duration::from_secs(60));

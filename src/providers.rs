@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::config::{Config, ProviderKind};
+use crate::idp::bearer::BearerVerifier;
 use crate::idp::discovery::Discovery;
 use crate::idp::provider::Provider;
 use crate::idp::transport::{self, Transport};
@@ -23,6 +24,8 @@ pub struct Providers {
     pub login: BTreeMap<String, Arc<LoginProvider>>,
     /// The Redis-shared M2M manager, when [`build`] built one (its refresher is the server's to run).
     pub m2m: Option<Arc<M2mManager>>,
+    /// Judges `Authorization: Bearer` tokens, when a provider for them can be named (`[bearer]`).
+    pub bearer: Option<Arc<BearerVerifier>>,
 }
 
 /// Where the providers' M2M tokens come from.
@@ -123,6 +126,12 @@ pub async fn build(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Provide
         })
         .collect();
     futures::future::join_all(providers.iter().map(|(p, _)| p.warm_up())).await;
+    let names: Vec<&str> = providers.iter().map(|(p, _)| p.name.as_str()).collect();
+    if let Some(name) = cfg.bearer.provider_name(&names) {
+        if let Some((p, _)) = providers.iter().find(|(p, _)| p.name == name) {
+            out.bearer = Some(Arc::new(BearerVerifier::new(p.clone(), &cfg.bearer, &cfg.revalidation)));
+        }
+    }
     let redirect_uri = format!("{}/oauth2/callback", cfg.server.public_url.trim_end_matches('/'));
     for (p, transport) in providers {
         let inner: Arc<dyn Validator> = match p.cfg.kind {

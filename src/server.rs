@@ -75,7 +75,7 @@ impl Server {
     /// Binds both listeners (port 0 picks a free one) and starts serving.
     async fn launch(cfg: &Config, redis: Redis, store: SessionStore, providers: Providers) -> Result<Self, StartError> {
         let asserter = crate::assertion::Asserter::from_config(&cfg.assertion, &cfg.server.public_url)?;
-        let authorizer = Authorizer::new(store.clone(), providers.validators, cfg, asserter.clone());
+        let authorizer = Authorizer::new(store.clone(), providers.validators, cfg, asserter.clone(), providers.bearer);
         let login = Arc::new(LoginState {
             redis: redis.clone(),
             store,

@@ -44,7 +44,14 @@ pub fn metrics() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("portcullis_check_total", "Check decisions by decision and reason");
+    describe_counter!(
+        "portcullis_check_total",
+        "Check decisions by decision, reason and dry_run (true: decided on a dry-run route, not enforced)"
+    );
+    describe_counter!(
+        "portcullis_assertions_signed_total",
+        "x-auth-jwt assertions signed (a cached one is reused per session and audience)"
+    );
     describe_histogram!("portcullis_check_duration_seconds", Unit::Seconds, "Time to answer one Check");
     describe_counter!("portcullis_redis_errors_total", "Redis calls that failed or timed out");
     describe_counter!("portcullis_sessions_revoked_total", "Sessions deleted, by reason");

@@ -12,6 +12,7 @@ fn allowed(user: &str, groups: &[&str]) -> Allowed {
         provider: "corp".into(),
         session_id: format!("session-of-{user}"),
         assertion: None,
+        bearer: None,
     }
 }
 

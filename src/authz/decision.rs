@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::assertion::Asserter;
 use crate::config::{Config, HeadersConfig, SessionConfig};
 use crate::crypto::CryptoError;
+use crate::idp::bearer::BearerVerifier;
 use crate::idp::{Identity, IdpError, Validators};
 use crate::session::{cookie, Expiry, LoadError, Session, SessionStore};
 
@@ -34,6 +35,17 @@ pub struct Allowed {
     pub session_id: String,
     /// The signed `x-auth-jwt`, when `[assertion]` is on (filled in after the decision).
     pub assertion: Option<String>,
+    /// Set when a bearer token, not a session, was the credential.
+    pub bearer: Option<BearerUse>,
+}
+
+/// How a bearer-token allow is passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BearerUse {
+    /// A machine client (client credentials): `x-auth-client: true`.
+    pub client: bool,
+    /// The route passes the token on (`portcullis.bearer_pass`); removed from the upstream request otherwise.
+    pub pass: bool,
 }
 
 pub struct Authorizer {
@@ -47,6 +59,9 @@ pub struct Authorizer {
     /// `server.mode = "dry_run"`: routes without their own `portcullis.dry_run` only observe.
     pub(crate) dry_run: bool,
     pub(crate) audit_allow_sample: f64,
+    bearer: Option<Arc<BearerVerifier>>,
+    /// `[bearer] enabled`: every route accepts bearer tokens.
+    bearer_everywhere: bool,
 }
 
 impl Authorizer {
@@ -55,6 +70,7 @@ impl Authorizer {
         validators: Validators,
         cfg: &Config,
         asserter: Option<Arc<Asserter>>,
+        bearer: Option<Arc<BearerVerifier>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -65,6 +81,8 @@ impl Authorizer {
             response_headers: cfg.response_headers.effective(),
             dry_run: cfg.server.mode == crate::config::Mode::DryRun,
             audit_allow_sample: cfg.server.audit_allow_sample,
+            bearer,
+            bearer_everywhere: cfg.bearer.enabled,
         })
     }
 
@@ -100,7 +118,14 @@ impl Authorizer {
             tracing::warn!(cookie = %self.session.cookie_name, "session cookie sent more than once");
             return Err(Deny::DuplicateCookie);
         }
-        let value = cookie::find(cookies, &self.session.cookie_name).ok_or(Deny::NoCookie)?;
+        let Some(value) = cookie::find(cookies, &self.session.cookie_name) else {
+            return match (input.bearer_token(), &self.bearer) {
+                (Some(token), Some(v)) if input.bearer_allowed(self.bearer_everywhere) => {
+                    self.decide_bearer(v, token, input, now, who).await
+                }
+                _ => Err(Deny::NoCookie),
+            };
+        };
         if !cookie::well_formed(value) {
             return Err(Deny::UnknownSession);
         }
@@ -133,7 +158,7 @@ impl Authorizer {
                 if !required.is_empty() && !identity.groups.iter().any(|g| required.contains(&g.as_str())) {
                     return Err(Deny::Forbidden);
                 }
-                Ok(Allowed { identity, provider: session.provider, session_id: id, assertion: None })
+                Ok(Allowed { identity, provider: session.provider, session_id: id, assertion: None, bearer: None })
             }
             Err(deny) => {
                 if deny.clears_cookie() {
@@ -142,6 +167,43 @@ impl Authorizer {
                 Err(deny)
             }
         }
+    }
+
+    /// A request with a bearer token instead of a session on a route that accepts them: the token's
+    /// identity, under the same group rules; the route's scopes on top.
+    async fn decide_bearer(
+        &self,
+        v: &BearerVerifier,
+        token: &str,
+        input: &CheckInput<'_>,
+        now: i64,
+        who: &mut Option<Who>,
+    ) -> Result<Allowed, Deny> {
+        let p = v.verify(token, now).await.map_err(|e| {
+            tracing::info!(provider = v.provider(), error = %e, "bearer token refused");
+            match e {
+                IdpError::Unavailable(_) => Deny::IdpUnavailable,
+                IdpError::Revoked(_) | IdpError::Invalid(_) => Deny::BearerInvalid,
+            }
+        })?;
+        *who = Some(Who { user_id: p.identity.user_id.clone(), provider: v.provider().to_string() });
+        let Some(required) = input.required_groups() else {
+            tracing::warn!(path = %input.path, "route requires groups but names none: denied");
+            return Err(Deny::Misconfigured);
+        };
+        if !required.is_empty() && !p.identity.groups.iter().any(|g| required.contains(&g.as_str())) {
+            return Err(Deny::Forbidden);
+        }
+        if !input.bearer_scopes().iter().all(|s| p.scopes.iter().any(|have| have == s)) {
+            return Err(Deny::BearerScope);
+        }
+        Ok(Allowed {
+            identity: p.identity.clone(),
+            provider: v.provider().to_string(),
+            session_id: format!("bearer:{}", BearerVerifier::token_id(token)),
+            assertion: None,
+            bearer: Some(BearerUse { client: p.client, pass: input.bearer_pass() }),
+        })
     }
 
     /// Whether a client header name, lower-cased with `_` read as `-`, is an identity header or carries the

@@ -33,6 +33,10 @@ pub enum Deny {
     IdpUnavailable,
     /// The identity assertion could not be signed: no allow without it.
     Assertion,
+    /// A bearer token that is invalid, expired, revoked, or of another issuer or audience (RFC 6750).
+    BearerInvalid,
+    /// A valid bearer token without a scope the route requires (RFC 6750 `insufficient_scope`).
+    BearerScope,
 }
 
 /// What one [`Deny`] answers, before the browser-navigation redirect is considered.
@@ -46,11 +50,13 @@ pub struct Answer {
     /// Whether a presented session cookie is now worthless and is cleared.
     pub clears_cookie: bool,
     pub retry_after: Option<u32>,
+    /// RFC 6750 challenge for API clients: such a 401 is never turned into a login redirect.
+    pub www_authenticate: Option<&'static str>,
 }
 
 impl Deny {
     /// Every variant, in declaration order (`d as usize` indexes it).
-    pub const ALL: [Deny; 19] = [
+    pub const ALL: [Deny; 21] = [
         Deny::Malformed,
         Deny::IdentityHeader,
         Deny::NoCookie,
@@ -70,6 +76,8 @@ impl Deny {
         Deny::RedisUnavailable,
         Deny::IdpUnavailable,
         Deny::Assertion,
+        Deny::BearerInvalid,
+        Deny::BearerScope,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -93,13 +101,15 @@ impl Deny {
             Deny::RedisUnavailable => "redis_unavailable",
             Deny::IdpUnavailable => "idp_unavailable",
             Deny::Assertion => "assertion_failed",
+            Deny::BearerInvalid => "bearer_invalid",
+            Deny::BearerScope => "bearer_scope",
         }
     }
 
     /// The answer table.
     pub fn answer(self) -> Answer {
         const fn a(status: u16, grpc: Code, body: &'static str, clears_cookie: bool) -> Answer {
-            Answer { status, grpc, body, clears_cookie, retry_after: None }
+            Answer { status, grpc, body, clears_cookie, retry_after: None, www_authenticate: None }
         }
         const UNAUTH: &str = r#"{"error":"unauthenticated"}"#;
         match self {
@@ -117,6 +127,14 @@ impl Deny {
             | Deny::Tampered
             | Deny::Revoked
             | Deny::InvalidToken => a(401, Code::Unauthenticated, UNAUTH, true),
+            Deny::BearerInvalid => Answer {
+                www_authenticate: Some(r#"Bearer error="invalid_token""#),
+                ..a(401, Code::Unauthenticated, UNAUTH, false)
+            },
+            Deny::BearerScope => Answer {
+                www_authenticate: Some(r#"Bearer error="insufficient_scope""#),
+                ..a(403, Code::PermissionDenied, r#"{"error":"forbidden"}"#, false)
+            },
             Deny::Forbidden | Deny::Misconfigured => a(403, Code::PermissionDenied, r#"{"error":"forbidden"}"#, false),
             // UnknownKey/UnknownProvider: this replica cannot judge the session (replicas differ mid-rollout),
             // so it stays in Redis for one that can.
@@ -157,6 +175,6 @@ mod tests {
             assert_eq!(a.retry_after.is_some(), a.status == 503, "{d:?}");
             assert!(!a.clears_cookie || a.status == 401, "{d:?}");
         }
-        assert_eq!(Deny::ALL.len(), Deny::Assertion as usize + 1, "a new variant goes last and into ALL");
+        assert_eq!(Deny::ALL.len(), Deny::BearerScope as usize + 1, "a new variant goes last and into ALL");
     }
 }

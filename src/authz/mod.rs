@@ -11,6 +11,6 @@ mod metrics;
 pub mod request;
 pub mod response;
 
-pub use decision::{Allowed, Authorizer};
+pub use decision::{Allowed, Authorizer, BearerUse};
 pub use deny::{Answer, Deny};
 pub use request::CheckInput;

@@ -10,6 +10,13 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 /// Context extension naming groups a route requires (any one of them, comma-separated).
 pub const REQUIRE_ANY: &str = "portcullis.require_any";
 
+/// Context extension that accepts `Authorization: Bearer` on a route (`"allow"`).
+pub const BEARER: &str = "portcullis.bearer";
+/// Context extension naming scopes a bearer token must all carry (space- or comma-separated).
+pub const BEARER_SCOPES: &str = "portcullis.bearer_scopes";
+/// Context extension that passes the bearer token on to the upstream (`"true"`); removed otherwise.
+pub const BEARER_PASS: &str = "portcullis.bearer_pass";
+
 /// Context extension that puts a route in dry run (`"true"`) or enforces it under a global dry run (`"false"`).
 pub const DRY_RUN: &str = "portcullis.dry_run";
 
@@ -71,6 +78,32 @@ impl<'a> CheckInput<'a> {
                 true
             }
         }
+    }
+
+    /// The bearer token of `Authorization: Bearer <token>` (scheme case-insensitive), if any.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let v = self.header("authorization")?.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
+    /// Whether the route accepts bearer tokens: `portcullis.bearer: "allow"`, or `[bearer] enabled`.
+    pub fn bearer_allowed(&self, everywhere: bool) -> bool {
+        everywhere || self.context_extensions.get(BEARER).is_some_and(|v| v.trim().eq_ignore_ascii_case("allow"))
+    }
+
+    /// Scopes a bearer token needs on this route (all of them).
+    pub fn bearer_scopes(&self) -> Vec<&str> {
+        self.context_extensions
+            .get(BEARER_SCOPES)
+            .map(|v| v.split([' ', ',']).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the upstream gets the bearer token (`portcullis.bearer_pass: "true"`).
+    pub fn bearer_pass(&self) -> bool {
+        self.context_extensions.get(BEARER_PASS).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     }
 
     /// Whether this request is only observed: the route's `portcullis.dry_run` if it says `"true"` or

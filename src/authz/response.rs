@@ -54,6 +54,13 @@ pub fn allow(
         Some(jwt) => set.push(header(&h.jwt, jwt)),
         None => remove.push(h.jwt.clone()),
     }
+    match a.bearer {
+        Some(b) if b.client => set.push(header(&h.client, "true")),
+        _ => remove.push(h.client.clone()),
+    }
+    if a.bearer.is_some_and(|b| !b.pass) {
+        remove.push("authorization".into());
+    }
     ok(set, remove, input, s, response)
 }
 
@@ -110,7 +117,10 @@ pub fn deny(d: Deny, input: &CheckInput<'_>, s: &SessionConfig) -> CheckResponse
     if let Some(secs) = a.retry_after {
         headers.push(header("retry-after", &secs.to_string()));
     }
-    let (status, body) = if a.status == 401 && input.is_navigation() {
+    if let Some(challenge) = a.www_authenticate {
+        headers.push(header("www-authenticate", challenge));
+    }
+    let (status, body) = if a.status == 401 && a.www_authenticate.is_none() && input.is_navigation() {
         let rd: String = url::form_urlencoded::byte_serialize(input.path.as_bytes()).collect();
         headers.push(header("location", &format!("/oauth2/login?rd={rd}")));
         (302, "")

@@ -12,6 +12,8 @@ pub struct HeadersConfig {
     pub name: String,
     pub groups: String,
     pub jwt: String,
+    /// `true` when a bearer token belongs to a machine client (client credentials), absent otherwise.
+    pub client: String,
     /// Read by nothing: kept only so start-up can refuse it by name (the `[assertion]` section replaces it).
     jwt_enabled: Option<IgnoredAny>,
 }
@@ -25,6 +27,7 @@ impl Default for HeadersConfig {
             name: "x-auth-name".into(),
             groups: "x-auth-groups".into(),
             jwt: "x-auth-jwt".into(),
+            client: "x-auth-client".into(),
             jwt_enabled: None,
         }
     }
@@ -32,8 +35,8 @@ impl Default for HeadersConfig {
 
 impl HeadersConfig {
     /// Every identity header name: these never pass from the client to the upstream.
-    pub fn all(&self) -> [&str; 6] {
-        [&self.user_id, &self.provider, &self.email, &self.name, &self.groups, &self.jwt]
+    pub fn all(&self) -> [&str; 7] {
+        [&self.user_id, &self.provider, &self.email, &self.name, &self.groups, &self.jwt, &self.client]
     }
 
     pub(super) fn validate(&self, errors: &mut Vec<String>) {

@@ -5,6 +5,7 @@
 //! Secrets are `SecretString`s, so no `Debug` of a config struct prints one.
 
 mod assertion;
+mod bearer;
 mod headers;
 mod login;
 mod m2m;
@@ -24,6 +25,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use assertion::AssertionConfig;
+pub use bearer::BearerConfig;
 pub use headers::HeadersConfig;
 pub use login::LoginConfig;
 pub use m2m::M2mConfig;
@@ -63,6 +65,8 @@ pub struct Config {
     pub assertion: AssertionConfig,
     #[serde(default)]
     pub response_headers: ResponseHeadersConfig,
+    #[serde(default)]
+    pub bearer: BearerConfig,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -126,6 +130,8 @@ impl Config {
         self.login.validate(errors);
         self.assertion.validate(errors);
         self.response_headers.validate(errors);
+        let names: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+        self.bearer.validate(&names, errors);
         for (name, p) in &self.providers {
             p.validate(name, errors);
         }

@@ -250,3 +250,16 @@ fn audit_allow_sample_is_a_share() {
     let text = minimal().replace("[redis]", "audit_allow_sample = 0.25\n\n[redis]");
     assert_eq!(Config::from_toml(&text).unwrap().server.audit_allow_sample, 0.25);
 }
+
+#[test]
+fn bearer_names_a_configured_provider() {
+    let c = Config::from_toml(&format!("{}\n[bearer]\nenabled = true\naudiences = [\"api\"]\n", minimal())).unwrap();
+    assert_eq!(c.bearer.provider_name(&["corp"]), Some("corp"));
+    for (section, key) in [("provider = \"nope\"", "bearer.provider"), ("audiences = [\"\"]", "bearer.audiences")] {
+        let err = Config::from_toml(&format!("{}\n[bearer]\n{section}\n", minimal())).unwrap_err().to_string();
+        assert!(err.contains(key), "{section}: {err}");
+    }
+    let two = minimal() + "\n[providers.other]\nkind = \"ping\"\nissuer = \"https://idp2.example.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\n";
+    let err = Config::from_toml(&format!("{two}\n[bearer]\nenabled = true\n")).unwrap_err().to_string();
+    assert!(err.contains("bearer.provider"), "{err}");
+}

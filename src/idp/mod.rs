@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::session::{Session, Tokens};
 
+pub mod bearer;
 pub mod breaker;
 pub mod claims;
 pub mod coalesce;

@@ -24,28 +24,8 @@ impl OidcValidator {
         Self { p }
     }
 
-    /// RFC 7662 introspection of `token`: the whole response, whose `active` was a boolean.
     async fn introspect(&self, token: &str) -> Result<Map<String, Value>, IdpError> {
-        let p = &self.p;
-        let ep = p.discovery.endpoints(&p.http).await?;
-        let url = ep
-            .introspection_endpoint
-            .as_deref()
-            .ok_or_else(|| IdpError::Unavailable("the provider has no introspection endpoint".into()))?;
-        let mut form = vec![("token", token.to_string()), ("token_type_hint", "access_token".to_string())];
-        let req = p.http.client.post(url);
-        let req = match p.cfg.introspection_auth {
-            IntrospectionAuth::Bearer => req.bearer_auth(p.m2m_token().await?),
-            IntrospectionAuth::ClientSecretBasic => p.client_auth(req, ClientAuth::ClientSecretBasic, &mut form),
-            IntrospectionAuth::ClientSecretPost => p.client_auth(req, ClientAuth::ClientSecretPost, &mut form),
-        };
-        match p.http.send::<Map<String, Value>>(Kind::Introspection, req.form(&form)).await? {
-            Reply::Ok(m) if m.get("active").is_some_and(Value::is_boolean) => Ok(m),
-            Reply::Ok(_) => Err(IdpError::Unavailable("introspection reply without a boolean `active`".into())),
-            Reply::Refused { status, .. } => {
-                Err(IdpError::Unavailable(format!("introspection refused our credentials: HTTP {status}")))
-            }
-        }
+        introspect(&self.p, token).await
     }
 
     async fn refreshed(&self, s: &Session, now: i64) -> Result<Validated, IdpError> {
@@ -76,5 +56,29 @@ impl Validator for OidcValidator {
             return self.refreshed(s, now).await;
         }
         Err(IdpError::Revoked("access token inactive".into()))
+    }
+}
+
+/// RFC 7662 introspection of `token` at `p`, authenticated as configured (`bearer`: the M2M token): the
+/// whole response, whose `active` was a boolean.
+pub(crate) async fn introspect(p: &Provider, token: &str) -> Result<Map<String, Value>, IdpError> {
+    let ep = p.discovery.endpoints(&p.http).await?;
+    let url = ep
+        .introspection_endpoint
+        .as_deref()
+        .ok_or_else(|| IdpError::Unavailable("the provider has no introspection endpoint".into()))?;
+    let mut form = vec![("token", token.to_string()), ("token_type_hint", "access_token".to_string())];
+    let req = p.http.client.post(url);
+    let req = match p.cfg.introspection_auth {
+        IntrospectionAuth::Bearer => req.bearer_auth(p.m2m_token().await?),
+        IntrospectionAuth::ClientSecretBasic => p.client_auth(req, ClientAuth::ClientSecretBasic, &mut form),
+        IntrospectionAuth::ClientSecretPost => p.client_auth(req, ClientAuth::ClientSecretPost, &mut form),
+    };
+    match p.http.send::<Map<String, Value>>(Kind::Introspection, req.form(&form)).await? {
+        Reply::Ok(m) if m.get("active").is_some_and(Value::is_boolean) => Ok(m),
+        Reply::Ok(_) => Err(IdpError::Unavailable("introspection reply without a boolean `active`".into())),
+        Reply::Refused { status, .. } => {
+            Err(IdpError::Unavailable(format!("introspection refused our credentials: HTTP {status}")))
+        }
     }
 }

@@ -48,7 +48,8 @@ impl Stack {
         let public = format!("http://127.0.0.1:{envoy_port}");
         let idp = IdpServer::start_with(IdpOptions {
             backchannel_logout_uri: None,
-            redirect_uris: vec![format!("{public}/oauth2/callback")],
+            // The second one lets a test log in at the IdP directly (`IdpServer::login`) for a user's tokens.
+            redirect_uris: vec![format!("{public}/oauth2/callback"), crate::harness::idp::REDIRECT_URI.to_string()],
         })
         .await;
         let provider = provider_toml("corp", "oidc", &idp, "introspection_auth = \"client_secret_basic\"");

@@ -9,6 +9,7 @@ use portcullis_testkit as harness;
 mod assertion;
 mod attacks;
 mod audit;
+mod bearer;
 mod check;
 mod cli;
 mod e2e;

@@ -94,9 +94,8 @@ async fn a_dry_run_route_lets_a_would_be_deny_through_without_identity_and_count
     assert_eq!(echo.header("x-auth-user-id"), None);
     assert_eq!(echo.header("cookie"), Some("theme=dark"));
     assert_eq!(s.upstream.hits(), hits + 1);
+    // Counted as a dry-run deny (other modules' enforced unknown_session denies share the process's metrics).
     assert_eq!(checks(&s, "deny", "unknown_session", "true").await, unknown_before + 1);
-    // (Whether it was also counted as enforced cannot be read here: the recorder is process-wide and other
-    // tests make enforced unknown_session denies at the same time.)
 
     // With a valid session the dry-run route gets the identity, as an enforcing one would.
     let (b, _) = browser();
