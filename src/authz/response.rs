@@ -5,6 +5,8 @@
 //! and listed in `headers_to_remove` (Envoy applies removals after sets). What each denial answers is
 //! [`Deny::answer`]; this module only renders it.
 
+use std::borrow::Cow;
+
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
     OkHttpResponse,
@@ -16,10 +18,11 @@ use super::{Allowed, CheckInput, Deny};
 use crate::config::{HeadersConfig, SessionConfig};
 use crate::session::cookie;
 
-fn header(key: &str, value: &str) -> HeaderValueOption {
+/// Takes the value by `Into<String>` so a value built for the header moves in without another copy.
+fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
     #[allow(deprecated)]
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }),
+        header: Some(HeaderValue { key: key.to_string(), value: value.into(), ..Default::default() }),
         append: Some(BoolValue { value: false }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
@@ -36,9 +39,16 @@ pub fn allow(
     s: &SessionConfig,
     response: &[(String, String)],
 ) -> CheckResponse {
-    let mut set = vec![header(&h.user_id, &a.identity.user_id), header(&h.provider, &a.provider)];
-    let mut remove = Vec::new();
-    let groups = a.identity.groups.iter().map(|g| encode_group(g)).collect::<Vec<_>>().join(",");
+    let mut set = Vec::with_capacity(6);
+    set.extend([header(&h.user_id, a.identity.user_id.as_str()), header(&h.provider, a.provider.as_str())]);
+    let mut remove = Vec::with_capacity(4);
+    let mut groups = String::new();
+    for g in &a.identity.groups {
+        if !groups.is_empty() {
+            groups.push(',');
+        }
+        groups.push_str(&encode_group(g));
+    }
     let optional = [
         (&h.email, a.identity.email.as_deref()),
         (&h.name, a.identity.name.as_deref()),
@@ -46,7 +56,7 @@ pub fn allow(
     ];
     for (name, value) in optional {
         match value {
-            Some(v) => set.push(header(name, &sanitize(v))),
+            Some(v) => set.push(header(name, sanitize(v))),
             None => remove.push(name.clone()),
         }
     }
@@ -80,7 +90,7 @@ fn ok(
     response: &[(String, String)],
 ) -> CheckResponse {
     match input.header("cookie").and_then(|c| cookie::strip(c, &s.cookie_name)) {
-        Some(rest) => set.push(header("cookie", &rest)),
+        Some(rest) => set.push(header("cookie", rest)),
         None => remove.push("cookie".to_string()),
     }
     CheckResponse {
@@ -97,13 +107,21 @@ fn ok(
 
 /// One group in the comma-separated `x-auth-groups`: `%` and `,` are percent-encoded so a group named
 /// `dev,admins` cannot read as two groups upstream.
-fn encode_group(g: &str) -> String {
-    g.replace('%', "%25").replace(',', "%2C")
+fn encode_group(g: &str) -> Cow<'_, str> {
+    if g.contains(['%', ',']) {
+        Cow::Owned(g.replace('%', "%25").replace(',', "%2C"))
+    } else {
+        Cow::Borrowed(g)
+    }
 }
 
-/// Header values come from IdP claims: keep them on one line.
-fn sanitize(v: &str) -> String {
-    v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+/// Header values come from IdP claims: keep them on one line (copied only when there is something to replace).
+fn sanitize(v: &str) -> Cow<'_, str> {
+    if v.chars().any(char::is_control) {
+        Cow::Owned(v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
+    } else {
+        Cow::Borrowed(v)
+    }
 }
 
 /// Deny, rendering the row of [`Deny::answer`]; a 401 to a browser navigation becomes the login redirect.
@@ -112,17 +130,17 @@ pub fn deny(d: Deny, input: &CheckInput<'_>, s: &SessionConfig) -> CheckResponse
     let mut headers = vec![header("cache-control", "no-store")];
     let presented = input.header("cookie").and_then(|c| cookie::find(c, &s.cookie_name)).is_some();
     if presented && a.clears_cookie {
-        headers.push(header("set-cookie", &cookie::clear(s)));
+        headers.push(header("set-cookie", cookie::clear(s)));
     }
     if let Some(secs) = a.retry_after {
-        headers.push(header("retry-after", &secs.to_string()));
+        headers.push(header("retry-after", secs.to_string()));
     }
     if let Some(challenge) = a.www_authenticate {
         headers.push(header("www-authenticate", challenge));
     }
     let (status, body) = if a.status == 401 && a.www_authenticate.is_none() && input.is_navigation() {
         let rd: String = url::form_urlencoded::byte_serialize(input.path.as_bytes()).collect();
-        headers.push(header("location", &format!("/oauth2/login?rd={rd}")));
+        headers.push(header("location", format!("/oauth2/login?rd={rd}")));
         (302, "")
     } else {
         (a.status, a.body)
