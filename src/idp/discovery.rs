@@ -2,7 +2,7 @@
 //! provider's config. Fetched at start; if the IdP is down then, fetched again on first use, so a
 //! provider that was down at start-up recovers by itself; and again once no longer fresh (see
 //! [`super::freshness`]), so endpoints the IdP moves are followed without a restart. While the IdP cannot
-//! be reached the last document is used, and asked for again every [`super::jwks::MIN_REFETCH`].
+//! be reached the last document is used, and asked for again every [`super::freshness::RETRY`].
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::freshness;
-use super::jwks::MIN_REFETCH;
 use super::transport::{Kind, Reply, Transport};
 use super::IdpError;
 use crate::config::ProviderConfig;
@@ -116,7 +115,7 @@ impl Discovery {
                 // A stale document is better than none while the IdP is away; ask again soon.
                 Some((e, until)) => {
                     tracing::warn!(provider_issuer = %self.issuer, error = %err, "could not refresh discovery; using the last document for now");
-                    *until = Some(Instant::now() + MIN_REFETCH);
+                    *until = Some(Instant::now() + freshness::RETRY);
                     Ok(e.clone())
                 }
                 None => Err(err),

@@ -13,6 +13,8 @@ pub const MIN: Duration = Duration::from_secs(60);
 pub const MAX: Duration = Duration::from_secs(24 * 3600);
 /// When the IdP sends no `Cache-Control`.
 pub const DEFAULT: Duration = Duration::from_secs(3600);
+/// While the IdP cannot be reached, the last copy is used and asked for again this often.
+pub const RETRY: Duration = Duration::from_secs(30);
 
 /// How long a reply with `headers` stays fresh, with the operator's `cap` (`metadata_max_age`) last.
 pub fn fresh_for(headers: &HeaderMap, cap: Duration) -> Duration {

@@ -17,7 +17,7 @@ use super::transport::{Kind, Reply, Transport};
 use super::IdpError;
 
 /// Fewest seconds between two JWKS fetches triggered by unknown kids, or retried after a failure.
-pub const MIN_REFETCH: Duration = Duration::from_secs(30);
+pub const MIN_REFETCH: Duration = freshness::RETRY;
 
 #[derive(serde::Deserialize)]
 struct RawSet {

@@ -7,12 +7,28 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::client::FetchError;
-use super::manager::{M2mManager, OUTCOME_FOLLOWER_TIMEOUT, OUTCOME_SUCCESS};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::client::{FetchError, TokenClient};
 use super::shared;
 use super::token::CachedToken;
+use crate::config::M2mConfig;
+use crate::crypto::KeyRing;
 use crate::lock::LeaderLock;
-use crate::store::StoreError;
+use crate::store::{Redis, StoreError};
+
+const OUTCOME_SUCCESS: &str = "success";
+const OUTCOME_FOLLOWER_TIMEOUT: &str = "follower_timeout";
+
+/// What every acquisition needs, shared by a manager's clones: Redis, the key ring that seals the shared
+/// token, the M2M settings and one token client per provider.
+pub(super) struct Election {
+    pub(super) redis: Redis,
+    pub(super) ring: Arc<KeyRing>,
+    pub(super) cfg: M2mConfig,
+    pub(super) clients: HashMap<String, TokenClient>,
+}
 
 /// What token the caller will take from Redis instead of asking the IdP.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +57,27 @@ pub enum AcquireError {
     Task(String),
 }
 
-impl M2mManager {
+impl Election {
+    /// Where `provider`'s token lives in Redis (`None` for a provider it does not know).
+    pub(super) fn slot(&self, provider: &str) -> Option<&str> {
+        self.clients.get(provider).map(TokenClient::slot)
+    }
+
+    /// Whether `t` can be handed out at `now`: more than its (lifetime-scaled) safety margin left.
+    pub(super) fn usable_now(&self, t: &CachedToken, now: i64) -> bool {
+        t.is_fresh(now, t.margin(secs(self.cfg.safety_margin)))
+    }
+
+    /// Seconds left at which `t` is due for a background refresh (lifetime-scaled `refresh_before`).
+    pub(super) fn refresh_before_secs(&self, t: &CachedToken) -> i64 {
+        t.refresh_before(secs(self.cfg.refresh_before))
+    }
+
+    pub(super) fn count(&self, provider: &str, outcome: &'static str) {
+        metrics::counter!("portcullis_m2m_refresh_total", "provider" => provider.to_string(), "outcome" => outcome)
+            .increment(1);
+    }
+
     fn accepts(&self, want: Want, t: &CachedToken, now: i64) -> bool {
         if !self.usable_now(t, now) {
             return false;
@@ -133,4 +169,9 @@ impl M2mManager {
         tracing::info!(provider, expires_in = lifetime, "m2m token fetched");
         Ok(token)
     }
+}
+
+/// Whole seconds of `d`, saturating.
+pub(super) fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }

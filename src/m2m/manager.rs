@@ -13,25 +13,19 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use super::client::TokenClient;
-use super::election::{AcquireError, Want};
+use super::election::{secs, AcquireError, Election, Want};
 use super::token::CachedToken;
 use super::{shared, M2mError, M2mSource};
 use crate::config::M2mConfig;
 use crate::crypto::KeyRing;
 use crate::store::{Redis, StoreError};
 
-pub(super) const OUTCOME_SUCCESS: &str = "success";
-pub(super) const OUTCOME_FOLLOWER_TIMEOUT: &str = "follower_timeout";
-
 /// One replica's M2M token manager. Cheap to clone (all clones share the cache); share it as
 /// `Arc<M2mManager>` or `Arc<dyn M2mSource>`.
 #[derive(Clone)]
 pub struct M2mManager {
-    pub(super) redis: Redis,
-    /// Seals the token in Redis.
-    pub(super) ring: Arc<KeyRing>,
-    pub(super) cfg: M2mConfig,
-    pub(super) clients: Arc<HashMap<String, TokenClient>>,
+    /// Redis, the key ring, the clients and the rules of who calls the IdP.
+    pub(super) election: Arc<Election>,
     /// Provider → token, each entry evicted when it enters the safety margin.
     local: Cache<String, CachedToken>,
 }
@@ -79,12 +73,13 @@ impl M2mManager {
         // No size bound: keys are the configured providers only, and a bound would bring moka's admission
         // policy, which may decline an insert.
         let local = Cache::builder().expire_after(UntilMargin { margin: cfg.safety_margin }).build();
-        Self { redis, ring, cfg: cfg.clone(), clients: Arc::new(clients), local }
+        let election = Election { redis, ring, cfg: cfg.clone(), clients };
+        Self { election: Arc::new(election), local }
     }
 
     /// Where `provider`'s token lives in Redis (`None` for a provider it does not know).
     pub fn slot(&self, provider: &str) -> Option<&str> {
-        self.clients.get(provider).map(TokenClient::slot)
+        self.election.slot(provider)
     }
 
     /// The Redis key of `provider`'s shared token (operators and tests look at it).
@@ -94,24 +89,9 @@ impl M2mManager {
 
     /// The configured provider ids, sorted.
     pub fn providers(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.clients.keys().cloned().collect();
+        let mut v: Vec<String> = self.election.clients.keys().cloned().collect();
         v.sort();
         v
-    }
-
-    /// Whether `t` can be handed out at `now`: more than its (lifetime-scaled) safety margin left.
-    pub(super) fn usable_now(&self, t: &CachedToken, now: i64) -> bool {
-        t.is_fresh(now, t.margin(secs(self.cfg.safety_margin)))
-    }
-
-    /// Seconds left at which `t` is due for a background refresh (lifetime-scaled `refresh_before`).
-    pub(super) fn refresh_before_secs(&self, t: &CachedToken) -> i64 {
-        t.refresh_before(secs(self.cfg.refresh_before))
-    }
-
-    pub(super) fn count(&self, provider: &str, outcome: &'static str) {
-        metrics::counter!("portcullis_m2m_refresh_total", "provider" => provider.to_string(), "outcome" => outcome)
-            .increment(1);
     }
 
     pub(super) fn gauge(&self, provider: &str, t: Option<&CachedToken>) {
@@ -121,7 +101,7 @@ impl M2mManager {
 
     /// This process's fresh copy, if any (no Redis).
     pub(super) async fn local(&self, provider: &str) -> Option<CachedToken> {
-        self.local.get(provider).await.filter(|t| self.usable_now(t, crate::now()))
+        self.local.get(provider).await.filter(|t| self.election.usable_now(t, crate::now()))
     }
 
     pub(super) async fn keep(&self, t: &CachedToken) {
@@ -132,7 +112,7 @@ impl M2mManager {
     /// A token with more than `safety_margin` left: from this process's copy, else through one shared
     /// acquisition per process. Fails closed.
     pub async fn usable(&self, provider: &str) -> Result<CachedToken, M2mError> {
-        if !self.clients.contains_key(provider) {
+        if !self.election.clients.contains_key(provider) {
             return Err(M2mError::Unavailable(format!("no m2m client for provider {provider:?}")));
         }
         // Twice at most: the local expiry and the unix clock may disagree by a fraction of a second.
@@ -142,7 +122,7 @@ impl M2mManager {
                 .try_get_with_by_ref(provider, self.acquire_detached(provider, Want::Usable))
                 .await
                 .map_err(|e| M2mError::Unavailable(e.to_string()))?;
-            if self.usable_now(&t, crate::now()) {
+            if self.election.usable_now(&t, crate::now()) {
                 return Ok(t);
             }
             self.local.invalidate(provider).await;
@@ -165,7 +145,7 @@ impl M2mManager {
     async fn acquire_detached(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
         let (me, p) = (self.clone(), provider.to_string());
         let task = tokio::spawn(async move {
-            let r = me.acquire(&p, want).await;
+            let r = me.election.acquire(&p, want).await;
             if let Ok(t) = &r {
                 me.gauge(&p, Some(t));
             }
@@ -179,7 +159,7 @@ impl M2mManager {
         self.local.invalidate(provider).await;
         self.gauge(provider, None);
         match self.slot(provider) {
-            Some(slot) => shared::delete(&self.redis, provider, slot).await,
+            Some(slot) => shared::delete(&self.election.redis, provider, slot).await,
             None => Ok(false),
         }
     }
@@ -188,8 +168,8 @@ impl M2mManager {
     pub async fn status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
         let now = crate::now();
         let slots: Vec<(String, String)> =
-            self.clients.iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
-        let mut out = shared_status(&self.redis, &self.ring, &slots, now).await?;
+            self.election.clients.iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
+        let mut out = shared_status(&self.election.redis, &self.election.ring, &slots, now).await?;
         for s in &mut out {
             s.local_expires_in = self.local.get(&s.provider).await.map(|t| t.expires_in(now));
         }
@@ -220,10 +200,6 @@ pub async fn shared_status(
     Ok(out)
 }
 
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
-}
-
 #[async_trait::async_trait]
 impl M2mSource for M2mManager {
     async fn token(&self, provider: &str) -> Result<String, M2mError> {
@@ -233,7 +209,7 @@ impl M2mSource for M2mManager {
 
 impl std::fmt::Debug for M2mManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("M2mManager").field("providers", &self.providers()).field("cfg", &self.cfg).finish()
+        f.debug_struct("M2mManager").field("providers", &self.providers()).field("cfg", &self.election.cfg).finish()
     }
 }
 

@@ -25,7 +25,7 @@ impl M2mManager {
     }
 
     async fn refresh_loop(&self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.cfg.refresh_interval.max(MIN_INTERVAL));
+        let mut tick = tokio::time::interval(self.election.cfg.refresh_interval.max(MIN_INTERVAL));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -51,18 +51,20 @@ impl M2mManager {
         let current = match self.local(provider).await {
             Some(t) => Some(t),
             None => match self.slot(provider) {
-                Some(slot) => shared::read(&self.redis, &self.ring, provider, slot).await.ok().flatten(),
+                Some(slot) => {
+                    shared::read(&self.election.redis, &self.election.ring, provider, slot).await.ok().flatten()
+                }
                 None => None,
             },
         };
         if let Some(t) = &current {
-            if self.usable_now(t, now) && t.expires_in(now) > self.refresh_before_secs(t) {
+            if self.election.usable_now(t, now) && t.expires_in(now) > self.election.refresh_before_secs(t) {
                 self.keep(t).await;
                 return;
             }
         }
         let want = Want::Newer { than: current.as_ref().map(|t| t.expires_at) };
-        match self.acquire(provider, want).await {
+        match self.election.acquire(provider, want).await {
             Ok(t) => self.keep(&t).await,
             Err(e) => {
                 self.gauge(provider, current.as_ref());
