@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::security::error_page;
+use super::failure::LoginFailure;
 use super::{binding, client, failures, pending, redirect, LoginState, LOGIN_TTL_SECS};
 use crate::session::{cookie, fingerprint, NewSession};
 
@@ -34,25 +34,6 @@ fn found(location: &str) -> Response {
     (StatusCode::FOUND, [(header::LOCATION, location.to_string())]).into_response()
 }
 
-fn unavailable() -> Response {
-    let mut r = error_page(StatusCode::SERVICE_UNAVAILABLE, "Sign-in unavailable", "Please try again shortly.");
-    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-    r
-}
-
-fn too_many(retry_after: u64, title: &str) -> Response {
-    let mut r = error_page(StatusCode::TOO_MANY_REQUESTS, title, "Try again later.");
-    if let Ok(v) = header::HeaderValue::from_str(&retry_after.to_string()) {
-        r.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    r
-}
-
-fn count(provider: &str, outcome: &'static str) {
-    let provider = provider.to_string();
-    metrics::counter!("portcullis_logins_total", "provider" => provider, "outcome" => outcome).increment(1);
-}
-
 pub async fn login(
     State(s): State<Arc<LoginState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -65,43 +46,47 @@ pub async fn login(
         (None, _) => None,
     };
     let Some(provider) = provider else {
-        return error_page(StatusCode::BAD_REQUEST, "Unknown provider", "Choose a configured identity provider.");
+        return LoginFailure::UnknownProvider.respond("unknown");
     };
-    let rd = q.rd.as_deref().unwrap_or("/");
-    if rd.len() > s.login.max_rd_bytes {
-        count(&provider.id, "rd_too_long");
-        tracing::warn!(provider = %provider.id, bytes = rd.len(), "login refused: rd longer than login.max_rd_bytes");
-        return error_page(StatusCode::BAD_REQUEST, "Refused redirect", "The return address is too long.");
+    match start(&s, provider, peer, &headers, q.rd.as_deref().unwrap_or("/")).await {
+        Ok(resp) => resp,
+        Err(f) => f.respond(&provider.id),
     }
-    let Some(rd) = redirect::safe(rd, &s.login.allowed_redirect_hosts) else {
-        return error_page(StatusCode::BAD_REQUEST, "Refused redirect", "The return address is not allowed.");
-    };
-    let client = client::client(&headers, peer.ip(), &s.trusted_proxies);
+}
+
+/// Checks the return address and the pending-login bounds, stores the login and sends the browser to the IdP.
+async fn start(
+    s: &LoginState,
+    provider: &super::LoginProvider,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    rd: &str,
+) -> Result<Response, LoginFailure> {
+    if rd.len() > s.login.max_rd_bytes {
+        tracing::warn!(provider = %provider.id, bytes = rd.len(), "login refused: rd longer than login.max_rd_bytes");
+        return Err(LoginFailure::RdTooLong);
+    }
+    let rd = redirect::safe(rd, &s.login.allowed_redirect_hosts).ok_or(LoginFailure::RdRefused)?;
+    let client = client::client(headers, peer.ip(), &s.trusted_proxies);
     match pending::admit(&s.redis, &client, &s.login, LOGIN_TTL_SECS).await {
         Ok(None) => {}
         Ok(Some(refused)) => {
-            count(&provider.id, refused.outcome());
-            tracing::warn!(provider = %provider.id, client = %client, outcome = refused.outcome(), "login refused: too many pending logins");
-            return too_many(refused.retry_after(), "Too many sign-ins started");
+            tracing::warn!(provider = %provider.id, client = %client, "login refused: too many pending logins");
+            return Err(LoginFailure::TooManyPending(refused));
         }
-        Err(_) => return unavailable(),
+        Err(_) => return Err(LoginFailure::RedisUnavailable),
     }
     let nonce = cookie::new_value();
-    let (url, state, verifier) = match provider.authorize(&nonce).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(provider = %provider.id, error = %e, "cannot start a login");
-            return unavailable();
-        }
-    };
+    let (url, state, verifier) = provider.authorize(&nonce).await.map_err(|e| {
+        tracing::warn!(provider = %provider.id, error = %e, "cannot start a login");
+        LoginFailure::IdpUnavailable
+    })?;
     let (set_cookie, binding) = binding::issue(&s.session, state.secret(), LOGIN_TTL_SECS);
     let pending = Pending { verifier: verifier.secret().clone(), nonce, provider: provider.id.clone(), rd, binding };
-    let Ok(json) = serde_json::to_string(&pending) else { return unavailable() };
+    let json = serde_json::to_string(&pending).map_err(|_| LoginFailure::RedisUnavailable)?;
     let set = redis::cmd("SET").arg(crate::keys::pkce(state.secret())).arg(json).arg("EX").arg(LOGIN_TTL_SECS).clone();
-    if s.redis.query::<()>(&set).await.is_err() {
-        return unavailable();
-    }
-    with_cookie(found(&url), &set_cookie)
+    s.redis.query::<()>(&set).await.map_err(|_| LoginFailure::RedisUnavailable)?;
+    Ok(with_cookie(found(&url), &set_cookie))
 }
 
 fn with_cookie(mut resp: Response, set_cookie: &str) -> Response {
@@ -132,38 +117,46 @@ pub async fn callback(
         .as_deref()
         .filter(|st| binding::sent(&headers, &s.session, st))
         .map(|st| binding::clear(&s.session, st));
-    let resp = complete(&s, peer, &headers, q).await;
+    let client = client::client(&headers, peer.ip(), &s.trusted_proxies);
+    let resp = match complete(&s, &client, &headers, q).await {
+        Ok(resp) => resp,
+        Err((provider, f)) => {
+            if f.counts_toward_limit() {
+                failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
+            }
+            f.respond(&provider)
+        }
+    };
     match unbind {
         Some(c) => with_cookie(resp, &c),
         None => resp,
     }
 }
 
-async fn complete(s: &LoginState, peer: SocketAddr, headers: &HeaderMap, q: CallbackQuery) -> Response {
-    let client = client::client(headers, peer.ip(), &s.trusted_proxies);
-    match failures::blocked(&s.redis, &client, s.login.max_failures).await {
-        Ok(Some(wait)) => return too_many(u64::try_from(wait).unwrap_or(1), "Too many failed sign-ins"),
-        Ok(None) => {}
-        Err(_) => return unavailable(),
-    }
-    let fail = |provider: &str, outcome: &'static str, title: &str, detail: &str| {
-        count(provider, outcome);
-        tracing::info!(provider, outcome, "login failed");
-        error_page(StatusCode::BAD_REQUEST, title, detail)
-    };
+/// A failed callback and the provider it is counted for (`"unknown"` before one is known).
+type Failed = (String, LoginFailure);
 
-    // The IdP answered with an error (RFC 6749 §4.1.2.1): the state is still consumed below if present.
+fn unknown(f: LoginFailure) -> Failed {
+    ("unknown".to_string(), f)
+}
+
+async fn complete(s: &LoginState, client: &str, headers: &HeaderMap, q: CallbackQuery) -> Result<Response, Failed> {
+    match failures::blocked(&s.redis, client, s.login.max_failures).await {
+        Ok(Some(wait)) => return Err(unknown(LoginFailure::Blocked(u64::try_from(wait).unwrap_or(1)))),
+        Ok(None) => {}
+        Err(_) => return Err(unknown(LoginFailure::RedisUnavailable)),
+    }
+
+    // The IdP answered with an error (RFC 6749 §4.1.2.1): the state is still consumed if present.
     if let Some(err) = &q.error {
         if let Some(state) = &q.state {
             let _ = s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(crate::keys::pkce(state))).await;
         }
-        failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
         let detail = q.error_description.as_deref().unwrap_or(err);
-        return fail("unknown", "idp_error", "Sign-in was not completed", detail);
+        return Err(unknown(LoginFailure::IdpError(detail.to_string())));
     }
     let (Some(code), Some(state)) = (&q.code, &q.state) else {
-        failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
-        return fail("unknown", "bad_request", "Sign-in failed", "The identity provider's answer was incomplete.");
+        return Err(unknown(LoginFailure::Incomplete));
     };
 
     // The login must be bound to this browser (its binding cookie) before the state is consumed, so a
@@ -171,63 +164,34 @@ async fn complete(s: &LoginState, peer: SocketAddr, headers: &HeaderMap, q: Call
     let key = crate::keys::pkce(state);
     let pending = match s.redis.query::<Option<String>>(redis::cmd("GET").arg(&key)).await {
         Ok(p) => p.and_then(|j| serde_json::from_str::<Pending>(&j).ok()),
-        Err(_) => return unavailable(),
+        Err(_) => return Err(unknown(LoginFailure::RedisUnavailable)),
     };
-    let Some(pending) = pending else {
-        failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
-        return fail(
-            "unknown",
-            "bad_state",
-            "Sign-in expired",
-            "This sign-in link is unknown, expired or already used.",
-        );
-    };
+    let pending = pending.ok_or_else(|| unknown(LoginFailure::UnknownState))?;
+    let fail = |f: LoginFailure| (pending.provider.clone(), f);
     if let Err(e) = binding::verify(headers, &s.session, state, &pending.binding) {
         tracing::warn!(provider = %pending.provider, client = %client, error = %e, "callback refused: not the browser that started this login");
-        failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
-        let page = fail(
-            &pending.provider,
-            e.outcome(),
-            "Sign-in refused",
-            "This sign-in was started in another browser. Start again from here.",
-        );
-        return page;
+        return Err(fail(LoginFailure::Binding(e)));
     }
     // Consume the state exactly once: a replayed or concurrent callback finds nothing.
     match s.redis.query::<Option<String>>(redis::cmd("GETDEL").arg(&key)).await {
         Ok(Some(_)) => {}
-        Ok(None) => {
-            return fail(&pending.provider, "bad_state", "Sign-in expired", "This sign-in link was already used.")
-        }
-        Err(_) => return unavailable(),
+        Ok(None) => return Err(fail(LoginFailure::AlreadyUsed)),
+        Err(_) => return Err(fail(LoginFailure::RedisUnavailable)),
     }
-    let Some(provider) = s.providers.get(&pending.provider) else {
-        return fail("unknown", "bad_state", "Sign-in failed", "Unknown identity provider.");
-    };
+    let provider = s.providers.get(&pending.provider).ok_or_else(|| unknown(LoginFailure::StateForUnknownProvider))?;
 
-    let tokens = match provider.exchange(code, &pending.verifier).await {
-        Ok(t) => t,
-        Err(super::provider::ExchangeError::Unavailable(e)) => {
+    let tokens = provider.exchange(code, &pending.verifier).await.map_err(|e| match e {
+        super::provider::ExchangeError::Unavailable(e) => {
             tracing::warn!(provider = %provider.id, error = %e, "code exchange failed");
-            count(&provider.id, "idp_unavailable");
-            return unavailable();
+            fail(LoginFailure::IdpUnavailable)
         }
-        Err(e) => {
-            failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
-            return fail(&provider.id, "exchange_failed", "Sign-in failed", &e.to_string());
-        }
-    };
-    let claims = match provider.backend.verify_id_token(&tokens.id_token, &pending.nonce).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(provider = %provider.id, error = %e, "id token rejected at login");
-            failures::record(&s.redis, &client, s.login.failure_window.as_secs()).await;
-            return fail(&provider.id, "invalid_id_token", "Sign-in failed", "The identity token was not valid.");
-        }
-    };
-    let Some(user_id) = provider.backend.user_id(&claims) else {
-        return fail(&provider.id, "invalid_id_token", "Sign-in failed", "The identity token names no user.");
-    };
+        e => fail(LoginFailure::Exchange(e.to_string())),
+    })?;
+    let claims = provider.backend.verify_id_token(&tokens.id_token, &pending.nonce).await.map_err(|e| {
+        tracing::warn!(provider = %provider.id, error = %e, "id token rejected at login");
+        fail(LoginFailure::InvalidIdToken)
+    })?;
+    let user_id = provider.backend.user_id(&claims).ok_or_else(|| fail(LoginFailure::NoUser))?;
     let new = NewSession {
         user_id,
         provider: provider.id.clone(),
@@ -238,13 +202,11 @@ async fn complete(s: &LoginState, peer: SocketAddr, headers: &HeaderMap, q: Call
             .bind_fingerprint
             .then(|| fingerprint(headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default())),
     };
-    let value = match s.store.create(new, crate::now()).await {
-        Ok((value, _)) => value,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not create session");
-            return unavailable();
-        }
-    };
-    count(&provider.id, "success");
-    with_cookie(found(&pending.rd), &cookie::set(&s.session, &value))
+    let (value, _) = s.store.create(new, crate::now()).await.map_err(|e| {
+        tracing::warn!(error = %e, "could not create session");
+        fail(LoginFailure::RedisUnavailable)
+    })?;
+    metrics::counter!("portcullis_logins_total", "provider" => provider.id.clone(), "outcome" => "success")
+        .increment(1);
+    Ok(with_cookie(found(&pending.rd), &cookie::set(&s.session, &value)))
 }

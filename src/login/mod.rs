@@ -5,6 +5,7 @@
 mod backend;
 mod binding;
 mod client;
+mod failure;
 mod failures;
 mod flow;
 mod logout;
