@@ -5,14 +5,31 @@ use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{metrics, response, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
-    /// One Check, end to end: read, decide, answer, count, log.
+    /// One Check, end to end: read, decide, answer, count, log; traced as `portcullis.check`, a child of
+    /// Envoy's span when the request carries a W3C `traceparent`.
     pub async fn check(&self, req: &CheckRequest, now: i64) -> CheckResponse {
+        let span = tracing::info_span!(
+            "portcullis.check",
+            otel.kind = "server",
+            decision = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            provider = tracing::field::Empty,
+            dry_run = tracing::field::Empty,
+        );
         let started = Instant::now();
         let input = CheckInput::from_request(req);
+        if let Some(i) = &input {
+            crate::otel::adopt_parent(&span, i.headers.as_ref());
+        }
+        self.check_traced(input, started, now).instrument(span).await
+    }
+
+    async fn check_traced(&self, input: Option<CheckInput<'_>>, started: Instant, now: i64) -> CheckResponse {
         let outcome = match &input {
             Some(i) => self.decide(i, now).await,
             None => Err(Deny::Malformed),
@@ -44,6 +61,14 @@ impl Authorizer {
             }
         };
         metrics::duration().record(started.elapsed().as_secs_f64());
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            match &outcome {
+                Ok(a) => span.record("decision", "allow").record("provider", a.provider.as_str()),
+                Err(d) => span.record("decision", "deny").record("reason", d.reason()),
+            };
+            span.record("dry_run", dry_run);
+        }
         resp
     }
 }
