@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
 use moka::Expiry;
+use tracing::Instrument;
 
 use super::client::TokenClient;
 use super::election::{AcquireError, Want};
@@ -164,13 +165,16 @@ impl M2mManager {
     /// the caller is dropped.
     async fn acquire_detached(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
         let (me, p) = (self.clone(), provider.to_string());
-        let task = tokio::spawn(async move {
-            let r = me.acquire(&p, want).await;
-            if let Ok(t) = &r {
-                me.gauge(&p, Some(t));
+        let task = tokio::spawn(
+            async move {
+                let r = me.acquire(&p, want).await;
+                if let Ok(t) = &r {
+                    me.gauge(&p, Some(t));
+                }
+                r
             }
-            r
-        });
+            .in_current_span(),
+        );
         task.await.unwrap_or_else(|e| Err(AcquireError::Task(e.to_string())))
     }
 
@@ -227,7 +231,8 @@ fn secs(d: Duration) -> i64 {
 #[async_trait::async_trait]
 impl M2mSource for M2mManager {
     async fn token(&self, provider: &str) -> Result<String, M2mError> {
-        self.usable(provider).await.map(|t| t.access_token)
+        let span = tracing::info_span!("portcullis.m2m.token", provider);
+        self.usable(provider).instrument(span).await.map(|t| t.access_token)
     }
 }
 

@@ -19,3 +19,4 @@ mod m2m;
 mod rollout;
 mod rotation;
 mod sessions;
+mod tracing;
