@@ -65,10 +65,17 @@ pub fn tracer() -> Result<Option<SdkTracer>, OtelError> {
     if !wanted(|k| std::env::var(k).ok())? {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .map_err(|e| OtelError::Build(e.to_string()))?;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    let endpoint = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+    if endpoint.is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://")) {
+        // The exporter's default TLS config trusts no root: give it the webpki roots, as reqwest has.
+        use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+        use opentelemetry_otlp::WithTonicConfig;
+        builder = builder.with_tls_config(ClientTlsConfig::new().with_enabled_roots());
+    }
+    let exporter = builder.build().map_err(|e| OtelError::Build(e.to_string()))?;
     let mut resource =
         Resource::builder().with_attribute(opentelemetry::KeyValue::new("service.version", crate::telemetry::VERSION));
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())

@@ -324,7 +324,7 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
 }
 
 #[tokio::test]
-async fn without_otel_variables_nothing_is_exported_and_checks_work() {
+async fn without_otel_variables_nothing_is_exported_and_a_dead_collector_breaks_no_check() {
     // The default OTLP endpoint: an exporter switched on by mistake would send here.
     let default = tokio::net::TcpListener::bind("127.0.0.1:4317").await;
     let default_bound = default.is_ok();
@@ -338,7 +338,9 @@ async fn without_otel_variables_nothing_is_exported_and_checks_work() {
 
     // No OTEL_* at all; then an endpoint with the exporter turned off.
     let env_off = [("OTEL_TRACES_EXPORTER", "none".to_string()), ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone())];
-    for env in [&[][..], &env_off[..]] {
+    // And a collector that is down, over TLS: checks must not notice it.
+    let dead = [("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", free_port()))];
+    for env in [&[][..], &env_off[..], &dead[..]] {
         let s = Serve::start(&redis, &idp, http, env).await;
         let cookie = format!("GATEWAY_SESSION={}", login(&s, &idp, &format!("00-{TRACE_ID}-{ENVOY_SPAN}-01")).await);
         let tp = format!("00-{TRACE_ID}-{ENVOY_SPAN}-01");
