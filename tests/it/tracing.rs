@@ -23,6 +23,7 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const ENVOY_SPAN: &str = "00f067aa0ba902b7";
 const LOGIN_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const LOGIN_PARENT: &str = "b7ad6b7169203331";
+const REFRESH_TRACE_ID: &str = "5c1f0e2d3b4a59687766554433221100";
 
 /// Every export request the receiver got.
 #[derive(Clone, Default)]
@@ -170,6 +171,28 @@ client_secret = "{CLIENT_SECRET}"
     }
 }
 
+/// What Redis holds for this run: the session's tokens (sealed and opened; the ID token last but one) and
+/// the shared M2M token (sealed and opened).
+fn stored_secrets(redis: &RedisServer, key: &str, session_id: &str, idp: &IdpServer) -> Vec<String> {
+    let ring = portcullis::crypto::KeyRing::parse(&[key.to_string()]).unwrap();
+    let m2m_key = portcullis::keys::m2m_token(
+        "corp",
+        &portcullis::m2m::shared::slot(&idp.issuer(), crate::harness::idp::CLIENT_ID, None),
+    );
+    let m2m: String = redis::cmd("GET").arg(&m2m_key).query(&mut redis.conn()).unwrap();
+    let m2m: serde_json::Value = serde_json::from_str(&m2m).unwrap();
+    let sealed = m2m["accessToken"].as_str().unwrap().to_string();
+    let mut out = vec![ring.decrypt(&m2m_key, "accessToken", &sealed).unwrap(), sealed];
+    let stored: HashMap<String, String> =
+        redis::cmd("HGETALL").arg(format!("session:{session_id}")).query(&mut redis.conn()).unwrap();
+    for field in ["accessToken", "refreshToken", "idToken"] {
+        let sealed = stored.get(field).unwrap_or_else(|| panic!("{field} stored"));
+        out.push(ring.decrypt(session_id, field, sealed).unwrap());
+        out.push(sealed.clone());
+    }
+    out
+}
+
 fn log_path(dir: &Path) -> PathBuf {
     dir.join("portcullis.log")
 }
@@ -182,12 +205,16 @@ async fn idp_for(http: u16) -> IdpServer {
     .await
 }
 
-/// Signs in as alice; the callback carries `traceparent`. Returns the cookie value.
-async fn login(s: &Serve, idp: &IdpServer, traceparent: &str) -> String {
+/// Signs in as `user`; the callback carries `traceparent`, if any. Returns the cookie value.
+async fn login(s: &Serve, idp: &IdpServer, user: &str, traceparent: Option<&str>) -> String {
     let browser =
         reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap();
-    let callback = sign_in(&browser, &s.base, &idp.issuer(), "alice", "/", |_| {}).await;
-    let r = browser.get(&callback).header("traceparent", traceparent).send().await.unwrap();
+    let callback = sign_in(&browser, &s.base, &idp.issuer(), user, "/", |_| {}).await;
+    let mut req = browser.get(&callback);
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let r = req.send().await.unwrap();
     assert_eq!(r.status(), 302, "callback");
     let set = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
     set.strip_prefix("GATEWAY_SESSION=").and_then(|v| v.split(';').next()).unwrap().to_string()
@@ -226,32 +253,31 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_string())];
     let s = Serve::start(&redis, &idp, http, &env).await;
 
-    let cookie_value = login(&s, &idp, &format!("00-{LOGIN_TRACE_ID}-{LOGIN_PARENT}-01")).await;
+    // Alice's check introspects her access token.
+    let cookie_value = login(&s, &idp, "alice", Some(&format!("00-{LOGIN_TRACE_ID}-{LOGIN_PARENT}-01"))).await;
+    let session_id = portcullis::session::cookie::session_id(&cookie_value);
+    let mut secrets = vec![cookie_value.clone(), session_id.clone(), CLIENT_SECRET.to_string()];
+    secrets.extend(stored_secrets(&redis, &s.key, &session_id, &idp));
     let cookie = format!("GATEWAY_SESSION={cookie_value}");
     let traceparent = format!("00-{TRACE_ID}-{ENVOY_SPAN}-01");
     let status = check(&s, &[("cookie", &cookie), ("traceparent", &traceparent), ("tracestate", "envoy=1")]).await;
     assert_eq!(status, 200, "the logged-in check is allowed");
 
-    // The secrets of this run, read while the session exists.
-    let session_id = portcullis::session::cookie::session_id(&cookie_value);
-    let stored: HashMap<String, String> =
-        redis::cmd("HGETALL").arg(format!("session:{session_id}")).query(&mut redis.conn()).unwrap();
-    let ring = portcullis::crypto::KeyRing::parse(std::slice::from_ref(&s.key)).unwrap();
-    let mut secrets = vec![cookie_value.clone(), session_id.clone(), CLIENT_SECRET.to_string()];
-    for field in ["idToken", "accessToken", "refreshToken"] {
-        let sealed = stored.get(field).unwrap_or_else(|| panic!("{field} stored"));
-        secrets.push(ring.decrypt(&session_id, field, sealed).unwrap());
-        secrets.push(sealed.clone());
-    }
-    let m2m_key = portcullis::keys::m2m_token(
-        "corp",
-        &portcullis::m2m::shared::slot(&idp.issuer(), crate::harness::idp::CLIENT_ID, None),
-    );
-    let m2m: String = redis::cmd("GET").arg(&m2m_key).query(&mut redis.conn()).unwrap();
-    let m2m: serde_json::Value = serde_json::from_str(&m2m).unwrap();
-    let sealed = m2m["accessToken"].as_str().unwrap().to_string();
-    secrets.push(ring.decrypt(&m2m_key, "accessToken", &sealed).unwrap());
-    secrets.push(sealed);
+    // Bob's ID token expires at once, so his check refreshes it.
+    idp.set_ttl(serde_json::json!({"IdToken": 1})).await;
+    let bob_value = login(&s, &idp, "bob", None).await;
+    idp.set_ttl(serde_json::json!({"IdToken": 3600})).await;
+    let bob_id = portcullis::session::cookie::session_id(&bob_value);
+    secrets.extend([bob_value.clone(), bob_id.clone()]);
+    secrets.extend(stored_secrets(&redis, &s.key, &bob_id, &idp));
+    let id_token = secrets[secrets.len() - 2].clone();
+    let exp = portcullis::idp::claims::unverified_payload(&id_token).and_then(|c| c["exp"].as_i64()).unwrap();
+    assert!(eventually(Duration::from_secs(10), async || portcullis::now() > exp).await);
+    let cookie = format!("GATEWAY_SESSION={bob_value}");
+    let traceparent = format!("00-{REFRESH_TRACE_ID}-{ENVOY_SPAN}-01");
+    assert_eq!(check(&s, &[("cookie", &cookie), ("traceparent", &traceparent)]).await, 200);
+    secrets.extend(stored_secrets(&redis, &s.key, &bob_id, &idp));
+    assert_ne!(secrets[secrets.len() - 2], id_token, "the check refreshed the tokens");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(receiver.spans().is_empty(), "batched until shutdown (OTEL_BSP_SCHEDULE_DELAY is honoured)");
@@ -298,6 +324,26 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     assert_eq!(attr(introspection, "outcome").as_deref(), Some("ok"));
     assert_eq!(attr(introspection, "provider").as_deref(), Some("corp"));
 
+    // Bob's check: the refresh ran under the lock, as the leader, inside the check; its IdP call beneath it.
+    let bob: Vec<&Span> = spans.iter().filter(|sp| hex::encode(&sp.trace_id) == REFRESH_TRACE_ID).collect();
+    let in_bob = |name: &str, pred: &dyn Fn(&Span) -> bool| -> &Span {
+        bob.iter()
+            .copied()
+            .find(|sp| sp.name == name && pred(sp))
+            .unwrap_or_else(|| panic!("no {name} span in bob's trace: {:?}", names(REFRESH_TRACE_ID)))
+    };
+    let bob_check = in_bob("portcullis.check", &|_| true);
+    assert_eq!(hex::encode(&bob_check.parent_span_id), ENVOY_SPAN);
+    let refresh = in_bob("portcullis.refresh", &|_| true);
+    assert!(descends(&spans, refresh, &hex::encode(&bob_check.span_id)), "the refresh is under the check");
+    assert_eq!(attr(refresh, "role").as_deref(), Some("leader"));
+    assert_eq!(attr(refresh, "ok").as_deref(), Some("true"));
+    let refresh_id = hex::encode(&refresh.span_id);
+    let refresh_call = in_bob("portcullis.idp", &|sp| attr(sp, "kind").as_deref() == Some("refresh"));
+    assert!(descends(&spans, refresh_call, &refresh_id), "the refresh call is under the refresh span");
+    let lock = in_bob("portcullis.redis", &|sp| hex::encode(&sp.parent_span_id) == refresh_id);
+    assert!(lock.end_time_unix_nano <= refresh_call.start_time_unix_nano, "the lock is taken before the call");
+
     // The login callback joined the browser request's trace, with its code exchange beneath it.
     let callback = spans
         .iter()
@@ -342,7 +388,10 @@ async fn without_otel_variables_nothing_is_exported_and_a_dead_collector_breaks_
     let dead = [("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", free_port()))];
     for env in [&[][..], &env_off[..], &dead[..]] {
         let s = Serve::start(&redis, &idp, http, env).await;
-        let cookie = format!("GATEWAY_SESSION={}", login(&s, &idp, &format!("00-{TRACE_ID}-{ENVOY_SPAN}-01")).await);
+        let cookie = format!(
+            "GATEWAY_SESSION={}",
+            login(&s, &idp, "alice", Some(&format!("00-{TRACE_ID}-{ENVOY_SPAN}-01"))).await
+        );
         let tp = format!("00-{TRACE_ID}-{ENVOY_SPAN}-01");
         assert_eq!(check(&s, &[("cookie", &cookie), ("traceparent", &tp)]).await, 200);
         assert_eq!(check(&s, &[("traceparent", &tp)]).await, 401);
