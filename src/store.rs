@@ -186,13 +186,18 @@ impl Redis {
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
-        // One span per round trip; never the key (a session key holds the session id) nor a value.
-        let span = tracing::info_span!(
-            "portcullis.redis",
-            otel.kind = "client",
-            db.system = "redis",
-            error = tracing::field::Empty
-        );
+        // One span per round trip; never the key (a session key holds the session id) nor a value. Only
+        // inside a traced operation: the readiness PING every few seconds is no trace of its own.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "portcullis.redis",
+                otel.kind = "client",
+                db.system = "redis",
+                error = tracing::field::Empty
+            )
+        };
         let out = match tokio::time::timeout(self.inner.timeout, fut).instrument(span.clone()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout),

@@ -324,6 +324,11 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     assert_eq!(attr(introspection, "outcome").as_deref(), Some("ok"));
     assert_eq!(attr(introspection, "provider").as_deref(), Some("corp"));
 
+    // Redis calls are traced inside an operation only: the readiness PINGs make no traces of their own.
+    let roots: Vec<&Span> =
+        spans.iter().filter(|sp| sp.name == "portcullis.redis" && sp.parent_span_id.is_empty()).collect();
+    assert!(roots.is_empty(), "{} Redis spans without a parent", roots.len());
+
     // Bob's check: the refresh ran under the lock, as the leader, inside the check; its IdP call beneath it.
     let bob: Vec<&Span> = spans.iter().filter(|sp| hex::encode(&sp.trace_id) == REFRESH_TRACE_ID).collect();
     let in_bob = |name: &str, pred: &dyn Fn(&Span) -> bool| -> &Span {
