@@ -1,7 +1,7 @@
 //! OpenTelemetry traces over OTLP/gRPC. Configured only by the standard `OTEL_*` variables (the exporter
 //! and the SDK read endpoint, headers, timeout, sampler and batching themselves) and off unless an endpoint
-//! or `OTEL_TRACES_EXPORTER=otlp` is set. Only `portcullis.*` spans are exported, never log events: a log
-//! line may name a session by its prefix, a span never names one at all.
+//! or `OTEL_TRACES_EXPORTER=otlp` is set. Only portcullis's own INFO spans are exported, never log events: a
+//! log line may name a session by its prefix, a span never names one at all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
