@@ -116,7 +116,7 @@ pub fn adopt_parent(span: &tracing::Span, headers: &dyn Headers) {
     let _ = span.set_parent(cx);
 }
 
-/// Header lookup by lower-cased name, for the CheckRequest's map and for axum's `HeaderMap`.
+/// Header lookup by lower-cased name: the CheckRequest's map, gRPC metadata, axum's `HeaderMap`.
 pub trait Headers {
     fn get(&self, name: &str) -> Option<&str>;
 }
@@ -130,6 +130,12 @@ impl Headers for HashMap<String, String> {
 impl Headers for axum::http::HeaderMap {
     fn get(&self, name: &str) -> Option<&str> {
         axum::http::HeaderMap::get(self, name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Headers for tonic::metadata::MetadataMap {
+    fn get(&self, name: &str) -> Option<&str> {
+        tonic::metadata::MetadataMap::get(self, name).and_then(|v| v.to_str().ok())
     }
 }
 

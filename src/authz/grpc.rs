@@ -11,8 +11,19 @@ use super::{metrics, response, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
     /// One Check, end to end: read, decide, answer, count, log; traced as `portcullis.check`, a child of
-    /// Envoy's span when the request carries a W3C `traceparent`.
+    /// the W3C `traceparent` among the request's HTTP headers.
     pub async fn check(&self, req: &CheckRequest, now: i64) -> CheckResponse {
+        self.check_under(req, None, now).await
+    }
+
+    /// [`Authorizer::check`], with the gRPC call's metadata: when Envoy's own tracing is on, its ext_authz
+    /// span travels there and is the closer parent; the HTTP headers' `traceparent` is the fallback.
+    pub async fn check_under(
+        &self,
+        req: &CheckRequest,
+        metadata: Option<&(dyn crate::otel::Headers + Sync)>,
+        now: i64,
+    ) -> CheckResponse {
         let span = tracing::info_span!(
             "portcullis.check",
             otel.kind = "server",
@@ -23,8 +34,10 @@ impl Authorizer {
         );
         let started = Instant::now();
         let input = CheckInput::from_request(req);
-        if let Some(i) = &input {
-            crate::otel::adopt_parent(&span, i.headers.as_ref());
+        match (metadata, &input) {
+            (Some(m), _) if m.get("traceparent").is_some() => crate::otel::adopt_parent(&span, m),
+            (_, Some(i)) => crate::otel::adopt_parent(&span, i.headers.as_ref()),
+            _ => {}
         }
         self.check_traced(input, started, now).instrument(span).await
     }
@@ -85,6 +98,7 @@ impl AuthzService {
 #[tonic::async_trait]
 impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.0.check(request.get_ref(), crate::now()).await))
+        let resp = self.0.check_under(request.get_ref(), Some(request.metadata()), crate::now()).await;
+        Ok(Response::new(resp))
     }
 }

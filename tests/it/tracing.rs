@@ -23,6 +23,8 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const ENVOY_SPAN: &str = "00f067aa0ba902b7";
 const LOGIN_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const LOGIN_PARENT: &str = "b7ad6b7169203331";
+const METADATA_TRACE_ID: &str = "11112222333344445555666677778888";
+const EXT_AUTHZ_SPAN: &str = "a1b2c3d4e5f60718";
 const REFRESH_TRACE_ID: &str = "5c1f0e2d3b4a59687766554433221100";
 
 /// Every export request the receiver got.
@@ -221,8 +223,17 @@ async fn login(s: &Serve, idp: &IdpServer, user: &str, traceparent: Option<&str>
 }
 
 async fn check(s: &Serve, headers: &[(&str, &str)]) -> u16 {
+    check_with_metadata(s, headers, None).await
+}
+
+/// A Check whose gRPC call carries `traceparent` in its metadata, as Envoy's traced ext_authz client sends it.
+async fn check_with_metadata(s: &Serve, headers: &[(&str, &str)], traceparent: Option<&str>) -> u16 {
     let mut c = AuthorizationClient::connect(format!("http://127.0.0.1:{}", s.grpc)).await.unwrap();
-    Checked(c.check(request("GET", "/x", headers)).await.unwrap().into_inner()).status()
+    let mut req = tonic::Request::new(request("GET", "/x", headers));
+    if let Some(tp) = traceparent {
+        req.metadata_mut().insert("traceparent", tp.parse().unwrap());
+    }
+    Checked(c.check(req).await.unwrap().into_inner()).status()
 }
 
 /// Whether `span` descends from the span `ancestor` (hex id) through spans of `all`.
@@ -262,6 +273,14 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     let traceparent = format!("00-{TRACE_ID}-{ENVOY_SPAN}-01");
     let status = check(&s, &[("cookie", &cookie), ("traceparent", &traceparent), ("tracestate", "envoy=1")]).await;
     assert_eq!(status, 200, "the logged-in check is allowed");
+
+    // With Envoy's tracing on, its ext_authz span comes in the gRPC metadata: that is the closer parent.
+    let metadata_tp = format!("00-{METADATA_TRACE_ID}-{EXT_AUTHZ_SPAN}-01");
+    let cookie = format!("GATEWAY_SESSION={cookie_value}");
+    assert_eq!(
+        check_with_metadata(&s, &[("cookie", &cookie), ("traceparent", &traceparent)], Some(&metadata_tp)).await,
+        200
+    );
 
     // Bob's ID token expires at once, so his check refreshes it.
     idp.set_ttl(serde_json::json!({"IdToken": 1})).await;
@@ -323,6 +342,13 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     assert!(descends(&spans, introspection, &check_id), "the introspection call is under the check");
     assert_eq!(attr(introspection, "outcome").as_deref(), Some("ok"));
     assert_eq!(attr(introspection, "provider").as_deref(), Some("corp"));
+
+    let by_metadata: Vec<&Span> = spans
+        .iter()
+        .filter(|sp| hex::encode(&sp.trace_id) == METADATA_TRACE_ID && sp.name == "portcullis.check")
+        .collect();
+    assert_eq!(by_metadata.len(), 1, "the metadata's traceparent wins: {:?}", names(METADATA_TRACE_ID));
+    assert_eq!(hex::encode(&by_metadata[0].parent_span_id), EXT_AUTHZ_SPAN);
 
     // Redis calls are traced inside an operation only: the readiness PINGs make no traces of their own.
     let roots: Vec<&Span> =
