@@ -261,7 +261,12 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     let http = free_port();
     let idp = idp_for(http).await;
     // A long batch delay: what arrives, arrives through the flush on shutdown.
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_string())];
+    // RUST_LOG=debug: the allow lines are logged inside the check span, which must not show in them.
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_string()),
+        ("RUST_LOG", "debug".to_string()),
+    ];
     let s = Serve::start(&redis, &idp, http, &env).await;
 
     // Alice's check introspects her access token.
@@ -302,6 +307,11 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     assert!(receiver.spans().is_empty(), "batched until shutdown (OTEL_BSP_SCHEDULE_DELAY is honoured)");
     let (exit, log) = s.stop().await;
     assert!(exit.success(), "clean exit: {log}");
+    for name in ["portcullis.check", "portcullis.redis", "portcullis.idp", "portcullis.login"] {
+        assert!(!log.contains(name), "log lines read as without tracing, no {name} in them: {log}");
+    }
+    assert!(log.contains("m2m_acquire"), "the span logs always had is still there");
+    assert!(log.contains("\"message\":\"allow\""), "allow lines were logged: {log}");
     let spans = receiver.spans();
     let names = |t: &str| -> Vec<String> {
         spans.iter().filter(|sp| hex::encode(&sp.trace_id) == t).map(|sp| sp.name.clone()).collect()
