@@ -124,8 +124,17 @@ pub fn main() -> ExitCode {
             run(false, m2m(cfg, command))
         }
         Command::Serve => {
-            crate::telemetry::init_logs(cfg.server.log_format);
-            run(true, async { crate::server::serve(cfg).await.map_err(|e| e.to_string()) })
+            let format = cfg.server.log_format;
+            run(true, async move {
+                // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
+                if let Err(e) = crate::telemetry::init_logs_and_traces(format) {
+                    crate::telemetry::init_logs(format);
+                    return Err(format!("tracing: {e}"));
+                }
+                let served = crate::server::serve(cfg).await.map_err(|e| e.to_string());
+                crate::otel::shutdown().await;
+                served
+            })
         }
     }
 }

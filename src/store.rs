@@ -15,6 +15,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 use secrecy::ExposeSecret;
 
@@ -185,11 +186,24 @@ impl Redis {
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let out = match tokio::time::timeout(self.inner.timeout, fut).await {
+        // One span per round trip; never the key (a session key holds the session id) nor a value. Only
+        // inside a traced operation: the readiness PING every few seconds is no trace of its own.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "portcullis.redis",
+                otel.kind = "client",
+                db.system = "redis",
+                error = tracing::field::Empty
+            )
+        };
+        let out = match tokio::time::timeout(self.inner.timeout, fut).instrument(span.clone()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout),
         };
         if let Err(e) = &out {
+            span.record("error", true);
             metrics::counter!("portcullis_redis_errors_total").increment(1);
             tracing::warn!(error = %e, "redis call failed");
             self.after_error(e).await;

@@ -18,10 +18,36 @@ pub fn version_string() -> &'static str {
 
 /// Installs the tracing subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
 pub fn init_logs(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == LogFormat::Text { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
+    install(format, None);
+}
+
+/// [`init_logs`], plus OTLP span export when the `OTEL_*` variables ask for it. Must run inside the tokio
+/// runtime (see [`crate::otel::tracer`]).
+pub fn init_logs_and_traces(format: LogFormat) -> Result<(), crate::otel::OtelError> {
+    let tracer = crate::otel::tracer()?;
+    install(format, tracer);
+    Ok(())
+}
+
+/// The log layer sees events only (and no `portcullis.*` span, so log lines read as they did before
+/// tracing); the OTel layer sees `portcullis` spans only, never an event, whatever `RUST_LOG` says.
+fn install(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
+    use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+    use tracing_subscriber::prelude::*;
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = env.and(filter_fn(|m| !(m.is_span() && m.name().starts_with("portcullis."))));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == LogFormat::Text {
+        fmt.with_filter(logs).boxed()
+    } else {
+        fmt.json().flatten_event(true).with_filter(logs).boxed()
+    };
+    let spans = tracer.map(|t| {
+        let only =
+            filter_fn(|m| m.is_span() && m.target().starts_with("portcullis") && *m.level() <= tracing::Level::INFO);
+        tracing_opentelemetry::layer().with_tracer(t).with_filter(only).boxed()
+    });
+    let _ = tracing_subscriber::registry().with(fmt).with(spans).try_init();
 }
 
 /// The process's Prometheus handle, installing the recorder on first use.

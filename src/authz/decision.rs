@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::assertion::Asserter;
 use crate::config::{Config, HeadersConfig, SessionConfig};
 use crate::crypto::CryptoError;
@@ -245,7 +247,19 @@ impl Authorizer {
             tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
             crypto_deny(e)
         })?;
-        match validator.validate(s, &tokens, now).await {
+        let span =
+            tracing::info_span!("portcullis.revalidate", provider = %s.provider, outcome = tracing::field::Empty);
+        let validated = validator.validate(s, &tokens, now).instrument(span.clone()).await;
+        span.record(
+            "outcome",
+            match &validated {
+                Ok(_) => "ok",
+                Err(IdpError::Revoked(_)) => "revoked",
+                Err(IdpError::Invalid(_)) => "invalid",
+                Err(IdpError::Unavailable(_)) => "unavailable",
+            },
+        );
+        match validated {
             Ok(v) => Ok(v.identity),
             Err(e) => {
                 tracing::info!(session = cookie::short(&s.id), provider = %s.provider, error = %e, "revalidation failed");

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use tracing::Instrument;
 
 use super::{IdpError, Validated, Validator};
 use crate::config::{RevalidationConfig, RevalidationMode};
@@ -43,11 +44,15 @@ impl Coalescing {
                 None => {
                     let (inner, map_ref, k) = (self.inner.clone(), self.in_flight.clone(), key.clone());
                     let (s, t) = (s.clone(), tokens.clone());
-                    let task = tokio::spawn(async move {
-                        let r = inner.validate(&s, &t, now).await;
-                        map_ref.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
-                        r
-                    });
+                    // In the first caller's span: the IdP call shows in that check's trace.
+                    let task = tokio::spawn(
+                        async move {
+                            let r = inner.validate(&s, &t, now).await;
+                            map_ref.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+                            r
+                        }
+                        .in_current_span(),
+                    );
                     let call = async move {
                         task.await.unwrap_or_else(|e| Err(IdpError::Unavailable(format!("revalidation task: {e}"))))
                     }

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::id_token::IdToken;
 use super::provider::Provider;
@@ -38,6 +39,15 @@ struct TokenResponse {
 
 /// Refreshes `session`, whose tokens were `tokens` when the caller read it.
 pub async fn refresh(p: &Provider, session: &Session, now: i64, user_claim: &str) -> Result<Refreshed, IdpError> {
+    let span = tracing::info_span!("portcullis.refresh", role = tracing::field::Empty, ok = tracing::field::Empty);
+    let r = refresh_locked(p, session, now, user_claim).instrument(span.clone()).await;
+    span.record("ok", r.is_ok());
+    r
+}
+
+/// Under `lock:refresh:{id}`: the holder calls the IdP, everyone else adopts its result. The span's `role`
+/// says which this replica was.
+async fn refresh_locked(p: &Provider, session: &Session, now: i64, user_claim: &str) -> Result<Refreshed, IdpError> {
     let redis = p.store.redis();
     let key = refresh_key(&session.id);
     let ttl = p.lock_ttl();
@@ -46,6 +56,7 @@ pub async fn refresh(p: &Provider, session: &Session, now: i64, user_claim: &str
         match RedisLock::try_acquire(redis, key.clone(), ttl).await {
             Err(e) => return Err(IdpError::Unavailable(format!("refresh lock: {e}"))),
             Ok(Some(lock)) => {
+                tracing::Span::current().record("role", "leader");
                 let r = lead(p, session, now, user_claim).await;
                 if let Err(e) = lock.release(redis).await {
                     // The TTL frees it soon enough.
@@ -54,6 +65,7 @@ pub async fn refresh(p: &Provider, session: &Session, now: i64, user_claim: &str
                 return r;
             }
             Ok(None) => {
+                tracing::Span::current().record("role", "follower");
                 tokio::time::sleep(FOLLOWER_POLL).await;
                 if let Some(r) = adopt(p, session, user_claim).await? {
                     return Ok(r);

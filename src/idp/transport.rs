@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use super::breaker::{Breaker, Permit};
 use super::IdpError;
@@ -111,7 +112,19 @@ impl Transport {
         self.timeout
     }
 
+    /// One IdP call's span: provider, kind and outcome, never the URL (Graph URLs carry user ids) nor a body.
+    fn span(&self, kind: Kind) -> tracing::Span {
+        tracing::info_span!(
+            "portcullis.idp",
+            otel.kind = "client",
+            provider = %self.provider,
+            kind = kind.label(),
+            outcome = tracing::field::Empty,
+        )
+    }
+
     fn count(&self, kind: Kind, outcome: &'static str, started: Option<Instant>) {
+        tracing::Span::current().record("outcome", outcome);
         metrics::counter!("portcullis_idp_requests_total", "provider" => self.provider.clone(), "kind" => kind.label(), "outcome" => outcome)
             .increment(1);
         if let Some(t) = started {
@@ -159,6 +172,10 @@ impl Transport {
     /// Sends `req` behind the breaker and the timeout and hands the reply back as received, for callers
     /// that parse it themselves. A 5xx counts against the breaker; a 4xx is the IdP's answer.
     pub async fn send_raw(&self, kind: Kind, req: reqwest::RequestBuilder) -> Result<RawReply, SendError> {
+        self.send_raw_in_span(kind, req).instrument(self.span(kind)).await
+    }
+
+    async fn send_raw_in_span(&self, kind: Kind, req: reqwest::RequestBuilder) -> Result<RawReply, SendError> {
         let r = self.call(kind, req).await?;
         let Some(body) = r.body else {
             r.permit.failure();
@@ -193,6 +210,14 @@ impl Transport {
 
     /// [`Transport::send`], with the reply's headers (metadata reads their `Cache-Control`).
     pub async fn send_with_headers<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(Reply<T>, reqwest::header::HeaderMap), IdpError> {
+        self.send_json_in_span(kind, req).instrument(self.span(kind)).await
+    }
+
+    async fn send_json_in_span<T: DeserializeOwned>(
         &self,
         kind: Kind,
         req: reqwest::RequestBuilder,

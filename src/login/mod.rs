@@ -15,6 +15,7 @@ mod pending;
 pub mod provider;
 pub mod redirect;
 mod security;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub fn router(state: Arc<LoginState>) -> Router {
         .route("/oauth2/logout", get(logout::confirm).post(logout::logout))
         .route("/oauth2/backchannel-logout", post(logout::backchannel))
         .layer(axum::middleware::from_fn_with_state(hsts, security::headers))
+        .route_layer(axum::middleware::from_fn(trace::span))
         .with_state(state)
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
 use moka::Expiry;
+use tracing::Instrument;
 
 use super::client::TokenClient;
 use super::election::{secs, AcquireError, Election, Want};
@@ -144,13 +145,16 @@ impl M2mManager {
     /// the caller is dropped.
     async fn acquire_detached(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
         let (me, p) = (self.clone(), provider.to_string());
-        let task = tokio::spawn(async move {
-            let r = me.election.acquire(&p, want).await;
-            if let Ok(t) = &r {
-                me.gauge(&p, Some(t));
+        let task = tokio::spawn(
+            async move {
+                let r = me.election.acquire(&p, want).await;
+                if let Ok(t) = &r {
+                    me.gauge(&p, Some(t));
+                }
+                r
             }
-            r
-        });
+            .in_current_span(),
+        );
         task.await.unwrap_or_else(|e| Err(AcquireError::Task(e.to_string())))
     }
 
@@ -203,7 +207,8 @@ pub async fn shared_status(
 #[async_trait::async_trait]
 impl M2mSource for M2mManager {
     async fn token(&self, provider: &str) -> Result<String, M2mError> {
-        self.usable(provider).await.map(|t| t.access_token)
+        let span = tracing::info_span!("portcullis.m2m.token", provider);
+        self.usable(provider).instrument(span).await.map(|t| t.access_token)
     }
 }
 

@@ -22,3 +22,4 @@ mod rolling_update;
 mod rollout;
 mod rotation;
 mod sessions;
+mod tracing;
