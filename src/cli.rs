@@ -116,6 +116,7 @@ pub fn main() -> ExitCode {
         Command::Keygen { .. } | Command::Healthcheck { .. } => ExitCode::SUCCESS,
         Command::CheckConfig => {
             println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
+            println!("note: {}", crate::reload::RESTART_NOTE);
             ExitCode::SUCCESS
         }
         Command::Sessions { action } => run(false, sessions(cfg, action)),
@@ -124,8 +125,9 @@ pub fn main() -> ExitCode {
             run(false, m2m(cfg, command))
         }
         Command::Serve => {
-            crate::telemetry::init_logs(cfg.server.log_format);
-            run(true, async { crate::server::serve(cfg).await.map_err(|e| e.to_string()) })
+            crate::telemetry::init_logs_at(cfg.server.log_format, &cfg.server.log_level);
+            let path = cli.config.clone();
+            run(true, async { crate::server::serve(cfg, path).await.map_err(|e| e.to_string()) })
         }
     }
 }

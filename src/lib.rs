@@ -20,6 +20,7 @@ pub mod lock;
 pub mod login;
 pub mod m2m;
 pub mod providers;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -16,12 +16,47 @@ pub fn version_string() -> &'static str {
     V.get_or_init(|| format!("{VERSION} ({GIT_REV})"))
 }
 
-/// Installs the tracing subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Set when the filter comes from the config (not `RUST_LOG`), so a reload can change the level.
+static FILTER: OnceLock<FilterHandle> = OnceLock::new();
+
+/// Installs the tracing subscriber with the `info` level. Safe to call twice.
 pub fn init_logs(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == LogFormat::Text { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
+    init_logs_at(format, "info");
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters when set (and then wins over reloads), else
+/// `level` (`server.log_level`). Safe to call twice.
+pub fn init_logs_at(format: LogFormat, level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let (filter, handle) = reload::Layer::new(filter);
+    let out = if format == LogFormat::Text {
+        fmt::layer().with_writer(std::io::stderr).boxed()
+    } else {
+        fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed()
+    };
+    if tracing_subscriber::registry().with(filter).with(out).try_init().is_ok() && !env_set {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Applies a reloaded `server.log_level`; a no-op when `RUST_LOG` set the filter.
+pub fn set_log_level(level: &str) {
+    let Some(handle) = FILTER.get() else { return };
+    match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(f) => {
+            if let Err(e) = handle.reload(f) {
+                tracing::warn!(error = %e, "cannot change the log level");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "server.log_level: not a log filter"),
+    }
 }
 
 /// The process's Prometheus handle, installing the recorder on first use.
@@ -73,6 +108,15 @@ fn describe() {
         "portcullis_m2m_token_expires_in_seconds",
         Unit::Seconds,
         "Seconds left on this replica's M2M token per provider (updated on fetch and each refresh round)"
+    );
+    describe_counter!(
+        "portcullis_config_reload_total",
+        "Configuration reloads (SIGHUP or a watched file changed), by result"
+    );
+    describe_gauge!(
+        "portcullis_config_last_reload_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the running configuration was loaded (at start and on each successful reload)"
     );
     describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
     metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);

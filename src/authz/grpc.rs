@@ -48,11 +48,15 @@ impl Authorizer {
     }
 }
 
-/// The tonic service over a shared [`Authorizer`].
-pub struct AuthzService(pub Arc<Authorizer>);
+/// The live [`Authorizer`]: a config reload swaps in a new one whole; a Check runs to its end on the one
+/// it loaded, the next Check sees the new one. Loading is lock-free.
+pub type LiveAuthorizer = Arc<arc_swap::ArcSwap<Authorizer>>;
+
+/// The tonic service over the live [`Authorizer`].
+pub struct AuthzService(pub LiveAuthorizer);
 
 impl AuthzService {
-    pub fn server(authz: Arc<Authorizer>) -> AuthorizationServer<Self> {
+    pub fn server(authz: LiveAuthorizer) -> AuthorizationServer<Self> {
         AuthorizationServer::new(Self(authz))
     }
 }
@@ -60,6 +64,7 @@ impl AuthzService {
 #[tonic::async_trait]
 impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.0.check(request.get_ref(), crate::now()).await))
+        let authz = self.0.load_full();
+        Ok(Response::new(authz.check(request.get_ref(), crate::now()).await))
     }
 }
