@@ -244,8 +244,13 @@ client_secret = "not-a-real-secret"
         crate::harness::eventually(std::time::Duration::from_secs(20), async || self.readyz().await == Some(200)).await
     }
 
+    /// The config file it was started with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        self._config.path()
+    }
+
     /// A Check through the gRPC listener.
-    async fn check(&self, headers: &[(&str, &str)]) -> u16 {
+    pub async fn check(&self, headers: &[(&str, &str)]) -> u16 {
         use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
         let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{}", self.grpc)).await.unwrap();
         let resp = client.check(crate::harness::app::request("GET", "/", headers)).await.unwrap().into_inner();
