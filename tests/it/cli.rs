@@ -54,6 +54,8 @@ fn keygen_assertion_prints_entries_that_check_config_accepts() {
     let f = with(&format!("{:?}, {:?}", entries[0], entries[1]), "60s");
     let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("server.grpc_addr") && said.contains("need a restart"), "no reload note: {said}");
     let f = with("", "1h");
     let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
