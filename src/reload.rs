@@ -1,8 +1,10 @@
 //! Reload without restart: on SIGHUP, or when the config file or a secret file it names changes, the
 //! config is loaded and validated again and, if it is valid as a whole, the reloadable part is swapped in
-//! at once: a new [`Authorizer`] snapshot (session rules, header names, response headers, mode, audit
-//! sampling), the session key ring, the admin token and the log level. An invalid config is refused
-//! whole and the running one stays. Caches, breakers, providers and the Redis pool are kept.
+//! at once: a new [`Authorizer`] snapshot (header names, response headers, mode, audit sampling), the
+//! session key ring, the admin token and the log level; when `[providers.*]` (a client secret),
+//! `[revalidation]` or `[bearer]` changed, the providers are rebuilt (validators, bearer verifier, login
+//! clients) over the running M2M manager. An invalid config is refused whole and the running one stays.
+//! Otherwise caches, breakers, providers, M2M tokens and the Redis pool are kept.
 //!
 //! Files are polled (content digest every [`POLL`]), not watched through inotify: reading the path
 //! follows Kubernetes' `..data` symlink swap, which directory events report only indirectly.
@@ -19,9 +21,12 @@ use crate::admin::AdminState;
 use crate::assertion::Asserter;
 use crate::authz::grpc::LiveAuthorizer;
 use crate::authz::Authorizer;
-use crate::config::Config;
+use crate::config::{Config, SessionConfig};
 use crate::idp::bearer::BearerVerifier;
 use crate::idp::Validators;
+use crate::login::LoginState;
+use crate::m2m::M2mManager;
+use crate::providers::M2mChoice;
 use crate::session::SessionStore;
 
 /// How often watched files are read.
@@ -31,24 +36,58 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// What `check-config` prints: the keys a reload does not apply.
 pub const RESTART_NOTE: &str = "a reload (SIGHUP or a changed file) applies everything except server.grpc_addr, \
-server.http_addr, server.admin_addr, server.log_format, [redis], [providers.*], [revalidation], [m2m], [login], \
-[bearer] and [assertion]: those need a restart";
+server.http_addr, server.admin_addr, server.public_url, server.trusted_proxies, server.log_format, [redis], \
+[session] other than its keys, [m2m], [login] and [assertion]: those need a restart";
 
 /// The sections a reload keeps as they were at start, by the key named in the warning.
 fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
+    let mut session = c.session.clone();
+    (session.encryption_keys, session.decrypt_only_keys, session.encryption_keys_file) = (vec![], vec![], None);
     vec![
         ("server.grpc_addr", c.server.grpc_addr.clone()),
         ("server.http_addr", c.server.http_addr.clone()),
         ("server.admin_addr", format!("{:?}", c.server.admin_addr)),
+        ("server.public_url", c.server.public_url.clone()),
+        ("server.trusted_proxies", format!("{:?}", c.server.trusted_proxies)),
         ("server.log_format", format!("{:?}", c.server.log_format)),
         ("redis", format!("{:?}", c.redis)),
-        ("providers", format!("{:?}", c.providers)),
-        ("revalidation", format!("{:?}", c.revalidation)),
+        ("session", format!("{session:?}")),
         ("m2m", format!("{:?}", c.m2m)),
         ("login", format!("{:?}", c.login)),
-        ("bearer", format!("{:?}", c.bearer)),
         ("assertion", format!("{:?}", c.assertion)),
     ]
+}
+
+/// The new config with every restart-only part as it was at start.
+fn effective(started: &Config, new: &Config) -> Config {
+    let mut e = new.clone();
+    e.server.grpc_addr.clone_from(&started.server.grpc_addr);
+    e.server.http_addr.clone_from(&started.server.http_addr);
+    e.server.admin_addr.clone_from(&started.server.admin_addr);
+    e.server.public_url.clone_from(&started.server.public_url);
+    e.server.trusted_proxies.clone_from(&started.server.trusted_proxies);
+    e.server.log_format = started.server.log_format;
+    e.redis = started.redis.clone();
+    e.session = SessionConfig {
+        encryption_keys: new.session.encryption_keys.clone(),
+        decrypt_only_keys: new.session.decrypt_only_keys.clone(),
+        encryption_keys_file: new.session.encryption_keys_file.clone(),
+        ..started.session.clone()
+    };
+    e.m2m = started.m2m.clone();
+    e.login = started.login.clone();
+    e.assertion = started.assertion.clone();
+    e
+}
+
+/// What the providers are built from: a change rebuilds them. Secrets enter as a digest.
+fn providers_digest(c: &Config) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(format!("{:?}{:?}{:?}", c.providers, c.revalidation, c.bearer).as_bytes());
+    for p in c.providers.values() {
+        h.update(Sha256::digest(p.client_secret().as_bytes()));
+    }
+    h.finalize().into()
 }
 
 /// What a reload builds on: the parts kept across reloads, and the config the running snapshot came from.
@@ -58,12 +97,22 @@ pub struct Reloader {
     started: Config,
     live: LiveAuthorizer,
     store: SessionStore,
-    validators: Validators,
-    bearer: Option<Arc<BearerVerifier>>,
     asserter: Option<Arc<Asserter>>,
     admin: Option<Arc<AdminState>>,
+    login: Arc<LoginState>,
+    m2m: Option<Arc<M2mManager>>,
     /// Serialises reloads (SIGHUP and the watcher); never touched by a Check.
-    current: Mutex<Config>,
+    state: tokio::sync::Mutex<State>,
+    /// The secret files of the running config (read by the watcher without waiting for a reload).
+    files: Mutex<Vec<PathBuf>>,
+}
+
+/// The running config and the providers built from it.
+struct State {
+    cfg: Config,
+    validators: Validators,
+    bearer: Option<Arc<BearerVerifier>>,
+    providers: [u8; 32],
 }
 
 pub struct Parts {
@@ -73,6 +122,8 @@ pub struct Parts {
     pub bearer: Option<Arc<BearerVerifier>>,
     pub asserter: Option<Arc<Asserter>>,
     pub admin: Option<Arc<AdminState>>,
+    pub login: Arc<LoginState>,
+    pub m2m: Option<Arc<M2mManager>>,
 }
 
 impl Reloader {
@@ -83,17 +134,26 @@ impl Reloader {
             started: cfg.clone(),
             live: p.live,
             store: p.store,
-            validators: p.validators,
-            bearer: p.bearer,
             asserter: p.asserter,
             admin: p.admin,
-            current: Mutex::new(cfg.clone()),
+            login: p.login,
+            m2m: p.m2m,
+            state: tokio::sync::Mutex::new(State {
+                cfg: cfg.clone(),
+                validators: p.validators,
+                bearer: p.bearer,
+                providers: providers_digest(cfg),
+            }),
+            files: Mutex::new(secret_files(cfg)),
         })
     }
 
     /// Loads the file again and applies it, or refuses it whole. True when applied.
-    pub fn reload(&self, why: &str) -> bool {
-        let result = Config::load(&self.path).map_err(|e| e.to_string()).and_then(|cfg| self.apply(cfg));
+    pub async fn reload(&self, why: &str) -> bool {
+        let result = match Config::load(&self.path) {
+            Ok(cfg) => self.apply(cfg).await,
+            Err(e) => Err(e.to_string()),
+        };
         match result {
             Ok(()) => {
                 metrics::counter!("portcullis_config_reload_total", "result" => "success").increment(1);
@@ -110,8 +170,8 @@ impl Reloader {
     }
 
     /// Builds everything first, then installs it, so a failure leaves nothing half-applied.
-    fn apply(&self, new: Config) -> Result<(), String> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+    async fn apply(&self, new: Config) -> Result<(), String> {
+        let mut current = self.state.lock().await;
         let ring = new.session.key_ring().map_err(|e| format!("session.encryption_keys: {e}"))?;
         for ((key, was), (_, now)) in restart_only(&self.started).into_iter().zip(restart_only(&new)) {
             if was != now {
@@ -121,32 +181,44 @@ impl Reloader {
                 );
             }
         }
-        let authz = Authorizer::new(
-            self.store.clone(),
-            self.validators.clone(),
-            &new,
-            self.asserter.clone(),
-            self.bearer.clone(),
-        );
+        let eff = effective(&self.started, &new);
+        let digest = providers_digest(&eff);
+        let rebuilt = if digest == current.providers {
+            None
+        } else {
+            // Over the running M2M manager: its tokens and refresher carry on.
+            let choice = match &self.m2m {
+                Some(m) => M2mChoice::Given(m.clone()),
+                None => M2mChoice::Shared,
+            };
+            tracing::info!("[providers], [revalidation] or [bearer] changed: rebuilding the providers");
+            Some(crate::providers::build(&eff, choice, self.store.clone()).await)
+        };
+        let (validators, bearer) = match &rebuilt {
+            Some(p) => (p.validators.clone(), p.bearer.clone()),
+            None => (current.validators.clone(), current.bearer.clone()),
+        };
+        let authz =
+            Authorizer::new(self.store.clone(), validators.clone(), &eff, self.asserter.clone(), bearer.clone());
         self.store.set_keys(ring);
         self.live.store(authz);
+        if let Some(p) = rebuilt {
+            self.login.providers.store(Arc::new(p.login));
+        }
+        (current.validators, current.bearer, current.providers) = (validators, bearer, digest);
         if let (Some(admin), Some(token)) = (&self.admin, &new.server.admin_token) {
             admin.set_token(token.expose_secret());
         }
         crate::telemetry::set_log_level(&new.server.log_level);
-        *current = new;
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = secret_files(&new);
+        current.cfg = new;
         Ok(())
     }
 
     /// The config file and every secret file the running config names.
     fn watched(&self) -> Vec<PathBuf> {
-        let c = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let mut v = vec![self.path.clone()];
-        v.extend(c.server.admin_token_file.clone());
-        v.extend(c.redis.password_file.clone());
-        v.extend(c.session.encryption_keys_file.clone());
-        v.extend(c.assertion.signing_keys_file.clone());
-        v.extend(c.providers.values().filter_map(|p| p.client_secret_file.clone()));
+        v.extend(self.files.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         v
     }
 
@@ -159,8 +231,7 @@ impl Reloader {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = recv(&mut hup) => {
-                        let me = self.clone();
-                        let _ = tokio::task::spawn_blocking(move || me.reload("SIGHUP")).await;
+                        self.reload("SIGHUP").await;
                         seen = fingerprint(&self.watched());
                     }
                     _ = tokio::time::sleep(POLL) => {
@@ -169,14 +240,23 @@ impl Reloader {
                             continue;
                         }
                         tokio::time::sleep(DEBOUNCE).await;
-                        let me = self.clone();
-                        let _ = tokio::task::spawn_blocking(move || me.reload("a watched file changed")).await;
+                        self.reload("a watched file changed").await;
                         seen = fingerprint(&self.watched());
                     }
                 }
             }
         })
     }
+}
+
+fn secret_files(c: &Config) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    v.extend(c.server.admin_token_file.clone());
+    v.extend(c.redis.password_file.clone());
+    v.extend(c.session.encryption_keys_file.clone());
+    v.extend(c.assertion.signing_keys_file.clone());
+    v.extend(c.providers.values().filter_map(|p| p.client_secret_file.clone()));
+    v
 }
 
 /// Sets the last-success gauge to now.

@@ -89,7 +89,7 @@ impl Server {
         let login = Arc::new(LoginState {
             redis: redis.clone(),
             store,
-            providers: providers.login,
+            providers: arc_swap::ArcSwap::from_pointee(providers.login),
             session: cfg.session.clone(),
             login: cfg.login.clone(),
             trusted_proxies: cfg.server.trusted_proxies.clone(),
@@ -157,7 +157,16 @@ impl Server {
         }
 
         tracing::info!(%grpc_addr, %http_addr, ?admin_addr, version = crate::telemetry::version_string(), "portcullis listening");
-        let parts = Parts { live: live.clone(), store: login.store.clone(), validators, bearer, asserter, admin };
+        let parts = Parts {
+            live: live.clone(),
+            store: login.store.clone(),
+            validators,
+            bearer,
+            asserter,
+            admin,
+            login: login.clone(),
+            m2m: providers.m2m.clone(),
+        };
         Ok(Self {
             grpc_addr,
             http_addr,

@@ -59,9 +59,10 @@ pub async fn login(
     headers: HeaderMap,
     Query(q): Query<LoginQuery>,
 ) -> Response {
-    let provider = match (&q.provider, s.providers.len()) {
-        (Some(p), _) => s.providers.get(p),
-        (None, 1) => s.providers.values().next(),
+    let providers = s.providers();
+    let provider = match (&q.provider, providers.len()) {
+        (Some(p), _) => providers.get(p),
+        (None, 1) => providers.values().next(),
         (None, _) => None,
     };
     let Some(provider) = provider else {
@@ -201,7 +202,7 @@ async fn complete(s: &LoginState, peer: SocketAddr, headers: &HeaderMap, q: Call
         }
         Err(_) => return unavailable(),
     }
-    let Some(provider) = s.providers.get(&pending.provider) else {
+    let Some(provider) = s.provider(&pending.provider) else {
         return fail("unknown", "bad_state", "Sign-in failed", "Unknown identity provider.");
     };
 

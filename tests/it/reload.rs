@@ -27,6 +27,8 @@ struct Knobs {
     decrypt_only: Vec<String>,
     /// Extra `[server]` lines.
     server: String,
+    /// The provider's secret line.
+    secret: String,
 }
 
 struct Env {
@@ -61,7 +63,7 @@ max_staleness = "1s"
 kind = "oidc"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
+{secret}
 introspection_auth = "client_secret_basic"
 "#,
         grpc = k.grpc,
@@ -69,11 +71,16 @@ introspection_auth = "client_secret_basic"
         server = k.server,
         enc = list(&k.encrypting),
         dec = list(&k.decrypt_only),
+        secret = k.secret,
     )
 }
 
 impl Env {
     async fn start(server: &str) -> Self {
+        Self::start_with(server, &format!("client_secret = {CLIENT_SECRET:?}")).await
+    }
+
+    async fn start_with(server: &str, secret: &str) -> Self {
         let redis = RedisServer::start();
         let idp = IdpServer::start().await;
         let mut knobs = Knobs {
@@ -82,6 +89,7 @@ impl Env {
             encrypting: vec![portcullis::crypto::generate_key()],
             decrypt_only: vec![],
             server: server.to_string(),
+            secret: secret.to_string(),
         };
         let (url, issuer) = (redis.url(), idp.issuer());
         let k = knobs.clone();
@@ -197,22 +205,28 @@ async fn a_new_grpc_addr_waits_for_a_restart() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", moved)).is_err(), "nothing listens on the new address");
 }
 
-/// The admin token lives in a Secret mounted as a directory: Kubernetes writes the new version into a
-/// fresh `..<timestamp>` directory and renames the `..data` symlink over. No SIGHUP: the watcher sees it.
+/// A Secret volume as the kubelet writes it: each version in a fresh `..<timestamp>` directory, then the
+/// `..data` symlink renamed over atomically; `<key>` links to `..data/<key>`.
+fn secret_version(mount: &Path, version: &str, key: &str, value: &str) {
+    std::fs::create_dir(mount.join(version)).unwrap();
+    std::fs::write(mount.join(version).join(key), value).unwrap();
+    let tmp = mount.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    if !mount.join(key).exists() {
+        std::os::unix::fs::symlink(format!("..data/{key}"), mount.join(key)).unwrap();
+    }
+}
+
+/// The admin token lives in a Secret mounted as a directory, swapped the Kubernetes way. No SIGHUP: the
+/// watcher sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_follows_a_kubernetes_secret_swap() {
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path();
-    let version = |name: &str, token: &str| {
-        std::fs::create_dir(mount.join(name)).unwrap();
-        std::fs::write(mount.join(name).join("admin-token"), token).unwrap();
-        let tmp = mount.join("..data_tmp");
-        std::os::unix::fs::symlink(name, &tmp).unwrap();
-        std::fs::rename(&tmp, mount.join("..data")).unwrap();
-    };
+    let version = |name: &str, token: &str| secret_version(mount, name, "admin-token", token);
     let (old, new) = ("old-admin-token-0123456789", "new-admin-token-9876543210");
     version("..2026_12_06_01_00_00.1", old);
-    std::os::unix::fs::symlink("..data/admin-token", mount.join("admin-token")).unwrap();
     let admin = crate::harness::free_port();
     let file = mount.join("admin-token");
     let env = Env::start(&format!("admin_addr = \"127.0.0.1:{admin}\"\nadmin_token_file = {file:?}")).await;
@@ -227,6 +241,23 @@ async fn the_admin_token_follows_a_kubernetes_secret_swap() {
     version("..2026_12_06_02_00_00.2", new);
     assert!(eventually(WAIT, async || stats(new).await == 200).await, "the new token never worked");
     assert_eq!(stats(old).await, 401, "the old token is refused after the swap");
+    assert!(env.reloads("success").await >= 1.0);
+}
+
+/// A provider's client secret from a Secret file: a wrong one makes introspection fail; the right one,
+/// swapped in the Kubernetes way without SIGHUP, rebuilds the providers and the session is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_secret_swap_rebuilds_the_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path();
+    secret_version(mount, "..2026_12_06_01_00_00.1", "client-secret", "a-wrong-secret");
+    let file = mount.join("client-secret");
+    let env = Env::start_with("", &format!("client_secret_file = {file:?}")).await;
+    let cookie = env.plant(&env.knobs.encrypting[0], "alice").await;
+    assert_ne!(env.check(&cookie).await, 200, "introspection with a wrong client secret");
+
+    secret_version(mount, "..2026_12_06_02_00_00.2", "client-secret", CLIENT_SECRET);
+    assert!(eventually(WAIT, async || env.check(&cookie).await == 200).await, "the new secret was never used");
     assert!(env.reloads("success").await >= 1.0);
 }
 
