@@ -193,6 +193,8 @@ pub struct Served {
     pub grpc: u16,
     pub http: u16,
     _config: tempfile::NamedTempFile,
+    /// Its stderr (the log).
+    log: tempfile::NamedTempFile,
 }
 
 impl Served {
@@ -226,14 +228,16 @@ client_secret = "not-a-real-secret"
     pub fn with_config(text: impl FnOnce(u16, u16) -> String) -> Self {
         let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
         let config = write(&text(grpc, http));
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = portcullis()
             .args(["serve", "--config"])
             .arg(config.path())
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        Self { child, grpc, http, _config: config }
+        Self { child, grpc, http, _config: config, log }
     }
 
     pub async fn readyz(&self) -> Option<u16> {
@@ -244,6 +248,11 @@ client_secret = "not-a-real-secret"
     /// Readiness means Redis answered in the configured mode.
     pub async fn wait_ready(&self) -> bool {
         crate::harness::eventually(std::time::Duration::from_secs(20), async || self.readyz().await == Some(200)).await
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// The config file it was started with (rewrite it, then SIGHUP, to reload).
