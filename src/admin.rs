@@ -20,14 +20,23 @@ use crate::session::{Session, SessionStore};
 pub struct AdminState {
     pub store: SessionStore,
     pub m2m: Option<Arc<M2mManager>>,
-    /// SHA-256 of the admin token: compared digest to digest.
-    token_digest: [u8; 32],
+    /// SHA-256 of the admin token: compared digest to digest. Swapped by a config reload.
+    token_digest: arc_swap::ArcSwap<[u8; 32]>,
 }
 
 impl AdminState {
     pub fn new(store: SessionStore, m2m: Option<Arc<M2mManager>>, token: &str) -> Self {
-        Self { store, m2m, token_digest: Sha256::digest(token.as_bytes()).into() }
+        Self { store, m2m, token_digest: arc_swap::ArcSwap::from_pointee(digest(token)) }
     }
+
+    /// A new admin token (a config reload): the old one is refused from the next request on.
+    pub fn set_token(&self, token: &str) {
+        self.token_digest.store(Arc::new(digest(token)));
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -49,7 +58,7 @@ async fn auth(State(s): State<Arc<AdminState>>, req: axum::extract::Request, nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
-    if presented != Some(s.token_digest) {
+    if presented != Some(**s.token_digest.load()) {
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized").into_response();
     }
     next.run(req).await

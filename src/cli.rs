@@ -116,6 +116,7 @@ pub fn main() -> ExitCode {
         Command::Keygen { .. } | Command::Healthcheck { .. } => ExitCode::SUCCESS,
         Command::CheckConfig => {
             println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
+            println!("note: {}", crate::reload::RESTART_NOTE);
             ExitCode::SUCCESS
         }
         Command::Sessions { action } => run(false, sessions(cfg, action)),
@@ -124,14 +125,14 @@ pub fn main() -> ExitCode {
             run(false, m2m(cfg, command))
         }
         Command::Serve => {
-            let format = cfg.server.log_format;
+            let (format, level, path) = (cfg.server.log_format, cfg.server.log_level.clone(), cli.config.clone());
             run(true, async move {
                 // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
-                if let Err(e) = crate::telemetry::init_logs_and_traces(format) {
-                    crate::telemetry::init_logs(format);
+                if let Err(e) = crate::telemetry::init_logs_and_traces(format, &level) {
+                    crate::telemetry::init_logs_at(format, &level);
                     return Err(format!("tracing: {e}"));
                 }
-                let served = crate::server::serve(cfg).await.map_err(|e| e.to_string());
+                let served = crate::server::serve(cfg, path).await.map_err(|e| e.to_string());
                 crate::otel::shutdown().await;
                 served
             })

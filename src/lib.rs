@@ -24,6 +24,7 @@ pub mod login;
 pub mod m2m;
 pub mod otel;
 pub mod providers;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod store;

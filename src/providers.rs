@@ -103,7 +103,7 @@ pub async fn build(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Provide
                 });
                 clients.insert(b.name.to_string(), TokenClient::discovered(settings, b.transport.clone(), endpoint));
             }
-            let manager = Arc::new(M2mManager::new(store.redis().clone(), store.keys().clone(), &cfg.m2m, clients));
+            let manager = Arc::new(M2mManager::new(store.redis().clone(), store.keys(), &cfg.m2m, clients));
             out.m2m = Some(manager.clone());
             manager
         }

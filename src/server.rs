@@ -2,6 +2,7 @@
 //! shutdown so in-flight checks finish.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::authz::grpc::AuthzService;
+use crate::authz::grpc::{AuthzService, LiveAuthorizer};
 use crate::authz::Authorizer;
 use crate::config::Config;
+use crate::reload::{Parts, Reloader};
 use secrecy::ExposeSecret;
 
 use crate::http::{self, HttpState};
@@ -46,8 +48,13 @@ pub struct Server {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The Authorizer at start (a reload swaps [`Server::live`], not this one).
     pub authorizer: Arc<Authorizer>,
+    /// The Authorizer every Check loads; a config reload swaps it.
+    pub live: LiveAuthorizer,
     pub redis: Redis,
+    /// What a [`Reloader`] rebuilds the Authorizer from; taken by [`Server::watch_config`].
+    parts: Option<Parts>,
     draining: CancellationToken,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -75,11 +82,14 @@ impl Server {
     /// Binds both listeners (port 0 picks a free one) and starts serving.
     async fn launch(cfg: &Config, redis: Redis, store: SessionStore, providers: Providers) -> Result<Self, StartError> {
         let asserter = crate::assertion::Asserter::from_config(&cfg.assertion, &cfg.server.public_url)?;
+        let validators = providers.validators.clone();
+        let bearer = providers.bearer.clone();
         let authorizer = Authorizer::new(store.clone(), providers.validators, cfg, asserter.clone(), providers.bearer);
+        let live: LiveAuthorizer = Arc::new(arc_swap::ArcSwap::new(authorizer.clone()));
         let login = Arc::new(LoginState {
             redis: redis.clone(),
             store,
-            providers: providers.login,
+            providers: arc_swap::ArcSwap::from_pointee(providers.login),
             session: cfg.session.clone(),
             login: cfg.login.clone(),
             trusted_proxies: cfg.server.trusted_proxies.clone(),
@@ -99,7 +109,7 @@ impl Server {
         let (reporter, health) = tonic_health::server::health_reporter();
         tasks.push(tokio::spawn(follow_redis(redis.clone(), reporter, draining.clone())));
 
-        let svc = AuthzService::server(authorizer.clone());
+        let svc = AuthzService::server(live.clone());
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
@@ -127,14 +137,17 @@ impl Server {
         }));
 
         let mut admin_addr = None;
+        let mut admin = None;
         if let (Some(addr), Some(token)) = (&cfg.server.admin_addr, &cfg.server.admin_token) {
             let l = bind("admin", addr).await?;
             admin_addr = Some(local(&l));
-            let app = crate::admin::router(Arc::new(crate::admin::AdminState::new(
+            let state = Arc::new(crate::admin::AdminState::new(
                 login.store.clone(),
                 providers.m2m.clone(),
                 token.expose_secret(),
-            )));
+            ));
+            admin = Some(state.clone());
+            let app = crate::admin::router(state);
             let c = cancel.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, app).with_graceful_shutdown(c.cancelled_owned()).await {
@@ -144,7 +157,36 @@ impl Server {
         }
 
         tracing::info!(%grpc_addr, %http_addr, ?admin_addr, version = crate::telemetry::version_string(), "portcullis listening");
-        Ok(Self { grpc_addr, http_addr, admin_addr, authorizer, redis, draining, cancel, tasks })
+        let parts = Parts {
+            live: live.clone(),
+            store: login.store.clone(),
+            validators,
+            bearer,
+            asserter,
+            admin,
+            login: login.clone(),
+            m2m: providers.m2m.clone(),
+        };
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            admin_addr,
+            authorizer,
+            live,
+            redis,
+            parts: Some(parts),
+            draining,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Reloads `path` (which `cfg` was loaded from) on SIGHUP and when it or a secret file it names
+    /// changes. Called once; later calls do nothing.
+    pub fn watch_config(&mut self, path: PathBuf, cfg: &Config) -> Option<Arc<Reloader>> {
+        let reloader = Reloader::new(path, cfg, self.parts.take()?);
+        self.tasks.push(reloader.clone().spawn(self.cancel.clone()));
+        Some(reloader)
     }
 
     /// The first step of a shutdown: readiness and gRPC health say NOT_SERVING, checks are still answered
@@ -205,9 +247,10 @@ async fn follow_redis(redis: Redis, reporter: tonic_health::server::HealthReport
     }
 }
 
-/// `portcullis serve`: runs until SIGTERM or SIGINT, then drains.
-pub async fn serve(cfg: Config) -> Result<(), StartError> {
-    let server = Server::start_configured(&cfg, M2mChoice::Shared).await?;
+/// `portcullis serve`: runs until SIGTERM or SIGINT, then drains; reloads `path` on SIGHUP and file changes.
+pub async fn serve(cfg: Config, path: PathBuf) -> Result<(), StartError> {
+    let mut server = Server::start_configured(&cfg, M2mChoice::Shared).await?;
+    server.watch_config(path, &cfg);
     shutdown_signal().await;
     server.drain(cfg.server.drain_delay).await;
     tracing::info!("shutting down: finishing in-flight requests");

@@ -16,25 +16,41 @@ pub fn version_string() -> &'static str {
     V.get_or_init(|| format!("{VERSION} ({GIT_REV})"))
 }
 
-/// Installs the tracing subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Set when the filter comes from the config (not `RUST_LOG`), so a reload can change the level.
+static FILTER: OnceLock<FilterHandle> = OnceLock::new();
+
+/// Installs the tracing subscriber with the `info` level. Safe to call twice.
 pub fn init_logs(format: LogFormat) {
-    install(format, None);
+    init_logs_at(format, "info");
 }
 
-/// [`init_logs`], plus OTLP span export when the `OTEL_*` variables ask for it. Must run inside the tokio
-/// runtime (see [`crate::otel::tracer`]).
-pub fn init_logs_and_traces(format: LogFormat) -> Result<(), crate::otel::OtelError> {
+/// Installs the log layer: `RUST_LOG` filters when set (and then wins over reloads), else `level`
+/// (`server.log_level`). Safe to call twice.
+pub fn init_logs_at(format: LogFormat, level: &str) {
+    install(format, level, None);
+}
+
+/// [`init_logs_at`], plus OTLP span export when the `OTEL_*` variables ask for it. Must run inside the
+/// tokio runtime (see [`crate::otel::tracer`]).
+pub fn init_logs_and_traces(format: LogFormat, level: &str) -> Result<(), crate::otel::OtelError> {
     let tracer = crate::otel::tracer()?;
-    install(format, tracer);
+    install(format, level, tracer);
     Ok(())
 }
 
 /// The log layer sees events only (and no `portcullis.*` span, so log lines read as they did before
-/// tracing); the OTel layer sees `portcullis` spans only, never an event, whatever `RUST_LOG` says.
-fn install(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
+/// tracing), through a filter a reload can change; the OTel layer sees `portcullis` spans only, never an
+/// event, whatever `RUST_LOG` says.
+fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
     use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
     use tracing_subscriber::prelude::*;
-    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::reload;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let env = from_env.unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let (env, handle) = reload::Layer::new(env);
     let logs = env.and(filter_fn(|m| !(m.is_span() && m.name().starts_with("portcullis."))));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if format == LogFormat::Text {
@@ -47,7 +63,22 @@ fn install(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTracer
             filter_fn(|m| m.is_span() && m.target().starts_with("portcullis") && *m.level() <= tracing::Level::INFO);
         tracing_opentelemetry::layer().with_tracer(t).with_filter(only).boxed()
     });
-    let _ = tracing_subscriber::registry().with(fmt).with(spans).try_init();
+    if tracing_subscriber::registry().with(fmt).with(spans).try_init().is_ok() && !env_set {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Applies a reloaded `server.log_level`; a no-op when `RUST_LOG` set the filter.
+pub fn set_log_level(level: &str) {
+    let Some(handle) = FILTER.get() else { return };
+    match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(f) => {
+            if let Err(e) = handle.reload(f) {
+                tracing::warn!(error = %e, "cannot change the log level");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "server.log_level: not a log filter"),
+    }
 }
 
 /// The process's Prometheus handle, installing the recorder on first use.
@@ -99,6 +130,15 @@ fn describe() {
         "portcullis_m2m_token_expires_in_seconds",
         Unit::Seconds,
         "Seconds left on this replica's M2M token per provider (updated on fetch and each refresh round)"
+    );
+    describe_counter!(
+        "portcullis_config_reload_total",
+        "Configuration reloads (SIGHUP or a watched file changed), by result"
+    );
+    describe_gauge!(
+        "portcullis_config_last_reload_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the running configuration was loaded (at start and on each successful reload)"
     );
     describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
     metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);

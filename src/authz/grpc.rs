@@ -86,11 +86,15 @@ impl Authorizer {
     }
 }
 
-/// The tonic service over a shared [`Authorizer`].
-pub struct AuthzService(pub Arc<Authorizer>);
+/// The live [`Authorizer`]: a config reload swaps in a new one whole; a Check runs to its end on the one
+/// it loaded, the next Check sees the new one. Loading is lock-free.
+pub type LiveAuthorizer = Arc<arc_swap::ArcSwap<Authorizer>>;
+
+/// The tonic service over the live [`Authorizer`].
+pub struct AuthzService(pub LiveAuthorizer);
 
 impl AuthzService {
-    pub fn server(authz: Arc<Authorizer>) -> AuthorizationServer<Self> {
+    pub fn server(authz: LiveAuthorizer) -> AuthorizationServer<Self> {
         AuthorizationServer::new(Self(authz))
     }
 }
@@ -98,7 +102,8 @@ impl AuthzService {
 #[tonic::async_trait]
 impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let resp = self.0.check_under(request.get_ref(), Some(request.metadata()), crate::now()).await;
+        let authz = self.0.load_full();
+        let resp = authz.check_under(request.get_ref(), Some(request.metadata()), crate::now()).await;
         Ok(Response::new(resp))
     }
 }

@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Log filter (`info`, `debug`, `portcullis=debug,info`); `RUST_LOG` wins when set. Reloadable.
+    #[serde(default = "log_level")]
+    pub log_level: String,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when they are the direct peer of the HTTP
     /// listener. Default none: the direct peer is the client.
     #[serde(default)]
@@ -63,6 +66,10 @@ fn shutdown_grace() -> Duration {
     Duration::from_secs(10)
 }
 
+fn log_level() -> String {
+    "info".into()
+}
+
 fn audit_allow_sample() -> f64 {
     1.0
 }
@@ -86,6 +93,9 @@ impl ServerConfig {
                 errors
                     .push("server.admin_token: required (at least 16 characters) when server.admin_addr is set".into());
             }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            errors.push(format!("server.log_level: {:?} is not a log filter: {e}", self.log_level));
         }
         if !(0.0..=1.0).contains(&self.audit_allow_sample) {
             errors.push(format!("server.audit_allow_sample: {} must be between 0.0 and 1.0", self.audit_allow_sample));

@@ -40,9 +40,10 @@ pub async fn login(
     headers: HeaderMap,
     Query(q): Query<LoginQuery>,
 ) -> Response {
-    let provider = match (&q.provider, s.providers.len()) {
-        (Some(p), _) => s.providers.get(p),
-        (None, 1) => s.providers.values().next(),
+    let providers = s.providers();
+    let provider = match (&q.provider, providers.len()) {
+        (Some(p), _) => providers.get(p),
+        (None, 1) => providers.values().next(),
         (None, _) => None,
     };
     let Some(provider) = provider else {
@@ -178,7 +179,7 @@ async fn complete(s: &LoginState, client: &str, headers: &HeaderMap, q: Callback
         Ok(None) => return Err(fail(LoginFailure::AlreadyUsed)),
         Err(_) => return Err(fail(LoginFailure::RedisUnavailable)),
     }
-    let provider = s.providers.get(&pending.provider).ok_or_else(|| unknown(LoginFailure::StateForUnknownProvider))?;
+    let provider = s.provider(&pending.provider).ok_or_else(|| unknown(LoginFailure::StateForUnknownProvider))?;
 
     let tokens = provider.exchange(code, &pending.verifier).await.map_err(|e| match e {
         super::provider::ExchangeError::Unavailable(e) => {

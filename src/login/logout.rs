@@ -86,7 +86,7 @@ async fn end_session_url(s: &LoginState, session: &Session) -> Option<String> {
     if !s.login.rp_initiated_logout {
         return None;
     }
-    let provider = s.providers.get(&session.provider)?;
+    let provider = s.provider(&session.provider)?;
     let mut url = url::Url::parse(&provider.end_session_endpoint().await?).ok()?;
     {
         let mut q = url.query_pairs_mut();
@@ -117,7 +117,8 @@ pub async fn backchannel(State(s): State<Arc<LoginState>>, Form(f): Form<Backcha
     };
     let iss = crate::idp::claims::unverified_payload(&f.logout_token)
         .and_then(|c| c.get("iss").and_then(|v| v.as_str()).map(String::from));
-    let Some(provider) = iss.and_then(|iss| s.providers.values().find(|p| p.issuer == iss)) else {
+    let providers = s.providers();
+    let Some(provider) = iss.and_then(|iss| providers.values().find(|p| p.issuer == iss)) else {
         return bad("unknown issuer");
     };
     let claims = match provider.backend.verify_logout_token(&f.logout_token).await {

@@ -36,13 +36,25 @@ pub const LOGIN_TTL_SECS: u64 = 600;
 pub struct LoginState {
     pub redis: Redis,
     pub store: SessionStore,
-    pub providers: BTreeMap<String, Arc<LoginProvider>>,
+    /// Swapped whole when a config reload rebuilds the providers (a new client secret).
+    pub providers: arc_swap::ArcSwap<BTreeMap<String, Arc<LoginProvider>>>,
     pub session: SessionConfig,
     pub login: LoginConfig,
     /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `server.public_url`'s origin: the only one a logout POST may come from.
     pub public_origin: String,
+}
+
+impl LoginState {
+    /// The login providers as of now.
+    pub fn providers(&self) -> Arc<BTreeMap<String, Arc<LoginProvider>>> {
+        self.providers.load_full()
+    }
+
+    pub fn provider(&self, name: &str) -> Option<Arc<LoginProvider>> {
+        self.providers.load().get(name).cloned()
+    }
 }
 
 /// The `/oauth2/*` routes.

@@ -53,7 +53,8 @@ pub struct NewSession {
 #[derive(Clone)]
 pub struct SessionStore {
     redis: Redis,
-    keys: Arc<KeyRing>,
+    /// Swapped whole on a config reload; every clone of the store (Check, login, admin) sees the new ring.
+    keys: Arc<arc_swap::ArcSwap<KeyRing>>,
     idle: i64,
     absolute: i64,
     slide_after: i64,
@@ -67,7 +68,7 @@ impl SessionStore {
     pub fn new(redis: Redis, keys: Arc<KeyRing>, cfg: &SessionConfig) -> Self {
         Self {
             redis,
-            keys,
+            keys: Arc::new(arc_swap::ArcSwap::new(keys)),
             idle: cfg.idle_timeout.as_secs().max(1) as i64,
             absolute: cfg.absolute_timeout.as_secs().max(1) as i64,
             slide_after: cfg.slide_after.as_secs() as i64,
@@ -82,8 +83,13 @@ impl SessionStore {
     }
 
     /// The key ring that seals the tokens (the shared M2M token uses it too).
-    pub fn keys(&self) -> &Arc<KeyRing> {
-        &self.keys
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.load_full()
+    }
+
+    /// Installs a new key ring (a config reload); operations already running finish on the old one.
+    pub fn set_keys(&self, keys: KeyRing) {
+        self.keys.store(Arc::new(keys));
     }
 
     pub fn idle_timeout(&self) -> i64 {
@@ -129,10 +135,10 @@ impl SessionStore {
             user_id: new.user_id,
             provider: new.provider,
             sid: new.sid,
-            id_token: self.keys.encrypt(&id, field::ID_TOKEN, &new.tokens.id_token)?,
-            access_token: self.keys.encrypt(&id, field::ACCESS_TOKEN, &new.tokens.access_token)?,
+            id_token: self.keys.load().encrypt(&id, field::ID_TOKEN, &new.tokens.id_token)?,
+            access_token: self.keys.load().encrypt(&id, field::ACCESS_TOKEN, &new.tokens.access_token)?,
             refresh_token: match &new.tokens.refresh_token {
-                Some(r) => Some(self.keys.encrypt(&id, field::REFRESH_TOKEN, r)?),
+                Some(r) => Some(self.keys.load().encrypt(&id, field::REFRESH_TOKEN, r)?),
                 None => None,
             },
             created_at: now,
@@ -153,7 +159,7 @@ impl SessionStore {
     pub async fn write(&self, s: &Session) -> Result<(), SessionWriteError> {
         let key = session_key(&s.id);
         let ttl = self.idle.min(s.expires_at - s.last_access).max(1);
-        let mac = s.mac_parts(|parts| self.keys.mac(parts))?;
+        let mac = s.mac_parts(|parts| self.keys.load().mac(parts))?;
         let mut p = redis::pipe();
         p.cmd("HSET").arg(&key).arg(s.to_fields()).arg(field::MAC).arg(mac).ignore();
         p.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
@@ -179,16 +185,16 @@ impl SessionStore {
     /// without a MAC (written before MACs existed) is [`CryptoError::Malformed`]: refused as tampered.
     pub fn verify(&self, s: &Session) -> Result<(), CryptoError> {
         let mac = s.mac.as_deref().ok_or(CryptoError::Malformed)?;
-        s.mac_parts(|parts| self.keys.verify_mac(parts, mac))
+        s.mac_parts(|parts| self.keys.load().verify_mac(parts, mac))
     }
 
     /// Opens the stored tokens. Any failure means tampering or a lost key: the caller denies and deletes.
     pub fn decrypt(&self, s: &Session) -> Result<Tokens, CryptoError> {
         Ok(Tokens {
-            id_token: self.keys.decrypt(&s.id, field::ID_TOKEN, &s.id_token)?,
-            access_token: self.keys.decrypt(&s.id, field::ACCESS_TOKEN, &s.access_token)?,
+            id_token: self.keys.load().decrypt(&s.id, field::ID_TOKEN, &s.id_token)?,
+            access_token: self.keys.load().decrypt(&s.id, field::ACCESS_TOKEN, &s.access_token)?,
             refresh_token: match &s.refresh_token {
-                Some(r) => Some(self.keys.decrypt(&s.id, field::REFRESH_TOKEN, r)?),
+                Some(r) => Some(self.keys.load().decrypt(&s.id, field::REFRESH_TOKEN, r)?),
                 None => None,
             },
         })
@@ -198,10 +204,10 @@ impl SessionStore {
     pub async fn update_tokens(&self, id: &str, t: &Tokens, now: i64) -> Result<bool, SessionWriteError> {
         let mut inv = self.update_script.prepare_invoke();
         inv.key(session_key(id));
-        inv.arg(field::ID_TOKEN).arg(self.keys.encrypt(id, field::ID_TOKEN, &t.id_token)?);
-        inv.arg(field::ACCESS_TOKEN).arg(self.keys.encrypt(id, field::ACCESS_TOKEN, &t.access_token)?);
+        inv.arg(field::ID_TOKEN).arg(self.keys.load().encrypt(id, field::ID_TOKEN, &t.id_token)?);
+        inv.arg(field::ACCESS_TOKEN).arg(self.keys.load().encrypt(id, field::ACCESS_TOKEN, &t.access_token)?);
         if let Some(r) = &t.refresh_token {
-            inv.arg(field::REFRESH_TOKEN).arg(self.keys.encrypt(id, field::REFRESH_TOKEN, r)?);
+            inv.arg(field::REFRESH_TOKEN).arg(self.keys.load().encrypt(id, field::REFRESH_TOKEN, r)?);
         }
         inv.arg(field::LAST_TOKEN_UPDATE).arg(now);
         let n: i64 = self.redis.script(inv).await?;

@@ -54,6 +54,8 @@ fn keygen_assertion_prints_entries_that_check_config_accepts() {
     let f = with(&format!("{:?}, {:?}", entries[0], entries[1]), "60s");
     let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("server.grpc_addr") && said.contains("need a restart"), "no reload note: {said}");
     let f = with("", "1h");
     let out = portcullis().args(["check-config", "--config"]).arg(f.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
@@ -191,6 +193,8 @@ pub struct Served {
     pub grpc: u16,
     pub http: u16,
     _config: tempfile::NamedTempFile,
+    /// Its stderr (the log).
+    log: tempfile::NamedTempFile,
 }
 
 impl Served {
@@ -224,14 +228,16 @@ client_secret = "not-a-real-secret"
     pub fn with_config(text: impl FnOnce(u16, u16) -> String) -> Self {
         let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
         let config = write(&text(grpc, http));
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = portcullis()
             .args(["serve", "--config"])
             .arg(config.path())
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        Self { child, grpc, http, _config: config }
+        Self { child, grpc, http, _config: config, log }
     }
 
     pub async fn readyz(&self) -> Option<u16> {
@@ -244,8 +250,18 @@ client_secret = "not-a-real-secret"
         crate::harness::eventually(std::time::Duration::from_secs(20), async || self.readyz().await == Some(200)).await
     }
 
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// The config file it was started with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        self._config.path()
+    }
+
     /// A Check through the gRPC listener.
-    async fn check(&self, headers: &[(&str, &str)]) -> u16 {
+    pub async fn check(&self, headers: &[(&str, &str)]) -> u16 {
         use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
         let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{}", self.grpc)).await.unwrap();
         let resp = client.check(crate::harness::app::request("GET", "/", headers)).await.unwrap().into_inner();

@@ -18,6 +18,7 @@ mod idp;
 mod login;
 mod logs;
 mod m2m;
+mod reload;
 mod rolling_update;
 mod rollout;
 mod rotation;

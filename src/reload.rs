@@ -1,0 +1,305 @@
+//! Reload without restart: on SIGHUP, or when the config file or a secret file it names changes, the
+//! config is loaded and validated again and, if it is valid as a whole, the reloadable part is swapped in
+//! at once: a new [`Authorizer`] snapshot (header names, response headers, mode, audit sampling), the
+//! session key ring, the admin token and the log level; when `[providers.*]` (a client secret),
+//! `[revalidation]` or `[bearer]` changed, the providers are rebuilt (validators, bearer verifier, login
+//! clients) over the running M2M manager. An invalid config is refused whole and the running one stays.
+//! Otherwise caches, breakers, providers, M2M tokens and the Redis pool are kept.
+//!
+//! Files are polled (content digest every [`POLL`]), not watched through inotify: reading the path
+//! follows Kubernetes' `..data` symlink swap, which directory events report only indirectly.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminState;
+use crate::assertion::Asserter;
+use crate::authz::grpc::LiveAuthorizer;
+use crate::authz::Authorizer;
+use crate::config::{Config, SessionConfig};
+use crate::idp::bearer::BearerVerifier;
+use crate::idp::Validators;
+use crate::login::LoginState;
+use crate::m2m::M2mManager;
+use crate::providers::M2mChoice;
+use crate::session::SessionStore;
+
+/// How often watched files are read.
+const POLL: Duration = Duration::from_secs(1);
+/// A change must be stable this long before it is loaded (an editor or `kubectl` writes in steps).
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// What `check-config` prints: the keys a reload does not apply.
+pub const RESTART_NOTE: &str = "a reload (SIGHUP or a changed file) applies everything except server.grpc_addr, \
+server.http_addr, server.admin_addr, server.public_url, server.trusted_proxies, server.log_format, [redis], \
+[session] other than its keys, [m2m], [login] and [assertion]: those need a restart";
+
+/// The sections a reload keeps as they were at start, by the key named in the warning.
+fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
+    let mut session = c.session.clone();
+    (session.encryption_keys, session.decrypt_only_keys, session.encryption_keys_file) = (vec![], vec![], None);
+    vec![
+        ("server.grpc_addr", c.server.grpc_addr.clone()),
+        ("server.http_addr", c.server.http_addr.clone()),
+        ("server.admin_addr", format!("{:?}", c.server.admin_addr)),
+        ("server.public_url", c.server.public_url.clone()),
+        ("server.trusted_proxies", format!("{:?}", c.server.trusted_proxies)),
+        ("server.log_format", format!("{:?}", c.server.log_format)),
+        ("redis", format!("{:?}", c.redis)),
+        ("session", format!("{session:?}")),
+        ("m2m", format!("{:?}", c.m2m)),
+        ("login", format!("{:?}", c.login)),
+        ("assertion", format!("{:?}", c.assertion)),
+    ]
+}
+
+/// The new config with every restart-only part as it was at start.
+fn effective(started: &Config, new: &Config) -> Config {
+    let mut e = new.clone();
+    e.server.grpc_addr.clone_from(&started.server.grpc_addr);
+    e.server.http_addr.clone_from(&started.server.http_addr);
+    e.server.admin_addr.clone_from(&started.server.admin_addr);
+    e.server.public_url.clone_from(&started.server.public_url);
+    e.server.trusted_proxies.clone_from(&started.server.trusted_proxies);
+    e.server.log_format = started.server.log_format;
+    e.redis = started.redis.clone();
+    e.session = SessionConfig {
+        encryption_keys: new.session.encryption_keys.clone(),
+        decrypt_only_keys: new.session.decrypt_only_keys.clone(),
+        encryption_keys_file: new.session.encryption_keys_file.clone(),
+        ..started.session.clone()
+    };
+    e.m2m = started.m2m.clone();
+    e.login = started.login.clone();
+    e.assertion = started.assertion.clone();
+    e
+}
+
+/// What the providers are built from: a change rebuilds them. Secrets enter as a digest.
+fn providers_digest(c: &Config) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(format!("{:?}{:?}{:?}", c.providers, c.revalidation, c.bearer).as_bytes());
+    for p in c.providers.values() {
+        h.update(Sha256::digest(p.client_secret().as_bytes()));
+    }
+    h.finalize().into()
+}
+
+/// What a reload builds on: the parts kept across reloads, and the config the running snapshot came from.
+pub struct Reloader {
+    path: PathBuf,
+    /// The config at start: the restart-only keys are compared against it.
+    started: Config,
+    live: LiveAuthorizer,
+    store: SessionStore,
+    asserter: Option<Arc<Asserter>>,
+    admin: Option<Arc<AdminState>>,
+    login: Arc<LoginState>,
+    m2m: Option<Arc<M2mManager>>,
+    /// Serialises reloads (SIGHUP and the watcher); never touched by a Check.
+    state: tokio::sync::Mutex<State>,
+    /// The secret files of the running config (read by the watcher without waiting for a reload).
+    files: Mutex<Vec<PathBuf>>,
+}
+
+/// The running config and the providers built from it.
+struct State {
+    cfg: Config,
+    validators: Validators,
+    bearer: Option<Arc<BearerVerifier>>,
+    providers: [u8; 32],
+}
+
+pub struct Parts {
+    pub live: LiveAuthorizer,
+    pub store: SessionStore,
+    pub validators: Validators,
+    pub bearer: Option<Arc<BearerVerifier>>,
+    pub asserter: Option<Arc<Asserter>>,
+    pub admin: Option<Arc<AdminState>>,
+    pub login: Arc<LoginState>,
+    pub m2m: Option<Arc<M2mManager>>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, cfg: &Config, p: Parts) -> Arc<Self> {
+        loaded();
+        Arc::new(Self {
+            path,
+            started: cfg.clone(),
+            live: p.live,
+            store: p.store,
+            asserter: p.asserter,
+            admin: p.admin,
+            login: p.login,
+            m2m: p.m2m,
+            state: tokio::sync::Mutex::new(State {
+                cfg: cfg.clone(),
+                validators: p.validators,
+                bearer: p.bearer,
+                providers: providers_digest(cfg),
+            }),
+            files: Mutex::new(secret_files(cfg)),
+        })
+    }
+
+    /// Loads the file again and applies it, or refuses it whole. True when applied.
+    pub async fn reload(&self, why: &str) -> bool {
+        let result = match Config::load(&self.path) {
+            Ok(cfg) => self.apply(cfg).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                metrics::counter!("portcullis_config_reload_total", "result" => "success").increment(1);
+                loaded();
+                tracing::info!(why, "configuration reloaded");
+                true
+            }
+            Err(error) => {
+                metrics::counter!("portcullis_config_reload_total", "result" => "failure").increment(1);
+                tracing::error!(why, %error, "configuration reload refused; the running configuration stays");
+                false
+            }
+        }
+    }
+
+    /// Builds everything first, then installs it, so a failure leaves nothing half-applied.
+    async fn apply(&self, new: Config) -> Result<(), String> {
+        let mut current = self.state.lock().await;
+        let ring = new.session.key_ring().map_err(|e| format!("session.encryption_keys: {e}"))?;
+        for ((key, was), (_, now)) in restart_only(&self.started).into_iter().zip(restart_only(&new)) {
+            if was != now {
+                tracing::warn!(
+                    key,
+                    "changed in the configuration but only takes effect on restart; keeping the running value"
+                );
+            }
+        }
+        let eff = effective(&self.started, &new);
+        let digest = providers_digest(&eff);
+        let rebuilt = if digest == current.providers {
+            None
+        } else {
+            // Over the running M2M manager: its tokens and refresher carry on.
+            let choice = match &self.m2m {
+                Some(m) => M2mChoice::Given(m.clone()),
+                None => M2mChoice::Shared,
+            };
+            tracing::info!("[providers], [revalidation] or [bearer] changed: rebuilding the providers");
+            Some(crate::providers::build(&eff, choice, self.store.clone()).await)
+        };
+        let (validators, bearer) = match &rebuilt {
+            Some(p) => (p.validators.clone(), p.bearer.clone()),
+            None => (current.validators.clone(), current.bearer.clone()),
+        };
+        let authz =
+            Authorizer::new(self.store.clone(), validators.clone(), &eff, self.asserter.clone(), bearer.clone());
+        self.store.set_keys(ring);
+        self.live.store(authz);
+        if let Some(p) = rebuilt {
+            self.login.providers.store(Arc::new(p.login));
+        }
+        (current.validators, current.bearer, current.providers) = (validators, bearer, digest);
+        if let (Some(admin), Some(token)) = (&self.admin, &new.server.admin_token) {
+            admin.set_token(token.expose_secret());
+        }
+        crate::telemetry::set_log_level(&new.server.log_level);
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = secret_files(&new);
+        current.cfg = new;
+        Ok(())
+    }
+
+    /// The config file and every secret file the running config names.
+    fn watched(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.path.clone()];
+        v.extend(self.files.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        v
+    }
+
+    /// Reloads on SIGHUP and when a watched file's content changes, until `cancel`.
+    pub fn spawn(self: Arc<Self>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut hup = hangup();
+            let mut seen = fingerprint(&self.watched());
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = recv(&mut hup) => {
+                        self.reload("SIGHUP").await;
+                        seen = fingerprint(&self.watched());
+                    }
+                    _ = tokio::time::sleep(POLL) => {
+                        let now = fingerprint(&self.watched());
+                        if now == seen {
+                            continue;
+                        }
+                        tokio::time::sleep(DEBOUNCE).await;
+                        self.reload("a watched file changed").await;
+                        seen = fingerprint(&self.watched());
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn secret_files(c: &Config) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    v.extend(c.server.admin_token_file.clone());
+    v.extend(c.redis.password_file.clone());
+    v.extend(c.session.encryption_keys_file.clone());
+    v.extend(c.assertion.signing_keys_file.clone());
+    v.extend(c.providers.values().filter_map(|p| p.client_secret_file.clone()));
+    v
+}
+
+/// Sets the last-success gauge to now.
+fn loaded() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    metrics::gauge!("portcullis_config_last_reload_success_timestamp_seconds").set(now.as_secs_f64());
+}
+
+/// A digest of the files' contents (a missing file counts as its error), following symlinks.
+fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in paths {
+        h.update(p.as_os_str().as_encoded_bytes());
+        match std::fs::read(Path::new(p)) {
+            Ok(bytes) => h.update(Sha256::digest(&bytes)),
+            Err(e) => h.update(e.kind().to_string().as_bytes()),
+        }
+    }
+    h.finalize().into()
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangup() -> Hangup {}
+
+#[cfg(unix)]
+async fn recv(h: &mut Hangup) {
+    match h {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+#[cfg(not(unix))]
+async fn recv(_: &mut Hangup) {
+    std::future::pending().await
+}

@@ -1,0 +1,312 @@
+//! Reload without restart, through `portcullis serve --config FILE` as a child process: SIGHUP and a
+//! secret file swapped the Kubernetes way (`..data` symlink) change the key ring and the admin token; an
+//! invalid config is refused whole; a listener address waits for a restart; checks in flight never fail.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::config::Config;
+use portcullis::session::{NewSession, SessionStore};
+
+use crate::cli::Served;
+use crate::harness::eventually;
+use crate::harness::idp::{IdpServer, CLIENT_ID, CLIENT_SECRET};
+use crate::harness::redis::RedisServer;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What a test varies in the config file.
+#[derive(Clone)]
+struct Knobs {
+    grpc: u16,
+    http: u16,
+    encrypting: Vec<String>,
+    decrypt_only: Vec<String>,
+    /// Extra `[server]` lines.
+    server: String,
+    /// The provider's secret line.
+    secret: String,
+}
+
+struct Env {
+    redis: RedisServer,
+    idp: IdpServer,
+    served: Served,
+    knobs: Knobs,
+}
+
+fn list(keys: &[String]) -> String {
+    keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+}
+
+fn text(k: &Knobs, redis: &str, issuer: &str) -> String {
+    format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:{grpc}"
+http_addr = "127.0.0.1:{http}"
+public_url = "http://127.0.0.1:{http}"
+{server}
+[redis]
+url = "{redis}"
+[session]
+cookie_secure = false
+encryption_keys = [{enc}]
+decrypt_only_keys = [{dec}]
+[revalidation]
+mode = "max_staleness"
+max_staleness = "1s"
+[providers.corp]
+kind = "oidc"
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+{secret}
+introspection_auth = "client_secret_basic"
+"#,
+        grpc = k.grpc,
+        http = k.http,
+        server = k.server,
+        enc = list(&k.encrypting),
+        dec = list(&k.decrypt_only),
+        secret = k.secret,
+    )
+}
+
+impl Env {
+    async fn start(server: &str) -> Self {
+        Self::start_with(server, &format!("client_secret = {CLIENT_SECRET:?}")).await
+    }
+
+    async fn start_with(server: &str, secret: &str) -> Self {
+        let redis = RedisServer::start();
+        let idp = IdpServer::start().await;
+        let mut knobs = Knobs {
+            grpc: 0,
+            http: 0,
+            encrypting: vec![portcullis::crypto::generate_key()],
+            decrypt_only: vec![],
+            server: server.to_string(),
+            secret: secret.to_string(),
+        };
+        let (url, issuer) = (redis.url(), idp.issuer());
+        let k = knobs.clone();
+        let served = Served::with_config(|grpc, http| text(&Knobs { grpc, http, ..k }, &url, &issuer));
+        (knobs.grpc, knobs.http) = (served.grpc, served.http);
+        assert!(served.wait_ready().await, "portcullis did not become ready");
+        Self { redis, idp, served, knobs }
+    }
+
+    /// Rewrites the config file atomically (as an editor or a ConfigMap update does).
+    fn rewrite(&self, k: &Knobs) {
+        write_atomically(self.served.config_path(), &text(k, &self.redis.url(), &self.idp.issuer()));
+    }
+
+    fn hup(&self) {
+        let ok = Command::new("kill").args(["-HUP", &self.served.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// A session for `user` sealed under `key`, as a replica with that key would create it.
+    async fn plant(&self, key: &str, user: &str) -> String {
+        let toml = text(
+            &Knobs { encrypting: vec![key.to_string()], decrypt_only: vec![], ..self.knobs.clone() },
+            &self.redis.url(),
+            &self.idp.issuer(),
+        );
+        let cfg = Config::from_toml(&toml).unwrap();
+        let redis = portcullis::store::Redis::connect(&cfg.redis).unwrap();
+        let store = SessionStore::new(redis, Arc::new(cfg.session.key_ring().unwrap()), &cfg.session);
+        let tokens = self.idp.login(user).await;
+        let new =
+            NewSession { user_id: user.into(), provider: "corp".into(), sid: None, tokens, client_fingerprint: None };
+        let (cookie, _) = store.create(new, portcullis::now()).await.unwrap();
+        format!("GATEWAY_SESSION={cookie}")
+    }
+
+    async fn check(&self, cookie: &str) -> u16 {
+        self.served.check(&[("cookie", cookie)]).await
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.served.http);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of the sample line that starts with `series` (0 when absent).
+    async fn metric(&self, series: &str) -> f64 {
+        let body = self.metrics().await;
+        body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+
+    async fn reloads(&self, result: &str) -> f64 {
+        self.metric(&format!("portcullis_config_reload_total{{result=\"{result}\"}}")).await
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("next");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Key rotation by editing the file and sending SIGHUP: a session sealed by the new key B is refused until
+/// the reload, accepted after it, and a session sealed by the old key A still works (A kept decrypt-only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_key_ring() {
+    let env = Env::start("").await;
+    let a = env.knobs.encrypting[0].clone();
+    let b = portcullis::crypto::generate_key();
+    let old = env.plant(&a, "alice").await;
+    let new = env.plant(&b, "bob").await;
+    assert_eq!(env.check(&old).await, 200, "a session under the running key");
+    // A kid the ring does not hold is a replica configuration problem, not a forged cookie: 503.
+    assert_eq!(env.check(&new).await, 503, "a key the running ring does not hold");
+
+    env.rewrite(&Knobs { encrypting: vec![b.clone()], decrypt_only: vec![a.clone()], ..env.knobs.clone() });
+    env.hup();
+    assert!(eventually(WAIT, async || env.check(&new).await == 200).await, "key B never accepted after SIGHUP");
+    assert_eq!(env.check(&old).await, 200, "key A is decrypt-only now and still opens old sessions");
+    assert!(env.reloads("success").await >= 1.0);
+}
+
+/// An invalid config (a bad key entry) and SIGHUP: the old config keeps serving, the failure is counted
+/// and the success timestamp does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_is_refused_whole() {
+    let env = Env::start("").await;
+    let a = env.knobs.encrypting[0].clone();
+    let old = env.plant(&a, "alice").await;
+    let stamp = env.metric("portcullis_config_last_reload_success_timestamp_seconds").await;
+    assert!(stamp > 0.0, "the timestamp is set at start");
+
+    // A good new header name, but a bad key entry: nothing of it may apply.
+    let bad = Knobs { encrypting: vec!["k9:not-base64!".into()], ..env.knobs.clone() };
+    env.rewrite(&bad);
+    env.hup();
+    assert!(eventually(WAIT, async || env.reloads("failure").await >= 1.0).await, "failure never counted");
+    assert_eq!(env.check(&old).await, 200, "still serving with the old key ring");
+    assert_eq!(env.reloads("success").await, 0.0);
+    assert_eq!(env.metric("portcullis_config_last_reload_success_timestamp_seconds").await, stamp);
+    let log = env.served.log();
+    assert!(log.contains("configuration reload refused") && log.contains("session.encryption_keys"), "{log}");
+}
+
+/// A listener address only changes on restart: the reload applies the rest, the old gRPC port serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_grpc_addr_waits_for_a_restart() {
+    let env = Env::start("").await;
+    let old = env.plant(&env.knobs.encrypting[0], "alice").await;
+    let moved = crate::harness::free_port();
+    env.rewrite(&Knobs { grpc: moved, ..env.knobs.clone() });
+    env.hup();
+    assert!(eventually(WAIT, async || env.reloads("success").await >= 1.0).await, "the reload did not apply");
+    assert_eq!(env.check(&old).await, 200, "the old listener still serves");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", moved)).is_err(), "nothing listens on the new address");
+    let log = env.served.log();
+    let warned =
+        log.lines().any(|l| l.contains("\"key\":\"server.grpc_addr\"") && l.contains("only takes effect on restart"));
+    assert!(warned, "no warning naming server.grpc_addr: {log}");
+}
+
+/// A Secret volume as the kubelet writes it: each version in a fresh `..<timestamp>` directory, then the
+/// `..data` symlink renamed over atomically; `<key>` links to `..data/<key>`.
+fn secret_version(mount: &Path, version: &str, key: &str, value: &str) {
+    std::fs::create_dir(mount.join(version)).unwrap();
+    std::fs::write(mount.join(version).join(key), value).unwrap();
+    let tmp = mount.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    if !mount.join(key).exists() {
+        std::os::unix::fs::symlink(format!("..data/{key}"), mount.join(key)).unwrap();
+    }
+}
+
+/// The admin token lives in a Secret mounted as a directory, swapped the Kubernetes way. No SIGHUP: the
+/// watcher sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_follows_a_kubernetes_secret_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path();
+    let version = |name: &str, token: &str| secret_version(mount, name, "admin-token", token);
+    let (old, new) = ("old-admin-token-0123456789", "new-admin-token-9876543210");
+    version("..2026_12_06_01_00_00.1", old);
+    let admin = crate::harness::free_port();
+    let file = mount.join("admin-token");
+    let env = Env::start(&format!("admin_addr = \"127.0.0.1:{admin}\"\nadmin_token_file = {file:?}")).await;
+
+    let stats = async |token: &str| {
+        let url = format!("http://127.0.0.1:{admin}/admin/stats");
+        reqwest::Client::new().get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    assert_eq!(stats(old).await, 200);
+    assert_eq!(stats(new).await, 401);
+
+    version("..2026_12_06_02_00_00.2", new);
+    assert!(eventually(WAIT, async || stats(new).await == 200).await, "the new token never worked");
+    assert_eq!(stats(old).await, 401, "the old token is refused after the swap");
+    assert!(env.reloads("success").await >= 1.0);
+}
+
+/// A provider's client secret from a Secret file: a wrong one makes introspection fail; the right one,
+/// swapped in the Kubernetes way without SIGHUP, rebuilds the providers and the session is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_secret_swap_rebuilds_the_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path();
+    secret_version(mount, "..2026_12_06_01_00_00.1", "client-secret", "a-wrong-secret");
+    let file = mount.join("client-secret");
+    let env = Env::start_with("", &format!("client_secret_file = {file:?}")).await;
+    let cookie = env.plant(&env.knobs.encrypting[0], "alice").await;
+    assert_ne!(env.check(&cookie).await, 200, "introspection with a wrong client secret");
+
+    secret_version(mount, "..2026_12_06_02_00_00.2", "client-secret", CLIENT_SECRET);
+    assert!(eventually(WAIT, async || env.check(&cookie).await == 200).await, "the new secret was never used");
+    assert!(env.reloads("success").await >= 1.0);
+}
+
+/// Ten reloads under a loop of checks on a valid session: not one check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_check_fails_during_reloads() {
+    let env = Arc::new(Env::start("").await);
+    let cookie = env.plant(&env.knobs.encrypting[0], "alice").await;
+    assert_eq!(env.check(&cookie).await, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let looping = {
+        let (env, stop, ok, failed, cookie) = (env.clone(), stop.clone(), ok.clone(), failed.clone(), cookie.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = if env.check(&cookie).await == 200 { &ok } else { &failed };
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for i in 1..=10 {
+        // Each reload changes something reloadable: the log level and the key ring (a new primary key,
+        // the original kept decrypt-only).
+        let level = if i % 2 == 0 { "info" } else { "debug" };
+        let k = Knobs {
+            encrypting: vec![portcullis::crypto::generate_key()],
+            decrypt_only: env.knobs.encrypting.clone(),
+            server: format!("log_level = \"{level}\""),
+            ..env.knobs.clone()
+        };
+        env.rewrite(&k);
+        env.hup();
+        let want = f64::from(i);
+        assert!(eventually(WAIT, async || env.reloads("success").await >= want).await, "reload {i} did not apply");
+        // Some checks on the new snapshot before the next reload.
+        let seen = ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+        let moved = async || ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= seen + 3;
+        assert!(eventually(WAIT, moved).await, "the check loop stalled");
+    }
+    stop.store(true, Ordering::Relaxed);
+    looping.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} of {} checks failed during the reloads", ok + failed);
+    assert!(ok >= 30, "the loop barely ran: {ok} checks");
+}
