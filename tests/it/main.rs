@@ -16,6 +16,7 @@ mod e2e;
 mod envoy;
 mod idp;
 mod login;
+mod login_attacks;
 mod logs;
 mod m2m;
 mod reload;
