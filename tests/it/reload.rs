@@ -29,6 +29,8 @@ struct Knobs {
     server: String,
     /// The provider's secret line.
     secret: String,
+    /// The `[revalidation]` body.
+    revalidation: String,
 }
 
 struct Env {
@@ -57,8 +59,7 @@ cookie_secure = false
 encryption_keys = [{enc}]
 decrypt_only_keys = [{dec}]
 [revalidation]
-mode = "max_staleness"
-max_staleness = "1s"
+{revalidation}
 [providers.corp]
 kind = "oidc"
 issuer = "{issuer}"
@@ -72,6 +73,7 @@ introspection_auth = "client_secret_basic"
         enc = list(&k.encrypting),
         dec = list(&k.decrypt_only),
         secret = k.secret,
+        revalidation = k.revalidation,
     )
 }
 
@@ -90,6 +92,7 @@ impl Env {
             decrypt_only: vec![],
             server: server.to_string(),
             secret: secret.to_string(),
+            revalidation: "mode = \"max_staleness\"\nmax_staleness = \"1s\"".into(),
         };
         let (url, issuer) = (redis.url(), idp.issuer());
         let k = knobs.clone();
@@ -265,6 +268,43 @@ async fn a_provider_secret_swap_rebuilds_the_providers() {
     secret_version(mount, "..2026_12_06_02_00_00.2", "client-secret", CLIENT_SECRET);
     assert!(eventually(WAIT, async || env.check(&cookie).await == 200).await, "the new secret was never used");
     assert!(env.reloads("success").await >= 1.0);
+}
+
+/// The revalidation mode follows a reload: under a long max_staleness repeated checks reuse one
+/// introspection; after switching to every_request each check asks the IdP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revalidation_mode_follows_a_reload() {
+    let env = Env::start("").await;
+    let cookie = env.plant(&env.knobs.encrypting[0], "alice").await;
+    let relaxed =
+        Knobs { revalidation: "mode = \"max_staleness\"\nmax_staleness = \"1h\"".into(), ..env.knobs.clone() };
+    env.rewrite(&relaxed);
+    env.hup();
+    assert!(eventually(WAIT, async || env.reloads("success").await >= 1.0).await);
+    assert_eq!(env.check(&cookie).await, 200);
+    let introspections = async || env.idp.count("/token/introspection").await;
+    let before = introspections().await;
+    // Spread over more than the old max_staleness (1s), so the old mode would have asked again.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(env.check(&cookie).await, 200);
+    }
+    assert_eq!(introspections().await, before, "max_staleness = 1h: answered from the cache");
+
+    let strict = Knobs { revalidation: "mode = \"every_request\"".into(), ..env.knobs.clone() };
+    env.rewrite(&strict);
+    env.hup();
+    // Applied once a check asks the IdP again (a late reload of the previous file cannot fake that).
+    let asks = async || {
+        let before = introspections().await;
+        env.check(&cookie).await == 200 && introspections().await == before + 1
+    };
+    assert!(eventually(WAIT, asks).await, "every_request never applied");
+    let before = introspections().await;
+    for _ in 0..3 {
+        assert_eq!(env.check(&cookie).await, 200);
+    }
+    assert_eq!(introspections().await, before + 3, "every_request: one introspection per check");
 }
 
 /// Ten reloads under a loop of checks on a valid session: not one check fails.
