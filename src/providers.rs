@@ -103,7 +103,9 @@ pub async fn build(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Provide
                 });
                 clients.insert(b.name.to_string(), TokenClient::discovered(settings, b.transport.clone(), endpoint));
             }
-            let manager = Arc::new(M2mManager::new(store.redis().clone(), store.keys(), &cfg.m2m, clients));
+            let manager =
+                M2mManager::new(store.redis().clone(), store.keys(), &cfg.m2m, clients).sharing_ring(store.key_cell());
+            let manager = Arc::new(manager);
             out.m2m = Some(manager.clone());
             manager
         }

@@ -70,7 +70,7 @@ impl M2mManager {
             if attempt > 0 {
                 tokio::time::sleep(self.cfg.follower_delay).await;
             }
-            if let Some(t) = shared::read(&self.redis, &self.ring, provider, slot).await? {
+            if let Some(t) = shared::read(&self.redis, &self.ring.load_full(), provider, slot).await? {
                 if self.accepts(want, &t, crate::now()) {
                     return Ok(t);
                 }
@@ -95,7 +95,7 @@ impl M2mManager {
     /// Holding the lock: double-check Redis, then call the IdP and share the result.
     async fn lead(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
         let client = self.clients.get(provider).ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
-        if let Some(t) = shared::read(&self.redis, &self.ring, provider, client.slot()).await? {
+        if let Some(t) = shared::read(&self.redis, &self.ring.load_full(), provider, client.slot()).await? {
             if self.accepts(want, &t, crate::now()) {
                 return Ok(t);
             }
@@ -127,7 +127,7 @@ impl M2mManager {
         if lifetime <= 0 {
             tracing::error!(provider, lifetime, "m2m token arrived already expired: callers cannot use it");
         }
-        if let Err(e) = shared::write(&self.redis, &self.ring, &token, client.slot(), now).await {
+        if let Err(e) = shared::write(&self.redis, &self.ring.load_full(), &token, client.slot(), now).await {
             tracing::warn!(provider, error = %e, "could not share the m2m token: other replicas will fetch their own");
         }
         tracing::info!(provider, expires_in = lifetime, "m2m token fetched");

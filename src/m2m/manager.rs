@@ -28,8 +28,9 @@ pub(super) const OUTCOME_FOLLOWER_TIMEOUT: &str = "follower_timeout";
 #[derive(Clone)]
 pub struct M2mManager {
     pub(super) redis: Redis,
-    /// Seals the token in Redis.
-    pub(super) ring: Arc<KeyRing>,
+    /// Seals the token in Redis; shared with the session store when built by `providers::build`, so a
+    /// reloaded key ring seals M2M tokens too.
+    pub(super) ring: Arc<arc_swap::ArcSwap<KeyRing>>,
     pub(super) cfg: M2mConfig,
     pub(super) clients: Arc<HashMap<String, TokenClient>>,
     /// Provider → token, each entry evicted when it enters the safety margin.
@@ -79,7 +80,14 @@ impl M2mManager {
         // No size bound: keys are the configured providers only, and a bound would bring moka's admission
         // policy, which may decline an insert.
         let local = Cache::builder().expire_after(UntilMargin { margin: cfg.safety_margin }).build();
+        let ring = Arc::new(arc_swap::ArcSwap::new(ring));
         Self { redis, ring, cfg: cfg.clone(), clients: Arc::new(clients), local }
+    }
+
+    /// Seals with the live key ring `ring` (the session store's) instead of a fixed one.
+    pub fn sharing_ring(mut self, ring: Arc<arc_swap::ArcSwap<KeyRing>>) -> Self {
+        self.ring = ring;
+        self
     }
 
     /// Where `provider`'s token lives in Redis (`None` for a provider it does not know).
@@ -189,7 +197,7 @@ impl M2mManager {
         let now = crate::now();
         let slots: Vec<(String, String)> =
             self.clients.iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
-        let mut out = shared_status(&self.redis, &self.ring, &slots, now).await?;
+        let mut out = shared_status(&self.redis, &self.ring.load_full(), &slots, now).await?;
         for s in &mut out {
             s.local_expires_in = self.local.get(&s.provider).await.map(|t| t.expires_in(now));
         }

@@ -87,6 +87,11 @@ impl SessionStore {
         self.keys.load_full()
     }
 
+    /// The live key ring itself, for others that seal with it (the M2M manager).
+    pub fn key_cell(&self) -> Arc<arc_swap::ArcSwap<KeyRing>> {
+        self.keys.clone()
+    }
+
     /// Installs a new key ring (a config reload); operations already running finish on the old one.
     pub fn set_keys(&self, keys: KeyRing) {
         self.keys.store(Arc::new(keys));
