@@ -186,9 +186,9 @@ impl Reloader {
         let rebuilt = if digest == current.providers {
             None
         } else {
-            // Over the running M2M manager: its tokens and refresher carry on.
+            // Over the running M2M manager (new token clients): its tokens and refresher carry on.
             let choice = match &self.m2m {
-                Some(m) => M2mChoice::Given(m.clone()),
+                Some(m) => M2mChoice::Reuse(m.clone()),
                 None => M2mChoice::Shared,
             };
             tracing::info!("[providers], [revalidation] or [bearer] changed: rebuilding the providers");

@@ -70,12 +70,12 @@ impl M2mManager {
             if attempt > 0 {
                 tokio::time::sleep(self.cfg.follower_delay).await;
             }
-            if let Some(t) = shared::read(&self.redis, &self.ring.load_full(), provider, slot).await? {
+            if let Some(t) = shared::read(&self.redis, &self.ring.load_full(), provider, &slot).await? {
                 if self.accepts(want, &t, crate::now()) {
                     return Ok(t);
                 }
             }
-            if let Some(lock) = LeaderLock::try_acquire(&self.redis, provider, slot, self.cfg.lock_ttl).await? {
+            if let Some(lock) = LeaderLock::try_acquire(&self.redis, provider, &slot, self.cfg.lock_ttl).await? {
                 let out = self.lead(provider, want).await;
                 match lock.release(&self.redis).await {
                     Ok(true) => {}
@@ -94,7 +94,8 @@ impl M2mManager {
 
     /// Holding the lock: double-check Redis, then call the IdP and share the result.
     async fn lead(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
-        let client = self.clients.get(provider).ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
+        let client =
+            self.clients.load().get(provider).cloned().ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
         if let Some(t) = shared::read(&self.redis, &self.ring.load_full(), provider, client.slot()).await? {
             if self.accepts(want, &t, crate::now()) {
                 return Ok(t);

@@ -32,7 +32,8 @@ pub struct M2mManager {
     /// reloaded key ring seals M2M tokens too.
     pub(super) ring: Arc<arc_swap::ArcSwap<KeyRing>>,
     pub(super) cfg: M2mConfig,
-    pub(super) clients: Arc<HashMap<String, TokenClient>>,
+    /// Swapped by a config reload (a new client secret); the tokens and the refresher carry on.
+    pub(super) clients: Arc<arc_swap::ArcSwap<HashMap<String, TokenClient>>>,
     /// Provider → token, each entry evicted when it enters the safety margin.
     local: Cache<String, CachedToken>,
 }
@@ -81,7 +82,7 @@ impl M2mManager {
         // policy, which may decline an insert.
         let local = Cache::builder().expire_after(UntilMargin { margin: cfg.safety_margin }).build();
         let ring = Arc::new(arc_swap::ArcSwap::new(ring));
-        Self { redis, ring, cfg: cfg.clone(), clients: Arc::new(clients), local }
+        Self { redis, ring, cfg: cfg.clone(), clients: Arc::new(arc_swap::ArcSwap::from_pointee(clients)), local }
     }
 
     /// Seals with the live key ring `ring` (the session store's) instead of a fixed one.
@@ -91,18 +92,23 @@ impl M2mManager {
     }
 
     /// Where `provider`'s token lives in Redis (`None` for a provider it does not know).
-    pub fn slot(&self, provider: &str) -> Option<&str> {
-        self.clients.get(provider).map(TokenClient::slot)
+    pub fn slot(&self, provider: &str) -> Option<String> {
+        self.clients.load().get(provider).map(|c| c.slot().to_string())
+    }
+
+    /// New token clients (a config reload changed a provider's client settings or secret).
+    pub fn set_clients(&self, clients: HashMap<String, TokenClient>) {
+        self.clients.store(Arc::new(clients));
     }
 
     /// The Redis key of `provider`'s shared token (operators and tests look at it).
     pub fn token_key(&self, provider: &str) -> Option<String> {
-        self.slot(provider).map(|s| crate::keys::m2m_token(provider, s))
+        self.slot(provider).map(|s| crate::keys::m2m_token(provider, &s))
     }
 
     /// The configured provider ids, sorted.
     pub fn providers(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.clients.keys().cloned().collect();
+        let mut v: Vec<String> = self.clients.load().keys().cloned().collect();
         v.sort();
         v
     }
@@ -140,7 +146,7 @@ impl M2mManager {
     /// A token with more than `safety_margin` left: from this process's copy, else through one shared
     /// acquisition per process. Fails closed.
     pub async fn usable(&self, provider: &str) -> Result<CachedToken, M2mError> {
-        if !self.clients.contains_key(provider) {
+        if !self.clients.load().contains_key(provider) {
             return Err(M2mError::Unavailable(format!("no m2m client for provider {provider:?}")));
         }
         // Twice at most: the local expiry and the unix clock may disagree by a fraction of a second.
@@ -187,7 +193,7 @@ impl M2mManager {
         self.local.invalidate(provider).await;
         self.gauge(provider, None);
         match self.slot(provider) {
-            Some(slot) => shared::delete(&self.redis, provider, slot).await,
+            Some(slot) => shared::delete(&self.redis, provider, &slot).await,
             None => Ok(false),
         }
     }
@@ -196,7 +202,7 @@ impl M2mManager {
     pub async fn status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
         let now = crate::now();
         let slots: Vec<(String, String)> =
-            self.clients.iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
+            self.clients.load().iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
         let mut out = shared_status(&self.redis, &self.ring.load_full(), &slots, now).await?;
         for s in &mut out {
             s.local_expires_in = self.local.get(&s.provider).await.map(|t| t.expires_in(now));

@@ -51,7 +51,7 @@ impl M2mManager {
         let current = match self.local(provider).await {
             Some(t) => Some(t),
             None => match self.slot(provider) {
-                Some(slot) => shared::read(&self.redis, &self.ring.load_full(), provider, slot).await.ok().flatten(),
+                Some(slot) => shared::read(&self.redis, &self.ring.load_full(), provider, &slot).await.ok().flatten(),
                 None => None,
             },
         };
