@@ -34,6 +34,9 @@ pub enum M2mChoice {
     Shared,
     /// A given source (tests).
     Given(Arc<dyn M2mSource>),
+    /// The running manager, given token clients built from this config (a config reload): its tokens,
+    /// local cache and refresher carry on.
+    Reuse(Arc<M2mManager>),
 }
 
 /// A provider's token endpoint: as configured, else discovered (through the provider's transport) on
@@ -90,20 +93,29 @@ pub async fn build(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Provide
     }
 
     // (b) + (c) The M2M token clients over those transports, and the manager over the clients.
+    let clients = || {
+        let mut clients = HashMap::new();
+        for b in &bases {
+            let settings = ClientSettings::from_provider(b.cfg, "");
+            let endpoint = Arc::new(ProviderTokenEndpoint {
+                configured: b.cfg.token_endpoint.clone(),
+                transport: b.transport.clone(),
+                discovery: b.discovery.clone(),
+            });
+            clients.insert(b.name.to_string(), TokenClient::discovered(settings, b.transport.clone(), endpoint));
+        }
+        clients
+    };
     let source: Arc<dyn M2mSource> = match m2m {
         M2mChoice::Given(s) => s,
+        M2mChoice::Reuse(manager) => {
+            manager.set_clients(clients());
+            manager
+        }
         M2mChoice::Shared => {
-            let mut clients = HashMap::new();
-            for b in &bases {
-                let settings = ClientSettings::from_provider(b.cfg, "");
-                let endpoint = Arc::new(ProviderTokenEndpoint {
-                    configured: b.cfg.token_endpoint.clone(),
-                    transport: b.transport.clone(),
-                    discovery: b.discovery.clone(),
-                });
-                clients.insert(b.name.to_string(), TokenClient::discovered(settings, b.transport.clone(), endpoint));
-            }
-            let manager = Arc::new(M2mManager::new(store.redis().clone(), store.keys(), &cfg.m2m, clients));
+            let manager = M2mManager::new(store.redis().clone(), store.keys(), &cfg.m2m, clients())
+                .sharing_ring(store.key_cell());
+            let manager = Arc::new(manager);
             out.m2m = Some(manager.clone());
             manager
         }

@@ -186,9 +186,9 @@ impl Reloader {
         let rebuilt = if digest == current.providers {
             None
         } else {
-            // Over the running M2M manager: its tokens and refresher carry on.
+            // Over the running M2M manager (new token clients): its tokens and refresher carry on.
             let choice = match &self.m2m {
-                Some(m) => M2mChoice::Given(m.clone()),
+                Some(m) => M2mChoice::Reuse(m.clone()),
                 None => M2mChoice::Shared,
             };
             tracing::info!("[providers], [revalidation] or [bearer] changed: rebuilding the providers");
@@ -302,4 +302,56 @@ async fn recv(h: &mut Hangup) {
 #[cfg(not(unix))]
 async fn recv(_: &mut Hangup) {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(grpc: &str, secret: &str, key: &str) -> Config {
+        Config::from_toml(&format!(
+            r#"
+[server]
+grpc_addr = "{grpc}"
+http_addr = "127.0.0.1:9002"
+public_url = "https://app.example.com"
+[redis]
+url = "redis://127.0.0.1:6379"
+[session]
+encryption_keys = ["{key}"]
+[providers.corp]
+kind = "oidc"
+issuer = "https://idp.example.com"
+client_id = "portcullis"
+client_secret = "{secret}"
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_client_secret_change_rebuilds_the_providers_and_a_key_change_does_not() {
+        let k = crate::crypto::generate_key();
+        let a = cfg("127.0.0.1:9001", "one", &k);
+        assert_ne!(providers_digest(&a), providers_digest(&cfg("127.0.0.1:9001", "two", &k)));
+        let other_key = cfg("127.0.0.1:9001", "one", &crate::crypto::generate_key());
+        assert_eq!(providers_digest(&a), providers_digest(&other_key));
+    }
+
+    #[test]
+    fn restart_only_keys_keep_their_running_value_and_the_key_ring_does_not() {
+        let (k1, k2) = (crate::crypto::generate_key(), crate::crypto::generate_key());
+        let started = cfg("127.0.0.1:9001", "one", &k1);
+        let new = cfg("127.0.0.1:9101", "one", &k2);
+        let changed: Vec<_> = restart_only(&started)
+            .into_iter()
+            .zip(restart_only(&new))
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect();
+        assert_eq!(changed, ["server.grpc_addr"], "a new session key is not a restart-only change");
+        let eff = effective(&started, &new);
+        assert_eq!(eff.server.grpc_addr, "127.0.0.1:9001");
+        assert_eq!(eff.session.encryption_keys[0].expose_secret(), k2);
+    }
 }

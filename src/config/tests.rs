@@ -263,3 +263,16 @@ fn bearer_names_a_configured_provider() {
     let err = Config::from_toml(&format!("{two}\n[bearer]\nenabled = true\n")).unwrap_err().to_string();
     assert!(err.contains("bearer.provider"), "{err}");
 }
+
+#[test]
+fn a_bad_log_level_is_refused_by_name() {
+    let c = Config::from_toml(&minimal()).unwrap();
+    assert_eq!(c.server.log_level, "info");
+    let text = minimal().replacen(
+        "public_url = \"https://app.example.com\"",
+        "public_url = \"https://app.example.com\"\nlog_level = \"portcullis=loud\"",
+        1,
+    );
+    let err = Config::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("server.log_level"), "{err}");
+}

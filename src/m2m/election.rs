@@ -25,9 +25,11 @@ const OUTCOME_FOLLOWER_TIMEOUT: &str = "follower_timeout";
 /// token, the M2M settings and one token client per provider.
 pub(super) struct Election {
     pub(super) redis: Redis,
-    pub(super) ring: Arc<KeyRing>,
+    /// The live key ring (shared with the session store, so a reload reaches it).
+    pub(super) ring: Arc<arc_swap::ArcSwap<KeyRing>>,
     pub(super) cfg: M2mConfig,
-    pub(super) clients: HashMap<String, TokenClient>,
+    /// Swapped by a config reload (a new client secret); tokens and the refresher carry on.
+    pub(super) clients: arc_swap::ArcSwap<HashMap<String, TokenClient>>,
 }
 
 /// What token the caller will take from Redis instead of asking the IdP.
@@ -59,8 +61,8 @@ pub enum AcquireError {
 
 impl Election {
     /// Where `provider`'s token lives in Redis (`None` for a provider it does not know).
-    pub(super) fn slot(&self, provider: &str) -> Option<&str> {
-        self.clients.get(provider).map(TokenClient::slot)
+    pub(super) fn slot(&self, provider: &str) -> Option<String> {
+        self.clients.load().get(provider).map(|c| c.slot().to_string())
     }
 
     /// Whether `t` can be handed out at `now`: more than its (lifetime-scaled) safety margin left.
@@ -106,12 +108,12 @@ impl Election {
             if attempt > 0 {
                 tokio::time::sleep(self.cfg.follower_delay).await;
             }
-            if let Some(t) = shared::read(&self.redis, &self.ring, provider, slot).await? {
+            if let Some(t) = shared::read(&self.redis, &self.ring.load_full(), provider, &slot).await? {
                 if self.accepts(want, &t, crate::now()) {
                     return Ok(t);
                 }
             }
-            if let Some(lock) = LeaderLock::try_acquire(&self.redis, provider, slot, self.cfg.lock_ttl).await? {
+            if let Some(lock) = LeaderLock::try_acquire(&self.redis, provider, &slot, self.cfg.lock_ttl).await? {
                 let out = self.lead(provider, want).await;
                 match lock.release(&self.redis).await {
                     Ok(true) => {}
@@ -130,8 +132,9 @@ impl Election {
 
     /// Holding the lock: double-check Redis, then call the IdP and share the result.
     async fn lead(&self, provider: &str, want: Want) -> Result<CachedToken, AcquireError> {
-        let client = self.clients.get(provider).ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
-        if let Some(t) = shared::read(&self.redis, &self.ring, provider, client.slot()).await? {
+        let client =
+            self.clients.load().get(provider).cloned().ok_or_else(|| AcquireError::UnknownProvider(provider.into()))?;
+        if let Some(t) = shared::read(&self.redis, &self.ring.load_full(), provider, client.slot()).await? {
             if self.accepts(want, &t, crate::now()) {
                 return Ok(t);
             }
@@ -163,7 +166,7 @@ impl Election {
         if lifetime <= 0 {
             tracing::error!(provider, lifetime, "m2m token arrived already expired: callers cannot use it");
         }
-        if let Err(e) = shared::write(&self.redis, &self.ring, &token, client.slot(), now).await {
+        if let Err(e) = shared::write(&self.redis, &self.ring.load_full(), &token, client.slot(), now).await {
             tracing::warn!(provider, error = %e, "could not share the m2m token: other replicas will fetch their own");
         }
         tracing::info!(provider, expires_in = lifetime, "m2m token fetched");

@@ -74,23 +74,45 @@ impl M2mManager {
         // No size bound: keys are the configured providers only, and a bound would bring moka's admission
         // policy, which may decline an insert.
         let local = Cache::builder().expire_after(UntilMargin { margin: cfg.safety_margin }).build();
-        let election = Election { redis, ring, cfg: cfg.clone(), clients };
+        let election = Election {
+            redis,
+            ring: Arc::new(arc_swap::ArcSwap::new(ring)),
+            cfg: cfg.clone(),
+            clients: arc_swap::ArcSwap::from_pointee(clients),
+        };
         Self { election: Arc::new(election), local }
     }
 
+    /// Seals with the live key ring `ring` (the session store's) instead of a fixed one.
+    pub fn sharing_ring(self, ring: Arc<arc_swap::ArcSwap<KeyRing>>) -> Self {
+        let e = &self.election;
+        let election = Election {
+            redis: e.redis.clone(),
+            ring,
+            cfg: e.cfg.clone(),
+            clients: arc_swap::ArcSwap::new(e.clients.load_full()),
+        };
+        Self { election: Arc::new(election), local: self.local }
+    }
+
     /// Where `provider`'s token lives in Redis (`None` for a provider it does not know).
-    pub fn slot(&self, provider: &str) -> Option<&str> {
+    pub fn slot(&self, provider: &str) -> Option<String> {
         self.election.slot(provider)
+    }
+
+    /// New token clients (a config reload changed a provider's client settings or secret).
+    pub fn set_clients(&self, clients: HashMap<String, TokenClient>) {
+        self.election.clients.store(Arc::new(clients));
     }
 
     /// The Redis key of `provider`'s shared token (operators and tests look at it).
     pub fn token_key(&self, provider: &str) -> Option<String> {
-        self.slot(provider).map(|s| crate::keys::m2m_token(provider, s))
+        self.slot(provider).map(|s| crate::keys::m2m_token(provider, &s))
     }
 
     /// The configured provider ids, sorted.
     pub fn providers(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.election.clients.keys().cloned().collect();
+        let mut v: Vec<String> = self.election.clients.load().keys().cloned().collect();
         v.sort();
         v
     }
@@ -113,7 +135,7 @@ impl M2mManager {
     /// A token with more than `safety_margin` left: from this process's copy, else through one shared
     /// acquisition per process. Fails closed.
     pub async fn usable(&self, provider: &str) -> Result<CachedToken, M2mError> {
-        if !self.election.clients.contains_key(provider) {
+        if !self.election.clients.load().contains_key(provider) {
             return Err(M2mError::Unavailable(format!("no m2m client for provider {provider:?}")));
         }
         // Twice at most: the local expiry and the unix clock may disagree by a fraction of a second.
@@ -163,7 +185,7 @@ impl M2mManager {
         self.local.invalidate(provider).await;
         self.gauge(provider, None);
         match self.slot(provider) {
-            Some(slot) => shared::delete(&self.election.redis, provider, slot).await,
+            Some(slot) => shared::delete(&self.election.redis, provider, &slot).await,
             None => Ok(false),
         }
     }
@@ -172,8 +194,8 @@ impl M2mManager {
     pub async fn status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
         let now = crate::now();
         let slots: Vec<(String, String)> =
-            self.election.clients.iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
-        let mut out = shared_status(&self.election.redis, &self.election.ring, &slots, now).await?;
+            self.election.clients.load().iter().map(|(p, c)| (p.clone(), c.slot().to_string())).collect();
+        let mut out = shared_status(&self.election.redis, &self.election.ring.load_full(), &slots, now).await?;
         for s in &mut out {
             s.local_expires_in = self.local.get(&s.provider).await.map(|t| t.expires_in(now));
         }

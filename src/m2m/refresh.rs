@@ -51,9 +51,10 @@ impl M2mManager {
         let current = match self.local(provider).await {
             Some(t) => Some(t),
             None => match self.slot(provider) {
-                Some(slot) => {
-                    shared::read(&self.election.redis, &self.election.ring, provider, slot).await.ok().flatten()
-                }
+                Some(slot) => shared::read(&self.election.redis, &self.election.ring.load_full(), provider, &slot)
+                    .await
+                    .ok()
+                    .flatten(),
                 None => None,
             },
         };

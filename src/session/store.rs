@@ -87,6 +87,11 @@ impl SessionStore {
         self.keys.load_full()
     }
 
+    /// The live key ring itself, for others that seal with it (the M2M manager).
+    pub fn key_cell(&self) -> Arc<arc_swap::ArcSwap<KeyRing>> {
+        self.keys.clone()
+    }
+
     /// Installs a new key ring (a config reload); operations already running finish on the old one.
     pub fn set_keys(&self, keys: KeyRing) {
         self.keys.store(Arc::new(keys));
@@ -131,14 +136,15 @@ impl SessionStore {
     pub async fn create(&self, new: NewSession, now: i64) -> Result<(String, Session), SessionWriteError> {
         let value = cookie::new_value();
         let id = cookie::session_id(&value);
+        let keys = self.keys.load();
         let session = Session {
             user_id: new.user_id,
             provider: new.provider,
             sid: new.sid,
-            id_token: self.keys.load().encrypt(&id, field::ID_TOKEN, &new.tokens.id_token)?,
-            access_token: self.keys.load().encrypt(&id, field::ACCESS_TOKEN, &new.tokens.access_token)?,
+            id_token: keys.encrypt(&id, field::ID_TOKEN, &new.tokens.id_token)?,
+            access_token: keys.encrypt(&id, field::ACCESS_TOKEN, &new.tokens.access_token)?,
             refresh_token: match &new.tokens.refresh_token {
-                Some(r) => Some(self.keys.load().encrypt(&id, field::REFRESH_TOKEN, r)?),
+                Some(r) => Some(keys.encrypt(&id, field::REFRESH_TOKEN, r)?),
                 None => None,
             },
             created_at: now,
@@ -190,11 +196,12 @@ impl SessionStore {
 
     /// Opens the stored tokens. Any failure means tampering or a lost key: the caller denies and deletes.
     pub fn decrypt(&self, s: &Session) -> Result<Tokens, CryptoError> {
+        let keys = self.keys.load();
         Ok(Tokens {
-            id_token: self.keys.load().decrypt(&s.id, field::ID_TOKEN, &s.id_token)?,
-            access_token: self.keys.load().decrypt(&s.id, field::ACCESS_TOKEN, &s.access_token)?,
+            id_token: keys.decrypt(&s.id, field::ID_TOKEN, &s.id_token)?,
+            access_token: keys.decrypt(&s.id, field::ACCESS_TOKEN, &s.access_token)?,
             refresh_token: match &s.refresh_token {
-                Some(r) => Some(self.keys.load().decrypt(&s.id, field::REFRESH_TOKEN, r)?),
+                Some(r) => Some(keys.decrypt(&s.id, field::REFRESH_TOKEN, r)?),
                 None => None,
             },
         })
@@ -204,11 +211,13 @@ impl SessionStore {
     pub async fn update_tokens(&self, id: &str, t: &Tokens, now: i64) -> Result<bool, SessionWriteError> {
         let mut inv = self.update_script.prepare_invoke();
         inv.key(session_key(id));
-        inv.arg(field::ID_TOKEN).arg(self.keys.load().encrypt(id, field::ID_TOKEN, &t.id_token)?);
-        inv.arg(field::ACCESS_TOKEN).arg(self.keys.load().encrypt(id, field::ACCESS_TOKEN, &t.access_token)?);
+        let keys = self.keys.load();
+        inv.arg(field::ID_TOKEN).arg(keys.encrypt(id, field::ID_TOKEN, &t.id_token)?);
+        inv.arg(field::ACCESS_TOKEN).arg(keys.encrypt(id, field::ACCESS_TOKEN, &t.access_token)?);
         if let Some(r) = &t.refresh_token {
-            inv.arg(field::REFRESH_TOKEN).arg(self.keys.load().encrypt(id, field::REFRESH_TOKEN, r)?);
+            inv.arg(field::REFRESH_TOKEN).arg(keys.encrypt(id, field::REFRESH_TOKEN, r)?);
         }
+        drop(keys);
         inv.arg(field::LAST_TOKEN_UPDATE).arg(now);
         let n: i64 = self.redis.script(inv).await?;
         Ok(n == 1)

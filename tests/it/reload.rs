@@ -17,6 +17,7 @@ use crate::harness::idp::{IdpServer, CLIENT_ID, CLIENT_SECRET};
 use crate::harness::redis::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(10);
+const BASIC: &str = "introspection_auth = \"client_secret_basic\"";
 
 /// What a test varies in the config file.
 #[derive(Clone)]
@@ -29,6 +30,8 @@ struct Knobs {
     server: String,
     /// The provider's secret line.
     secret: String,
+    /// The `[revalidation]` body.
+    revalidation: String,
 }
 
 struct Env {
@@ -57,14 +60,12 @@ cookie_secure = false
 encryption_keys = [{enc}]
 decrypt_only_keys = [{dec}]
 [revalidation]
-mode = "max_staleness"
-max_staleness = "1s"
+{revalidation}
 [providers.corp]
 kind = "oidc"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 {secret}
-introspection_auth = "client_secret_basic"
 "#,
         grpc = k.grpc,
         http = k.http,
@@ -72,12 +73,13 @@ introspection_auth = "client_secret_basic"
         enc = list(&k.encrypting),
         dec = list(&k.decrypt_only),
         secret = k.secret,
+        revalidation = k.revalidation,
     )
 }
 
 impl Env {
     async fn start(server: &str) -> Self {
-        Self::start_with(server, &format!("client_secret = {CLIENT_SECRET:?}")).await
+        Self::start_with(server, &format!("client_secret = {CLIENT_SECRET:?}\n{BASIC}")).await
     }
 
     async fn start_with(server: &str, secret: &str) -> Self {
@@ -90,6 +92,7 @@ impl Env {
             decrypt_only: vec![],
             server: server.to_string(),
             secret: secret.to_string(),
+            revalidation: "mode = \"max_staleness\"\nmax_staleness = \"1s\"".into(),
         };
         let (url, issuer) = (redis.url(), idp.issuer());
         let k = knobs.clone();
@@ -252,19 +255,69 @@ async fn the_admin_token_follows_a_kubernetes_secret_swap() {
 
 /// A provider's client secret from a Secret file: a wrong one makes introspection fail; the right one,
 /// swapped in the Kubernetes way without SIGHUP, rebuilds the providers and the session is accepted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_secret_swap_rebuilds_the_providers() {
+/// `introspection_auth` decides who uses the secret: the introspection client itself, or the M2M token
+/// client whose token introspection presents (the running M2M manager gets new token clients).
+async fn provider_secret_swap(introspection_auth: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path();
     secret_version(mount, "..2026_12_06_01_00_00.1", "client-secret", "a-wrong-secret");
     let file = mount.join("client-secret");
-    let env = Env::start_with("", &format!("client_secret_file = {file:?}")).await;
+    let secret = format!("client_secret_file = {file:?}\nintrospection_auth = {introspection_auth:?}");
+    let env = Env::start_with("", &secret).await;
     let cookie = env.plant(&env.knobs.encrypting[0], "alice").await;
-    assert_ne!(env.check(&cookie).await, 200, "introspection with a wrong client secret");
+    assert_ne!(env.check(&cookie).await, 200, "{introspection_auth}: a wrong client secret");
 
     secret_version(mount, "..2026_12_06_02_00_00.2", "client-secret", CLIENT_SECRET);
-    assert!(eventually(WAIT, async || env.check(&cookie).await == 200).await, "the new secret was never used");
+    let accepted = eventually(WAIT, async || env.check(&cookie).await == 200).await;
+    assert!(accepted, "{introspection_auth}: the new secret was never used");
     assert!(env.reloads("success").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_secret_swap_reaches_introspection() {
+    provider_secret_swap("client_secret_basic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_secret_swap_reaches_the_m2m_client() {
+    provider_secret_swap("bearer").await;
+}
+
+/// The revalidation mode follows a reload: under a long max_staleness repeated checks reuse one
+/// introspection; after switching to every_request each check asks the IdP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revalidation_mode_follows_a_reload() {
+    let env = Env::start("").await;
+    let cookie = env.plant(&env.knobs.encrypting[0], "alice").await;
+    let relaxed =
+        Knobs { revalidation: "mode = \"max_staleness\"\nmax_staleness = \"1h\"".into(), ..env.knobs.clone() };
+    env.rewrite(&relaxed);
+    env.hup();
+    assert!(eventually(WAIT, async || env.reloads("success").await >= 1.0).await);
+    assert_eq!(env.check(&cookie).await, 200);
+    let introspections = async || env.idp.count("/token/introspection").await;
+    let before = introspections().await;
+    // Spread over more than the old max_staleness (1s), so the old mode would have asked again.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(env.check(&cookie).await, 200);
+    }
+    assert_eq!(introspections().await, before, "max_staleness = 1h: answered from the cache");
+
+    let strict = Knobs { revalidation: "mode = \"every_request\"".into(), ..env.knobs.clone() };
+    env.rewrite(&strict);
+    env.hup();
+    // Applied once a check asks the IdP again (a late reload of the previous file cannot fake that).
+    let asks = async || {
+        let before = introspections().await;
+        env.check(&cookie).await == 200 && introspections().await == before + 1
+    };
+    assert!(eventually(WAIT, asks).await, "every_request never applied");
+    let before = introspections().await;
+    for _ in 0..3 {
+        assert_eq!(env.check(&cookie).await, 200);
+    }
+    assert_eq!(introspections().await, before + 3, "every_request: one introspection per check");
 }
 
 /// Ten reloads under a loop of checks on a valid session: not one check fails.
