@@ -209,7 +209,9 @@ fn workload(
         item.value["metadata"] = to_json(&meta)?;
         item.value["spec"] = to_json(&spec)?;
     } else if let Some(t) = template(&k, &mut item.value) {
-        *t = to_json(&PodTemplateSpec { metadata: Some(meta), spec: Some(spec) })?;
+        // Empty metadata (a template that had none before inject) is left out again.
+        let metadata = (meta != ObjectMeta::default()).then_some(meta);
+        *t = to_json(&PodTemplateSpec { metadata, spec: Some(spec) })?;
     }
     item.changed = true;
     // Round-trip through the typed object so the output is what k8s-openapi considers the object.
