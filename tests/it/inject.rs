@@ -59,7 +59,7 @@ fn named<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objs.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).unwrap_or_else(|| panic!("{kind}/{name}"))
 }
 
-fn pod_spec<'a>(o: &'a Value) -> &'a Value {
+fn pod_spec(o: &Value) -> &Value {
     match o["kind"].as_str().unwrap() {
         "Pod" => &o["spec"],
         "CronJob" => &o["spec"]["jobTemplate"]["spec"]["template"]["spec"],
