@@ -6,6 +6,7 @@ mod envoy;
 mod pod;
 mod service;
 mod stream;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 
