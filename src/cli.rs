@@ -59,6 +59,18 @@ pub enum Command {
     Inject(ManifestInput),
     /// Remove exactly what `inject` added.
     Uninject(ManifestInput),
+    /// Mutating admission webhook (AdmissionReview v1, `POST /mutate`) over TLS: the same injection for
+    /// Pods. Reads no configuration; the certificate and key are read again when their files change.
+    Webhook {
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key.
+        #[arg(long)]
+        tls_key: PathBuf,
+    },
 }
 
 /// Where `inject`/`uninject` read manifests: a file, or `-` for stdin.
@@ -125,6 +137,11 @@ pub fn main() -> ExitCode {
         };
         return inject(mode, input);
     }
+    if let Command::Webhook { listen, tls_cert, tls_key } = &cli.command {
+        crate::telemetry::init_logs(crate::config::LogFormat::Json);
+        let (listen, cert, key) = (*listen, tls_cert.clone(), tls_key.clone());
+        return run(true, crate::inject::serve::serve(listen, cert, key));
+    }
     if let Command::Keygen { assertion, alg } = cli.command {
         if !assertion {
             println!("{}", crate::crypto::generate_key());
@@ -153,9 +170,11 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen { .. } | Command::Healthcheck { .. } | Command::Inject(_) | Command::Uninject(_) => {
-            ExitCode::SUCCESS
-        }
+        Command::Keygen { .. }
+        | Command::Healthcheck { .. }
+        | Command::Inject(_)
+        | Command::Uninject(_)
+        | Command::Webhook { .. } => ExitCode::SUCCESS,
         Command::CheckConfig => {
             println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
             ExitCode::SUCCESS

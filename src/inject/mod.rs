@@ -4,6 +4,7 @@
 
 mod envoy;
 mod pod;
+pub mod serve;
 mod service;
 mod stream;
 pub mod webhook;
