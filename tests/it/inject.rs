@@ -240,3 +240,79 @@ fn a_malformed_workload_fails_without_output() {
     assert!(out.stdout.is_empty(), "no half-written stream on stdout");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Deployment/x"));
 }
+
+/// A self-signed certificate for `localhost` (the real `openssl` CLI), written to `dir/tls.{crt,key}`.
+fn self_signed(dir: &Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        // An end-entity certificate: webpki refuses a CA certificate as a server certificate.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(dir.join("tls.key.new"))
+        .arg("-out")
+        .arg(dir.join("tls.crt.new"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    // Key first, then the certificate, each by rename, as a Secret update lands.
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    std::fs::read(dir.join("tls.crt")).unwrap()
+}
+
+fn trusting(ca: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The webhook over TLS, as the API server calls it: a Pod gets a JSON patch, garbage is allowed without
+/// one, and a renewed certificate is served without a restart.
+#[tokio::test]
+async fn the_webhook_serves_admission_reviews_over_tls_and_reloads_its_certificate() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let first = self_signed(dir.path());
+    let port = portcullis_testkit::free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["webhook", "--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("https://localhost:{port}");
+    let client = trusting(&first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(e) = client.get(format!("{url}/healthz")).send().await {
+        assert!(std::time::Instant::now() < deadline, "webhook did not come up: {e:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": { "uid": "u-1", "resource": { "group": "", "version": "v1", "resource": "pods" },
+                     "operation": "CREATE", "namespace": "shop",
+                     "object": { "metadata": { "name": "p" }, "spec": { "containers": [{ "name": "a", "image": "x" }] } } }
+    });
+    let answer: Value = client.post(format!("{url}/mutate")).json(&review).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["response"]["uid"], "u-1");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let garbage: Value = client.post(format!("{url}/mutate")).body("{oops").send().await.unwrap().json().await.unwrap();
+    assert_eq!(garbage["response"]["allowed"], true);
+    assert!(garbage["response"].get("patch").is_none());
+
+    let second = self_signed(dir.path());
+    assert_ne!(first, second);
+    let renewed = trusting(&second);
+    let r = renewed.get(format!("{url}/healthz")).send().await.expect("the renewed certificate is served");
+    assert!(r.status().is_success());
+    assert!(trusting(&first).get(format!("{url}/healthz")).send().await.is_err(), "the old one is not");
+    child.kill().await.unwrap();
+}
