@@ -316,3 +316,19 @@ async fn the_webhook_serves_admission_reviews_over_tls_and_reloads_its_certifica
     assert!(trusting(&first).get(format!("{url}/healthz")).send().await.is_err(), "the old one is not");
     child.kill().await.unwrap();
 }
+
+/// Which Pods reach the webhook is the shipped configuration's business: labelled namespaces only, never a
+/// pod labelled disabled, Pod CREATE only, and a webhook that is down never blocks a pod.
+#[test]
+fn the_shipped_webhook_configuration_selects_labelled_namespaces() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("k8s/webhook/webhook.yaml")).unwrap();
+    let cfg = &objects(&text)[0];
+    let hook = &cfg["webhooks"][0];
+    assert_eq!(hook["namespaceSelector"]["matchLabels"]["portcullis.io/inject"], "enabled");
+    assert_eq!(hook["objectSelector"]["matchExpressions"][0]["values"][0], "disabled");
+    assert_eq!(hook["rules"][0]["resources"][0], "pods");
+    assert_eq!(hook["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["clientConfig"]["service"]["path"], "/mutate");
+    assert!(hook["timeoutSeconds"].as_i64().unwrap() <= 10);
+}
