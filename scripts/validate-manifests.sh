@@ -41,7 +41,7 @@ declare -A schema=(
     [AuthorizationPolicy]=authorizationpolicy_v1.json [VirtualService]=virtualservice_v1.json
 )
 
-for overlay in k8s/overlays/*/; do
+for overlay in k8s/overlays/*/ k8s/webhook/; do
     name="$(basename "$overlay")"
     out="$work/$name"
     mkdir -p "$out"

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `keygen`, `sessions list|revoke`, `m2m status|refresh`,
-//! `healthcheck`.
+//! `healthcheck`, `inject|uninject` (also as the kubectl plugin `kubectl-portcullis`).
 //! Exit codes: 0 ok, 1 runtime failure, 64 bad config.
 
 use std::path::PathBuf;
@@ -54,6 +54,34 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+    /// Write the manifests back with Envoy and portcullis added to every pod template (native sidecars from
+    /// the shipped k8s overlay) and the Services that select them pointed at Envoy. Reads no configuration.
+    Inject(ManifestInput),
+    /// Remove exactly what `inject` added.
+    Uninject(ManifestInput),
+    /// Mutating admission webhook (AdmissionReview v1, `POST /mutate`) over TLS: the same injection for
+    /// Pods. Reads no configuration; the certificate and key are read again when their files change.
+    Webhook {
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key.
+        #[arg(long)]
+        tls_key: PathBuf,
+    },
+}
+
+/// Where `inject`/`uninject` read manifests: a file, or `-` for stdin.
+#[derive(clap::Args, Debug)]
+pub struct ManifestInput {
+    /// A YAML stream or `kind: List` (`-`: stdin).
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    pub file: String,
+    /// The same as -f (`portcullis inject app.yaml`, `... | portcullis inject -`).
+    #[arg(conflicts_with = "file", hide = true)]
+    pub positional: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,8 +111,37 @@ pub enum M2mCommand {
 
 const EX_CONFIG: u8 = 64;
 
+/// The name kubectl runs a plugin by: `kubectl portcullis ...` execs `kubectl-portcullis ...`.
+const KUBECTL_PLUGIN: &str = "kubectl-portcullis";
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let plugin = std::env::args_os()
+        .next()
+        .and_then(|a| PathBuf::from(a).file_stem().map(|s| s == KUBECTL_PLUGIN))
+        .unwrap_or(false);
+    let cli = if plugin {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().name("kubectl portcullis").bin_name("kubectl portcullis").get_matches();
+        match Cli::from_arg_matches(&matches) {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        }
+    } else {
+        Cli::parse()
+    };
+    if let Command::Inject(input) | Command::Uninject(input) = &cli.command {
+        let mode = if matches!(cli.command, Command::Inject(_)) {
+            crate::inject::Mode::Inject
+        } else {
+            crate::inject::Mode::Uninject
+        };
+        return inject(mode, input);
+    }
+    if let Command::Webhook { listen, tls_cert, tls_key } = &cli.command {
+        crate::telemetry::init_logs(crate::config::LogFormat::Json);
+        let (listen, cert, key) = (*listen, tls_cert.clone(), tls_key.clone());
+        return run(true, crate::inject::serve::serve(listen, cert, key));
+    }
     if let Command::Keygen { assertion, alg } = cli.command {
         if !assertion {
             println!("{}", crate::crypto::generate_key());
@@ -113,7 +170,11 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen { .. } | Command::Healthcheck { .. } => ExitCode::SUCCESS,
+        Command::Keygen { .. }
+        | Command::Healthcheck { .. }
+        | Command::Inject(_)
+        | Command::Uninject(_)
+        | Command::Webhook { .. } => ExitCode::SUCCESS,
         Command::CheckConfig => {
             println!("{}: ok ({} provider(s))", cli.config.display(), cfg.providers.len());
             println!("note: {}", crate::reload::RESTART_NOTE);
@@ -136,6 +197,41 @@ pub fn main() -> ExitCode {
                 crate::otel::shutdown().await;
                 served
             })
+        }
+    }
+}
+
+/// `inject`/`uninject`: YAML on stdout only, the summary (or the error) on stderr.
+fn inject(mode: crate::inject::Mode, input: &ManifestInput) -> ExitCode {
+    use std::io::{Read, Write};
+    let file = input.positional.as_deref().unwrap_or(&input.file);
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{file}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::inject::run(mode, &text) {
+        Ok(out) => {
+            for line in &out.summary {
+                eprintln!("{line}");
+            }
+            if let Err(e) = std::io::stdout().write_all(out.yaml.as_bytes()) {
+                eprintln!("stdout: {e}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{file}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

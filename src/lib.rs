@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod healthcheck;
 pub mod http;
 pub mod idp;
+pub mod inject;
 pub mod keys;
 pub mod lock;
 pub mod login;

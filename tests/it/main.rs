@@ -15,6 +15,7 @@ mod cli;
 mod e2e;
 mod envoy;
 mod idp;
+mod inject;
 mod login;
 mod login_attacks;
 mod logs;
