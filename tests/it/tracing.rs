@@ -276,8 +276,28 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     secrets.extend(stored_secrets(&redis, &s.key, &session_id, &idp));
     let cookie = format!("GATEWAY_SESSION={cookie_value}");
     let traceparent = format!("00-{TRACE_ID}-{ENVOY_SPAN}-01");
-    let status = check(&s, &[("cookie", &cookie), ("traceparent", &traceparent), ("tracestate", "envoy=1")]).await;
-    assert_eq!(status, 200, "the logged-in check is allowed");
+    // Through the shipped Envoy, as a browser request: its traceparent reaches the Check among the headers.
+    let upstream = crate::harness::upstream::Upstream::start().await;
+    let envoy = crate::harness::envoy::Envoy::start(&[
+        ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
+        ("PORTCULLIS_GRPC_PORT", s.grpc.to_string()),
+        ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
+        ("PORTCULLIS_HTTP_PORT", http.to_string()),
+        ("UPSTREAM_HOST", "127.0.0.1".into()),
+        ("UPSTREAM_PORT", upstream.addr.port().to_string()),
+    ])
+    .await;
+    let r = reqwest::Client::new()
+        .get(envoy.url("/x"))
+        .header("accept", "application/json")
+        .header("cookie", &cookie)
+        .header("traceparent", &traceparent)
+        .header("tracestate", "envoy=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the logged-in request through Envoy is allowed");
+    assert_eq!(upstream.hits(), 1);
 
     // With Envoy's tracing on, its ext_authz span comes in the gRPC metadata: that is the closer parent.
     let metadata_tp = format!("00-{METADATA_TRACE_ID}-{EXT_AUTHZ_SPAN}-01");
