@@ -189,7 +189,8 @@ async fn a_callback_url_opened_in_another_browser_is_refused() {
         "no session cookie for the other browser"
     );
     assert_eq!(env.sessions(), 0, "no session created");
-    assert_eq!(env.metric(r#"portcullis_logins_total{provider="corp",outcome="binding_missing"}"#), refused_before + 1);
+    // Process-wide counters (other tests refuse bindings too): at least this refusal.
+    assert!(env.metric(r#"portcullis_logins_total{provider="corp",outcome="binding_missing"}"#) > refused_before);
 
     // A forged binding cookie of the right name does not help either.
     let state = url::Url::parse(&cb).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.to_string();
@@ -415,7 +416,7 @@ async fn a_cross_site_logout_is_refused_and_the_session_survives() {
         assert!(r.headers().get(SET_COOKIE).is_none(), "{headers:?}");
         assert!(env.redis.exists(&session_key(&id)), "the session survives {headers:?}");
     }
-    assert_eq!(env.metric(r#"portcullis_logout_refused_total{reason="cross_origin"}"#), before + 2);
+    assert!(env.metric(r#"portcullis_logout_refused_total{reason="cross_origin"}"#) >= before + 2, "both counted");
     assert_eq!(env.check(&value).await, 200);
 
     for same in [("sec-fetch-site", "same-origin".to_string()), ("referer", format!("{}/reports", env.base))] {
