@@ -90,19 +90,10 @@ pub fn verify(headers: &HeaderMap, cfg: &SessionConfig, state: &str, stored: &st
     }
 }
 
-/// Path=/, HttpOnly, SameSite=Lax (the IdP's redirect back is a top-level GET navigation, which Lax
-/// cookies accompany; Strict ones would not), host-only unless `session.cookie_domain` is set.
+/// The session cookie's attributes with SameSite=Lax whatever the session uses: the IdP's redirect back
+/// is a top-level GET navigation, which Lax cookies accompany and Strict ones would not.
 fn attributes(cfg: &SessionConfig) -> String {
-    let mut a = String::from("; Path=/; HttpOnly");
-    if cfg.cookie_secure {
-        a.push_str("; Secure");
-    }
-    if let Some(d) = &cfg.cookie_domain {
-        a.push_str("; Domain=");
-        a.push_str(d);
-    }
-    a.push_str("; SameSite=Lax");
-    a
+    cookie::attributes(cfg, "Lax")
 }
 
 #[cfg(test)]

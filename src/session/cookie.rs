@@ -61,7 +61,9 @@ pub fn strip(header: &str, name: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
-fn attributes(cfg: &SessionConfig) -> String {
+/// The attributes every portcullis cookie carries: Path=/, HttpOnly, Secure when configured, the
+/// configured Domain (host-only without one), and `same_site`.
+pub fn attributes(cfg: &SessionConfig, same_site: &str) -> String {
     let mut a = String::from("; Path=/; HttpOnly");
     if cfg.cookie_secure {
         a.push_str("; Secure");
@@ -71,18 +73,23 @@ fn attributes(cfg: &SessionConfig) -> String {
         a.push_str(d);
     }
     a.push_str("; SameSite=");
-    a.push_str(cfg.same_site.as_str());
+    a.push_str(same_site);
     a
 }
 
 /// `Set-Cookie` for a new session.
 pub fn set(cfg: &SessionConfig, value: &str) -> String {
-    format!("{}={value}{}; Max-Age={}", cfg.cookie_name, attributes(cfg), cfg.absolute_timeout.as_secs())
+    format!(
+        "{}={value}{}; Max-Age={}",
+        cfg.cookie_name,
+        attributes(cfg, cfg.same_site.as_str()),
+        cfg.absolute_timeout.as_secs()
+    )
 }
 
 /// `Set-Cookie` that makes the browser drop the session cookie.
 pub fn clear(cfg: &SessionConfig) -> String {
-    format!("{}={}; Max-Age=0", cfg.cookie_name, attributes(cfg))
+    format!("{}={}; Max-Age=0", cfg.cookie_name, attributes(cfg, cfg.same_site.as_str()))
 }
 
 #[cfg(test)]
