@@ -63,7 +63,14 @@ fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::tra
             filter_fn(|m| m.is_span() && m.target().starts_with("portcullis") && *m.level() <= tracing::Level::INFO);
         tracing_opentelemetry::layer().with_tracer(t).with_filter(only).boxed()
     });
-    if tracing_subscriber::registry().with(fmt).with(spans).try_init().is_ok() && !env_set {
+    // Never `.with(None)`: an absent `Option` layer makes the registry build every span of every crate,
+    // trace level included (h2 opens several per frame), which cost a cached check a tenth of its CPU.
+    let registry = tracing_subscriber::registry().with(fmt);
+    let installed = match spans {
+        Some(spans) => registry.with(spans).try_init(),
+        None => registry.try_init(),
+    };
+    if installed.is_ok() && !env_set {
         let _ = FILTER.set(handle);
     }
 }
@@ -142,4 +149,20 @@ fn describe() {
     );
     describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
     metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::LogFormat;
+
+    /// Without a tracer no span is built: neither portcullis's nor a library's trace-level ones (h2 opens
+    /// several per frame). Every install in this process goes through the same function, so whichever test
+    /// installed first, the answer is the same.
+    #[test]
+    fn without_traces_no_span_is_built() {
+        super::init_logs_at(LogFormat::Text, "info");
+        assert!(tracing::trace_span!(target: "h2::proto", "poll").is_disabled());
+        assert!(tracing::info_span!(target: "portcullis::authz", "portcullis.check").is_disabled());
+        assert!(tracing::enabled!(target: "portcullis::authz", tracing::Level::INFO), "info events still log");
+    }
 }
