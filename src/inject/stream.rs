@@ -8,9 +8,6 @@ use super::InjectError;
 pub struct Item {
     pub value: Value,
     pub changed: bool,
-    pub dropped: bool,
-    /// Objects to write after this one (a workload's own Envoy ConfigMap).
-    pub extra: Vec<Value>,
 }
 
 pub struct Doc {
@@ -33,7 +30,7 @@ fn is_separator(line: &str) -> bool {
 }
 
 fn item(value: Value) -> Item {
-    Item { value, changed: false, dropped: false, extra: Vec::new() }
+    Item { value, changed: false }
 }
 
 pub fn split(input: &str) -> Vec<Doc> {
@@ -116,32 +113,21 @@ pub fn join(docs: &[Doc]) -> Result<String, InjectError> {
         out.push_str(body);
     };
     for doc in docs {
-        let changed = doc.items.iter().any(|i| i.changed || !i.extra.is_empty());
+        let changed = doc.items.iter().any(|i| i.changed);
         if !changed {
             emit(&mut out, doc.sep.as_deref(), &doc.text);
             continue;
         }
         if let Some(list) = &doc.list {
             let mut list = list.clone();
-            let items: Vec<Value> = doc
-                .items
-                .iter()
-                .filter(|i| !i.dropped)
-                .flat_map(|i| std::iter::once(i.value.clone()).chain(i.extra.iter().cloned()))
-                .collect();
+            let items: Vec<Value> = doc.items.iter().map(|i| i.value.clone()).collect();
             list["items"] = Value::Array(items);
             emit(&mut out, doc.sep.as_deref(), &to_yaml(&list)?);
             continue;
         }
         let mut sep = doc.sep.as_deref();
         for i in &doc.items {
-            if i.dropped {
-                continue;
-            }
             emit(&mut out, sep.take(), &to_yaml(&i.value)?);
-            for e in &i.extra {
-                emit(&mut out, None, &to_yaml(e)?);
-            }
         }
     }
     Ok(out)
