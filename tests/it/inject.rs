@@ -71,18 +71,24 @@ fn pod_spec(o: &Value) -> &Value {
     }
 }
 
-/// `kubernetes-validate --strict` (as scripts/validate-manifests.sh runs it) on the built-in objects.
+/// `kubernetes-validate --strict` (as scripts/validate-manifests.sh runs it) on the built-in objects, each
+/// written as JSON (no YAML reading of its own in the way).
 fn kubernetes_validate(objs: &[Value]) {
+    let builtin: Vec<String> = objs
+        .iter()
+        .filter(|o| !o["apiVersion"].as_str().unwrap_or("").contains("example.com"))
+        .map(|o| serde_json::to_string(o).unwrap())
+        .collect();
+    kubernetes_validate_yaml(&builtin.join("\n---\n"));
+}
+
+/// `kubernetes-validate --strict` on a YAML stream as it is.
+fn kubernetes_validate_yaml(yaml: &str) {
     let bin = PathBuf::from(ROOT).join(".venv/bin/kubernetes-validate");
     assert!(bin.is_file(), "{} missing: run scripts/ensure-k8s-tools.sh", bin.display());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("builtin.yaml");
-    let builtin: Vec<String> = objs
-        .iter()
-        .filter(|o| !o["apiVersion"].as_str().unwrap_or("").contains("example.com"))
-        .map(|o| serde_norway::to_string(o).unwrap())
-        .collect();
-    std::fs::write(&file, builtin.join("---\n")).unwrap();
+    std::fs::write(&file, yaml).unwrap();
     let out = Command::new(bin).args(["--strict", "--quiet", "-k", "1.33.0"]).arg(&file).output().unwrap();
     assert!(
         out.status.success(),
@@ -262,6 +268,34 @@ fn works_as_the_kubectl_plugin_and_reads_files() {
     assert_eq!(via_plugin.stdout, inject(BARE_APP).stdout);
     let help = Command::new(&plugin).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("kubectl portcullis"));
+    // The real kubectl finds it on the PATH (plugins need no cluster).
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    match Command::new("kubectl").env("PATH", &path).args(["portcullis", "inject", "-f"]).arg(&file).output() {
+        Ok(out) => {
+            assert!(out.status.success(), "kubectl portcullis: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), via_plugin.stdout);
+        }
+        Err(e) => eprintln!("NOTE: kubectl not runnable ({e}): `kubectl portcullis` checked without kubectl"),
+    }
+}
+
+/// The README's one-line injection, on what `kubectl get deploy web -o yaml` prints (server-set fields and
+/// a status): the output is a valid Deployment, protected, on the app's port, with the pod's route option.
+#[test]
+fn the_readme_one_liner_injects_kubectl_get_output() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    assert!(readme.contains("kubectl get deploy web -o yaml | portcullis inject - | kubectl apply -f -"));
+    let got = include_str!("../fixtures/inject/kubectl-get-deploy.yaml");
+    let out = inject(got);
+    // Read as a YAML 1.1 tool reads it: the timestamps stay strings.
+    kubernetes_validate_yaml(&out.stdout);
+    let objs = objects(&out.stdout);
+    let web = named(&objs, "Deployment", "web");
+    assert_eq!(web["status"]["readyReplicas"], 2, "the rest of the object is kept");
+    let config = inline_envoy_config(pod_spec(web));
+    let (port, ext) = upstream_and_route_options(&config);
+    assert_eq!((port, ext), (3000, serde_json::json!({ "portcullis.require_any": "ops" })));
+    assert!(out.stderr.contains("injected Deployment/web (app port 3000"), "{}", out.stderr);
 }
 
 #[test]
