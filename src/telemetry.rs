@@ -147,6 +147,10 @@ fn describe() {
         Unit::Seconds,
         "Unix time the running configuration was loaded (at start and on each successful reload)"
     );
+    describe_counter!(
+        "portcullis_webhook_reviews_total",
+        "Admission reviews answered by `portcullis webhook`, by outcome (injected, already_injected, disabled, ignored; not_injectable and malformed: admitted without the sidecars)"
+    );
     describe_gauge!("portcullis_build_info", "Always 1; labels say what is running");
     metrics::gauge!("portcullis_build_info", "version" => VERSION, "revision" => GIT_REV).set(1.0);
 }

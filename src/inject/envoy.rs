@@ -30,45 +30,45 @@ pub fn render_upstream_port(template: &str, port: i32) -> String {
     out
 }
 
-/// The rendered config: upstream on `port`, and `options` (already `portcullis.*` keys) on the catch-all
-/// route `prefix: /`. With options the result is re-serialized (comments are lost); without, it is the
-/// rendered text.
+/// The config a pod carries inline (`envoy --config-yaml`): upstream on `port`, and `options` (already
+/// `portcullis.*` keys) as ext_authz `context_extensions` on the catch-all route `prefix: /`. Re-serialized
+/// without the shipped file's comments, which keeps it about half the size.
 pub fn config_for(port: i32, options: &BTreeMap<String, String>) -> Result<String, String> {
     let text = render_upstream_port(SHIPPED, port);
-    if options.is_empty() {
-        return Ok(text);
-    }
     let mut doc: Value = serde_norway::from_str(&text).map_err(|e| format!("envoy.yaml: {e}"))?;
-    let mut done = 0;
-    visit_routes(&mut doc, &mut |route| {
-        let catch_all =
-            route.get("match").and_then(|m| m.get("prefix")).and_then(Value::as_str).is_some_and(|p| p == "/");
-        if !catch_all || route.get("route").is_none() {
-            return;
+    if !options.is_empty() {
+        let mut done = 0;
+        visit_routes(&mut doc, &mut |route| {
+            let catch_all =
+                route.get("match").and_then(|m| m.get("prefix")).and_then(Value::as_str).is_some_and(|p| p == "/");
+            if !catch_all || route.get("route").is_none() {
+                return;
+            }
+            if let Some(m) = route.as_mapping_mut() {
+                m.insert(Value::from("typed_per_filter_config"), per_route(options));
+                done += 1;
+            }
+        });
+        if done == 0 {
+            return Err("envoy.yaml has no catch-all route (prefix: /) for the route options".into());
         }
-        let ext: serde_norway::Mapping =
-            options.iter().map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))).collect();
-        let per_route: Value = serde_norway::from_str(
-            "envoy.filters.http.ext_authz:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute\n  check_settings: {}\n",
-        )
-        .unwrap_or(Value::Null);
-        let mut per_route = per_route;
-        if let Some(cs) = per_route
-            .get_mut("envoy.filters.http.ext_authz")
-            .and_then(|f| f.get_mut("check_settings"))
-            .and_then(Value::as_mapping_mut)
-        {
-            cs.insert(Value::from("context_extensions"), Value::Mapping(ext));
-        }
-        if let Some(m) = route.as_mapping_mut() {
-            m.insert(Value::from("typed_per_filter_config"), per_route);
-            done += 1;
-        }
-    });
-    if done == 0 {
-        return Err("envoy.yaml has no catch-all route (prefix: /) for the route options".into());
     }
     serde_norway::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// `typed_per_filter_config` giving ext_authz these context extensions.
+fn per_route(options: &BTreeMap<String, String>) -> Value {
+    let map = |pairs: Vec<(&str, Value)>| -> Value {
+        Value::Mapping(pairs.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+    };
+    let ext = options.iter().map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))).collect();
+    map(vec![(
+        "envoy.filters.http.ext_authz",
+        map(vec![
+            ("@type", Value::from("type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")),
+            ("check_settings", map(vec![("context_extensions", Value::Mapping(ext))])),
+        ]),
+    )])
 }
 
 /// Calls `f` on every mapping in a `routes:` sequence.
@@ -112,5 +112,12 @@ mod tests {
         let s = serde_norway::to_string(&doc).unwrap();
         assert!(s.contains("portcullis.require_any: ops"), "{s}");
         assert!(s.contains("port_value: 3000"));
+    }
+
+    #[test]
+    fn without_options_it_is_the_shipped_config_on_another_port() {
+        let inline: Value = serde_norway::from_str(&config_for(DEFAULT_APP_PORT, &BTreeMap::new()).unwrap()).unwrap();
+        let shipped: Value = serde_norway::from_str(SHIPPED).unwrap();
+        assert_eq!(inline, shipped);
     }
 }

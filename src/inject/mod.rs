@@ -1,6 +1,8 @@
 //! `portcullis inject` / `uninject`: a YAML stream (or `kind: List`) in, the same stream out with Envoy and
 //! portcullis added to (or removed from) every pod template, the Services that select an injected workload
-//! pointed at Envoy. Documents that need no change are written back as their original text.
+//! pointed at Envoy. Documents that need no change are written back as their original text. A pod whose
+//! app port or route options need another Envoy config carries it inline in the Envoy sidecar's args, as
+//! the admission webhook (which can only patch the pod) writes it too.
 
 mod envoy;
 mod pod;
@@ -13,7 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,9 +23,6 @@ use serde_json::Value;
 
 pub use envoy::{config_for as envoy_config_for, LISTEN_PORT};
 pub use pod::{APP_PORT, INJECT, STATUS};
-
-/// Label on the ConfigMaps inject writes (a workload's own envoy.yaml); uninject drops them.
-pub const GENERATED: &str = "portcullis.io/generated-by";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -72,10 +71,6 @@ pub fn run(mode: Mode, input: &str) -> Result<Output, InjectError> {
         for item in doc.items_mut() {
             if kind(&item.value) == Some("Service") {
                 service::apply(mode, item, &targets, &mut summary)?;
-            } else if mode == Mode::Uninject && kind(&item.value) == Some("ConfigMap") && generated(&item.value) {
-                item.dropped = true;
-                item.changed = true;
-                summary.push(format!("removed {}", describe(&item.value)));
             }
         }
     }
@@ -90,10 +85,6 @@ fn kind(v: &Value) -> Option<&str> {
 fn describe(v: &Value) -> String {
     let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
     format!("{}/{name}", kind(v).unwrap_or("?"))
-}
-
-fn generated(v: &Value) -> bool {
-    v.pointer("/metadata/labels").and_then(|l| l.get(GENERATED)).is_some()
 }
 
 /// Deserializes the typed object, lets `f` change it, and writes it back when `f` says it changed.
@@ -184,14 +175,8 @@ fn workload(
                     app_port: inj.app_port,
                     port_names,
                 });
-                summary.push(format!("injected {name} (app port {})", inj.app_port));
-                if let Some(cfg) = inj.envoy_config {
-                    item.extra.push(envoy_configmap(&wmeta, cfg)?);
-                    summary.push(format!(
-                        "added ConfigMap/{}",
-                        pod::envoy_configmap_name(wmeta.name.as_deref().unwrap_or("pod"))
-                    ));
-                }
+                let inline = if inj.own_envoy_config { ", its own Envoy config inline" } else { "" };
+                summary.push(format!("injected {name} (app port {}{inline})", inj.app_port));
                 true
             }
         },
@@ -248,21 +233,4 @@ fn check<T: DeserializeOwned>(item: &stream::Item) -> Result<(), InjectError> {
 
 fn normalize<T: DeserializeOwned + Serialize>(item: &mut stream::Item) -> Result<(), InjectError> {
     edit::<T, ()>(item, |_| Ok(Some(()))).map(|_| ())
-}
-
-fn envoy_configmap(w: &ObjectMeta, config: String) -> Result<Value, InjectError> {
-    let cm = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(pod::envoy_configmap_name(w.name.as_deref().unwrap_or("pod"))),
-            namespace: w.namespace.clone(),
-            labels: Some(BTreeMap::from([(GENERATED.to_string(), "portcullis-inject".to_string())])),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([("envoy.yaml".to_string(), config)])),
-        ..Default::default()
-    };
-    let mut v = serde_json::to_value(&cm).map_err(|e| InjectError::Object(e.to_string()))?;
-    v["apiVersion"] = "v1".into();
-    v["kind"] = "ConfigMap".into();
-    Ok(v)
 }

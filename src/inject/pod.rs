@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, PodSpec};
+use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{envoy, InjectError};
@@ -20,6 +20,7 @@ pub const APP_PORT: &str = "portcullis.io/app-port";
 const ADDED: &str = "portcullis.io/injected-extras";
 pub const STATUS_VALUE: &str = "injected";
 const ENVOY_VOLUME: &str = "envoy-config";
+const ENVOY_CONTAINER: &str = "envoy";
 
 /// Annotation suffix -> context extension key (DESIGN.md "Route options").
 const ROUTE_OPTIONS: [(&str, &str); 6] = [
@@ -43,11 +44,11 @@ fn overlay() -> Result<(BTreeMap<String, String>, PodSpec), InjectError> {
     Ok((labels, spec))
 }
 
-/// What `inject_pod` did: the app port, and the Envoy config the pod needs when the shared one (port
-/// 8081, no route options) does not fit.
+/// What `inject_pod` did: the app port, and whether the pod carries its own Envoy config (inline) because
+/// the shared one (port 8081, no route options) does not fit.
 pub struct Injected {
     pub app_port: i32,
-    pub envoy_config: Option<String>,
+    pub own_envoy_config: bool,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -95,9 +96,30 @@ pub fn route_options(ann: &BTreeMap<String, String>) -> BTreeMap<String, String>
         .collect()
 }
 
-/// The ConfigMap name a workload's own Envoy config goes into.
-pub fn envoy_configmap_name(workload: &str) -> String {
-    format!("{workload}-portcullis-envoy")
+/// Gives the Envoy sidecar its own config inline (`--config-yaml`, the whole bootstrap, instead of `-c` on
+/// the shared ConfigMap's file) and drops the then unused mount and volume. Inline, because a webhook can
+/// only patch the pod, never create a ConfigMap beside it: `inject` and the webhook share this one form.
+fn inline_envoy_config(side: &mut PodSpec, config: String) -> Result<(), InjectError> {
+    let envoy = side
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .find(|c| c.name == ENVOY_CONTAINER)
+        .ok_or_else(|| InjectError::Overlay(format!("no {ENVOY_CONTAINER} sidecar")))?;
+    let args = envoy.args.get_or_insert_with(Vec::new);
+    let at = args
+        .iter()
+        .position(|a| a == "-c")
+        .filter(|i| i + 1 < args.len())
+        .ok_or_else(|| InjectError::Overlay(format!("the {ENVOY_CONTAINER} sidecar has no `-c FILE` argument")))?;
+    args.splice(at..at + 2, ["--config-yaml".to_string(), config]);
+    if let Some(m) = envoy.volume_mounts.as_mut() {
+        m.retain(|m| m.name != ENVOY_VOLUME);
+    }
+    if let Some(v) = side.volumes.as_mut() {
+        v.retain(|v| v.name != ENVOY_VOLUME);
+    }
+    Ok(())
 }
 
 pub fn inject_pod(workload: &ObjectMeta, pod: &mut ObjectMeta, spec: &mut PodSpec) -> Result<Outcome, InjectError> {
@@ -122,16 +144,10 @@ pub fn inject_pod(workload: &ObjectMeta, pod: &mut ObjectMeta, spec: &mut PodSpe
     }
     let app_port = app_port(&ann, spec)?;
     let options = route_options(&ann);
-    let envoy_config = if app_port == envoy::DEFAULT_APP_PORT && options.is_empty() {
-        None
-    } else {
-        let name = envoy_configmap_name(workload.name.as_deref().unwrap_or("pod"));
-        for v in side.volumes.iter_mut().flatten().filter(|v| v.name == ENVOY_VOLUME) {
-            v.config_map =
-                Some(ConfigMapVolumeSource { name: name.clone(), ..v.config_map.take().unwrap_or_default() });
-        }
-        Some(envoy::config_for(app_port, &options).map_err(InjectError::Overlay)?)
-    };
+    let own_envoy_config = app_port != envoy::DEFAULT_APP_PORT || !options.is_empty();
+    if own_envoy_config {
+        inline_envoy_config(&mut side, envoy::config_for(app_port, &options).map_err(InjectError::Overlay)?)?;
+    }
 
     let mut extras = Vec::new();
     let pod_labels = pod.labels.get_or_insert_with(BTreeMap::new);
@@ -152,7 +168,7 @@ pub fn inject_pod(workload: &ObjectMeta, pod: &mut ObjectMeta, spec: &mut PodSpe
     if !extras.is_empty() {
         a.insert(ADDED.to_string(), extras.join(","));
     }
-    Ok(Outcome::Injected(Injected { app_port, envoy_config, labels: pod_labels.clone() }))
+    Ok(Outcome::Injected(Injected { app_port, own_envoy_config, labels: pod_labels.clone() }))
 }
 
 /// Removes what `inject_pod` added; false when the pod was not injected.
@@ -192,4 +208,58 @@ pub fn uninject_pod(pod: &mut ObjectMeta, spec: &mut PodSpec) -> Result<bool, In
         pod.labels = None;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: &[(&str, &str)]) -> (ObjectMeta, PodSpec) {
+        let meta = ObjectMeta {
+            annotations: (!annotations.is_empty())
+                .then(|| annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Default::default()
+        };
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{ "name": "app", "image": "x", "ports": [{ "containerPort": 8081 }, { "name": "api", "containerPort": 3000 }] }]
+        }))
+        .unwrap();
+        (meta, spec)
+    }
+
+    fn envoy_args(spec: &PodSpec) -> Vec<String> {
+        let c = spec.init_containers.iter().flatten().find(|c| c.name == ENVOY_CONTAINER).unwrap();
+        c.args.clone().unwrap()
+    }
+
+    #[test]
+    fn the_app_port_annotation_may_name_a_container_port() {
+        let (mut meta, mut spec) = pod(&[(APP_PORT, "api")]);
+        let Outcome::Injected(i) = inject_pod(&ObjectMeta::default(), &mut meta, &mut spec).unwrap() else {
+            panic!("not injected")
+        };
+        assert_eq!(i.app_port, 3000);
+        assert!(i.own_envoy_config);
+        let args = envoy_args(&spec);
+        assert_eq!(args[0], "--config-yaml");
+        assert!(args[1].contains("port_value: 3000"));
+        assert!(spec.volumes.iter().flatten().all(|v| v.name != ENVOY_VOLUME));
+        let (mut meta, mut spec) = pod(&[(APP_PORT, "nope")]);
+        assert!(matches!(inject_pod(&ObjectMeta::default(), &mut meta, &mut spec), Err(InjectError::AppPort(_))));
+    }
+
+    #[test]
+    fn the_default_port_keeps_the_shared_config_and_uninject_is_exact() {
+        for ann in [&[][..], &[(APP_PORT, "api"), ("portcullis.io/dry-run", "true")][..]] {
+            let (meta0, spec0) = pod(ann);
+            let (mut meta, mut spec) = (meta0.clone(), spec0.clone());
+            let Outcome::Injected(i) = inject_pod(&ObjectMeta::default(), &mut meta, &mut spec).unwrap() else {
+                panic!("not injected")
+            };
+            assert_eq!(i.own_envoy_config, !ann.is_empty());
+            assert_eq!(envoy_args(&spec)[0] == "-c", ann.is_empty());
+            assert!(uninject_pod(&mut meta, &mut spec).unwrap());
+            assert_eq!((meta, spec), (meta0, spec0));
+        }
+    }
 }

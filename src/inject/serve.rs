@@ -1,7 +1,9 @@
-//! `portcullis webhook`: the admission decision (`webhook::review`) served at `POST /mutate` over TLS.
+//! `portcullis webhook`: the admission decision (`webhook::review`) served at `POST /mutate` over TLS, with
+//! `GET /healthz` and Prometheus `GET /metrics` on the same listener.
 //! The certificate and key are read from files and read again on the first handshake after either file
 //! changes (a Kubernetes Secret update swaps a symlink: the modification time of the target changes); a
-//! pair that fails to load keeps the previous one serving, with a log line.
+//! pair that fails to load, or whose key is not the certificate's, keeps the previous one serving, with a
+//! log line, and is tried again at the next handshake.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,9 +43,11 @@ fn load(cert: &PathBuf, key: &PathBuf) -> Result<Arc<CertifiedKey>, String> {
         return Err(format!("{}: no certificate", cert.display()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let signing =
-        rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| format!("{}: {e}", key.display()))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+    // from_der also refuses a key that is not the certificate's: a renewal caught between its two files
+    // keeps the previous pair serving instead of failing every handshake.
+    let pair = CertifiedKey::from_der(certs, key_der, &rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("{} + {}: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(pair))
 }
 
 impl Reloading {
@@ -75,9 +79,18 @@ async fn mutate(body: axum::body::Bytes) -> axum::Json<serde_json::Value> {
     axum::Json(webhook::review(&body))
 }
 
+async fn metrics() -> String {
+    crate::telemetry::metrics().render()
+}
+
 /// Serves until SIGTERM or SIGINT.
 pub async fn serve(listen: SocketAddr, cert: PathBuf, key: PathBuf) -> Result<(), String> {
     let resolver = Arc::new(Reloading::new(cert, key)?);
+    crate::telemetry::metrics();
+    // Every outcome is a series from the start: an alert on `not_injectable` needs no absent().
+    for o in webhook::Reviewed::ALL {
+        metrics::counter!("portcullis_webhook_reviews_total", "outcome" => o.label()).increment(0);
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -86,7 +99,10 @@ pub async fn serve(listen: SocketAddr, cert: PathBuf, key: PathBuf) -> Result<()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let app = axum::Router::new().route("/mutate", post(mutate)).route("/healthz", get(|| async { "ok" }));
+    let app = axum::Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics));
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("{listen}: {e}"))?;
     tracing::info!(%listen, "webhook serving /mutate");
     let mut term =
