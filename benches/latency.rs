@@ -329,6 +329,7 @@ async fn assertion_section() {
         session_id: session,
         assertion: None,
         bearer: None,
+        delegated: None,
     };
     let es = generate_key(KeyAlg::Es256).unwrap();
     let a = Asserter::new(KeySet::parse(&[&es]).unwrap(), "https://app", "https://app", Duration::from_secs(60));

@@ -218,9 +218,7 @@ impl Authorizer {
             DelegationError::Exchange(ExchangeError::InteractionRequired) => Deny::InteractionRequired,
             DelegationError::Exchange(ExchangeError::InvalidGrant) => Deny::DelegationInvalidGrant,
             DelegationError::Exchange(ExchangeError::Refused(_)) => Deny::DelegationRefused,
-            DelegationError::Exchange(ExchangeError::Unavailable(_)) | DelegationError::Lost(_) => {
-                Deny::IdpUnavailable
-            }
+            DelegationError::Exchange(ExchangeError::Unavailable(_)) | DelegationError::Lost(_) => Deny::IdpUnavailable,
             DelegationError::Redis(_) => Deny::RedisUnavailable,
             DelegationError::Tampered => Deny::Tampered,
             DelegationError::UnknownKey => Deny::UnknownKey,

@@ -236,7 +236,9 @@ impl Delegator {
         };
         match stored {
             Ok(true) => {}
-            Ok(false) => tracing::debug!(provider = %p.name, "delegated token not cached: the session changed meanwhile"),
+            Ok(false) => {
+                tracing::debug!(provider = %p.name, "delegated token not cached: the session changed meanwhile")
+            }
             Err(e) => tracing::warn!(provider = %p.name, error = %e, "could not cache the delegated token"),
         }
         Ok(d.token.access_token)
