@@ -204,6 +204,8 @@ const configuration = {
     groups: ['groups'],
   },
   scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
+  // A token-exchange token's delegation claims (introspection shows them); other tokens have none.
+  extraTokenClaims: async (_ctx, token) => token.delegation,
   // The ID token carries the claims (not only userinfo), as Ping and Entra do.
   conformIdTokenClaims: false,
   cookies: {
@@ -280,7 +282,8 @@ async function tokenExchange(ctx) {
     sid: subject.sid,
     scope: params.scope || undefined,
   });
-  token.extra = { act: { sub: client.clientId }, delegated_audience: params.audience || undefined };
+  // Kept in the token by extraTokenClaims below (oidc-provider fills `extra` from it when saving).
+  token.delegation = { act: { sub: client.clientId }, delegated_audience: params.audience || undefined };
   const value = await token.save();
   ctx.body = {
     access_token: value,
