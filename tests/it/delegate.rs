@@ -190,6 +190,26 @@ async fn an_audience_route_gets_a_token_for_that_audience_and_admin_counts_witho
             json!({"provider": "corp", "scope": "orders.read", "tokens": 1}),
         ]
     );
+
+    // The CLI reads the same report from Redis with the same key ring.
+    let key = secrecy::ExposeSecret::expose_secret(&e.cfg.session.encryption_keys[0]).to_string();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let toml = format!(
+        "[server]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npublic_url = \"http://x\"\n\
+         [redis]\nurl = \"{}\"\n[session]\nencryption_keys = [\"{key}\"]\n",
+        e.redis.url()
+    );
+    std::fs::write(file.path(), toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["delegations", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains(&token), "never a token: {stdout}");
+    let listed: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(listed, rows, "{stdout}");
     e.app.shutdown().await;
 }
 
@@ -374,8 +394,12 @@ async fn an_edited_or_moved_delegated_token_is_a_tampered_session() {
         .arg(&sealed)
         .query(&mut e.redis.conn())
         .unwrap();
-    // The session's own fields and MAC are untouched: a route that does not delegate still passes.
-    assert_eq!(e.app.check(on_route(&e.app, &cookie, &[], &[])).await.status(), 200);
+    // The session's own fields and MAC are untouched: a route that does not delegate still passes, and
+    // removes a client-sent token header (Envoy strips it too).
+    let forged = [(HEADER, "forged-by-the-client")];
+    let r = e.app.check(on_route(&e.app, &cookie, &[], &forged)).await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert!(r.removed().iter().any(|h| h == HEADER) && !r.upstream_headers(&forged).contains_key(HEADER));
     let r = delegating(&e.app, &cookie, "orders.write").await;
     assert_eq!(r.status(), 401, "{r:?}");
     assert!(!e.redis.exists(&format!("session:{}", s.id)), "a tampered session is deleted");
