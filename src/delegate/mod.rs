@@ -85,6 +85,17 @@ impl From<crate::store::StoreError> for DelegationError {
 
 type Outcome = Result<String, DelegationError>;
 
+/// Where one session's token for one route value lives, and what it must serve.
+struct Place<'a> {
+    /// The session id.
+    id: &'a str,
+    slot: &'a str,
+    /// The session-hash field, `dlg:{slot}`.
+    name: &'a str,
+    /// The route's `portcullis.delegate` value.
+    target: &'a str,
+}
+
 /// Gets delegated tokens for sessions of the configured providers.
 pub struct Delegator {
     providers: HashMap<String, Arc<Provider>>,
@@ -116,9 +127,10 @@ impl Delegator {
         let p = self.providers.get(&s.provider).ok_or_else(|| DelegationError::UnknownProvider(s.provider.clone()))?;
         let slot = slot(&s.provider, target);
         let name = crate::keys::delegated_field(&slot);
+        let at = Place { id: &s.id, slot: &slot, name: &name, target };
         if !refreshed {
             if let Some((_, stored)) = s.delegated.iter().find(|(f, _)| *f == name) {
-                if let Some(t) = self.usable(p, &s.id, &name, stored, target, &subject_tag(&s.access_token), now)? {
+                if let Some(t) = self.usable(p, &at, stored, &subject_tag(&s.access_token), now)? {
                     return Ok(t);
                 }
             }
@@ -128,51 +140,43 @@ impl Delegator {
             let (me, p) = (self.clone(), p.clone());
             let seen = (!refreshed).then(|| (s.access_token.clone(), subject.map(str::to_string)));
             let (id, target) = (s.id.clone(), target.to_string());
-            async move { me.elect(&p, &id, seen, &slot, &name, &target).await }
+            async move {
+                let at = Place { id: &id, slot: &slot, name: &name, target: &target };
+                me.elect(&p, &at, seen).await
+            }
         };
         self.flight.run(key, make, |e| Err(DelegationError::Lost(e))).await
     }
 
-    /// The token in `stored` if it serves `target` for the access token tagged `subject` at `now`.
-    #[allow(clippy::too_many_arguments)]
+    /// The token in `stored` if it serves `at.target` for the access token tagged `subject` at `now`.
     fn usable(
         &self,
         p: &Provider,
-        id: &str,
-        name: &str,
+        at: &Place<'_>,
         stored: &str,
-        target: &str,
         subject: &str,
         now: i64,
     ) -> Result<Option<String>, DelegationError> {
-        let d = Delegated::open(&p.store.keys(), id, name, stored)?;
-        Ok(d.filter(|d| d.serves(&p.name, target, subject, now, self.margin_secs)).map(|d| d.token.access_token))
+        let d = Delegated::open(&p.store.keys(), at.id, at.name, stored)?;
+        Ok(d.filter(|d| d.serves(&p.name, at.target, subject, now, self.margin_secs)).map(|d| d.token.access_token))
     }
 
     /// Across replicas: the lock holder exchanges, the others wait for its token (or for the lock).
-    async fn elect(
-        &self,
-        p: &Provider,
-        id: &str,
-        seen: Option<(String, Option<String>)>,
-        slot: &str,
-        name: &str,
-        target: &str,
-    ) -> Outcome {
+    async fn elect(&self, p: &Provider, at: &Place<'_>, seen: Option<(String, Option<String>)>) -> Outcome {
         let redis = p.store.redis();
-        let key = crate::keys::delegation_lock(id, slot);
+        let key = crate::keys::delegation_lock(at.id, at.slot);
         let ttl = p.lock_ttl();
         let deadline = Instant::now() + ttl * 2;
         loop {
             if let Some(lock) = RedisLock::try_acquire(redis, key.clone(), ttl).await? {
-                let r = self.lead(p, id, seen, name, target).await;
+                let r = self.lead(p, at, seen).await;
                 if let Err(e) = lock.release(redis).await {
                     tracing::warn!(error = %e, "could not release a delegation lock; it expires by itself");
                 }
                 return r;
             }
             tokio::time::sleep(FOLLOWER_POLL).await;
-            if let Some(t) = self.reread(p, id, name, target).await?.1 {
+            if let Some(t) = self.reread(p, at).await?.1 {
                 return Ok(t);
             }
             if Instant::now() >= deadline {
@@ -183,40 +187,27 @@ impl Delegator {
     }
 
     /// The session's access token (as stored) and the token its field holds, if that one serves.
-    async fn reread(
-        &self,
-        p: &Provider,
-        id: &str,
-        name: &str,
-        target: &str,
-    ) -> Result<(String, Option<String>), DelegationError> {
-        let (current, stored) = p.store.delegated(id, name).await?;
+    async fn reread(&self, p: &Provider, at: &Place<'_>) -> Result<(String, Option<String>), DelegationError> {
+        let (current, stored) = p.store.delegated(at.id, at.name).await?;
         let current = current.ok_or(DelegationError::SessionGone)?;
         let found = match stored {
-            Some(v) => self.usable(p, id, name, &v, target, &subject_tag(&current), crate::now())?,
+            Some(v) => self.usable(p, at, &v, &subject_tag(&current), crate::now())?,
             None => None,
         };
         Ok((current, found))
     }
 
     /// Holding the lock: a token someone stored meanwhile, else one exchange, stored for everyone.
-    async fn lead(
-        &self,
-        p: &Provider,
-        id: &str,
-        seen: Option<(String, Option<String>)>,
-        name: &str,
-        target: &str,
-    ) -> Outcome {
-        let (current, found) = self.reread(p, id, name, target).await?;
+    async fn lead(&self, p: &Provider, at: &Place<'_>, seen: Option<(String, Option<String>)>) -> Outcome {
+        let (current, found) = self.reread(p, at).await?;
         if let Some(t) = found {
             return Ok(t);
         }
         let subject = match seen {
             Some((ciphertext, Some(plain))) if ciphertext == current => plain,
-            _ => p.store.keys().decrypt(id, field::ACCESS_TOKEN, &current)?,
+            _ => p.store.keys().decrypt(at.id, field::ACCESS_TOKEN, &current)?,
         };
-        let issued = exchange::exchange(p, &subject, target).await?;
+        let issued = exchange::exchange(p, &subject, at.target).await?;
         let now_ms = crate::now_ms();
         let lifetime = i64::try_from(issued.expires_in.as_secs()).unwrap_or(i64::MAX / 2);
         let d = Delegated {
@@ -226,12 +217,12 @@ impl Delegator {
                 expires_at: now_ms.div_euclid(1000).saturating_add(lifetime),
                 issued_at_ms: Some(now_ms),
             },
-            target: target.to_string(),
+            target: at.target.to_string(),
             subject: subject_tag(&current),
         };
         tracing::info!(provider = %p.name, expires_in = lifetime, "delegated token issued");
-        let stored = match d.seal(&p.store.keys(), id, name) {
-            Ok(sealed) => p.store.put_delegated(id, &current, name, &sealed).await.map_err(|e| e.to_string()),
+        let stored = match d.seal(&p.store.keys(), at.id, at.name) {
+            Ok(sealed) => p.store.put_delegated(at.id, &current, at.name, &sealed).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match stored {
