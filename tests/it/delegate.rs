@@ -416,3 +416,22 @@ async fn an_edited_or_moved_delegated_token_is_a_tampered_session() {
     assert!(!e.redis.exists(&format!("session:{}", s.id)));
     e.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_cached_delegated_token_costs_no_redis_command_beyond_the_checks_hgetall() {
+    let e = setup("", "").await;
+    let (cookie, _) = plant(&e.app, "corp", "alice", e.idp.login("alice").await).await;
+    let first = delegating(&e.app, &cookie, "orders.read").await;
+    assert_eq!(first.status(), 200);
+    e.redis.reset_stats();
+    for _ in 0..5 {
+        let r = delegating(&e.app, &cookie, "orders.read").await;
+        assert_eq!(r.header(HEADER), first.header(HEADER));
+    }
+    let ours = ["ping", "config|resetstat", "info"];
+    let executed: std::collections::BTreeMap<String, u64> =
+        e.redis.commandstats().into_iter().filter(|(k, _)| !ours.contains(&k.as_str())).collect();
+    assert_eq!(executed, [("hgetall".to_string(), 5)].into(), "the token came with the session's HGETALL");
+    assert_eq!(e.idp.count(EXCHANGE).await, 1);
+    e.app.shutdown().await;
+}
