@@ -26,14 +26,14 @@ return 1
 "#;
 
 /// Write token fields only while the session still exists, so a refresh never resurrects a logout; the
-/// delegated tokens (`dlg:*`) derived from the old access token go with it.
+/// delegated tokens (`dlg:*`, `{DLG}` below) derived from the old access token go with it.
 /// KEYS[1] = session key; ARGV = field, value pairs.
 const UPDATE_IF_EXISTS: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
-local stale = {}
+local stale, prefix = {}, '{DLG}'
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, 4) == 'dlg:' then stale[#stale + 1] = f end
+  if string.sub(f, 1, #prefix) == prefix then stale[#stale + 1] = f end
 end
 if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
 return 1
@@ -89,7 +89,9 @@ impl SessionStore {
             absolute: cfg.absolute_timeout.as_secs().max(1) as i64,
             slide_after: cfg.slide_after.as_secs() as i64,
             slide_script: Arc::new(Script::new(SLIDE)),
-            update_script: Arc::new(Script::new(UPDATE_IF_EXISTS)),
+            update_script: Arc::new(Script::new(
+                &UPDATE_IF_EXISTS.replace("{DLG}", crate::keys::DELEGATED_FIELD_PREFIX),
+            )),
             delegated_script: Arc::new(Script::new(PUT_DELEGATED)),
         }
     }
