@@ -5,7 +5,7 @@
 //!
 //!   cargo bench --bench latency             # every section
 //!   cargo bench --bench latency -- check    # only sections whose name contains an argument (check, m2m,
-//!                                           # assertion)
+//!                                           # assertion, delegate)
 //!
 //! Numbers only, no pass/fail. `cargo test --all-targets` (`make test`) also builds this target and, since
 //! it has `harness = false`, runs it without arguments: `main` returns at once unless cargo bench passed
@@ -52,6 +52,9 @@ fn main() {
         }
         if wanted("assertion") {
             assertion_section().await;
+        }
+        if wanted("delegate") {
+            delegate_section().await;
         }
     });
 }
@@ -329,6 +332,7 @@ async fn assertion_section() {
         session_id: session,
         assertion: None,
         bearer: None,
+        delegated: None,
     };
     let es = generate_key(KeyAlg::Es256).unwrap();
     let a = Asserter::new(KeySet::parse(&[&es]).unwrap(), "https://app", "https://app", Duration::from_secs(60));
@@ -355,4 +359,39 @@ async fn assertion_section() {
         rows.push(row(name, t, "a new session each call".into()));
     }
     print_table("One assertion: cache hit against signing", &rows);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Delegated tokens: what a cached `portcullis.delegate` token adds to a Check (open the sealed field, two
+// SHA-256s), against the same session on a route that does not delegate. `max_staleness` keeps the IdP out
+// of both loops, so the difference is the delegation's own cost.
+
+async fn delegate_section() {
+    let redis = RedisServer::start();
+    let idp = IdpServer::start().await;
+    let app = idp_app(&redis, &idp, "", "[revalidation]\nmode = \"max_staleness\"\nmax_staleness = \"300s\"").await;
+    let cookie = real_session(&app, &idp).await;
+    let plain = request("GET", "/api/me", &[("cookie", cookie.as_str())]);
+    let mut delegating = plain.clone();
+    let ext = &mut delegating.attributes.as_mut().expect("attributes").context_extensions;
+    ext.insert("portcullis.delegate".into(), "orders.read".into());
+    let mut rows = Vec::new();
+    for _round in 0..2 {
+        for (name, req) in [
+            ("route without portcullis.delegate (baseline)", &plain),
+            ("portcullis.delegate, token cached", &delegating),
+        ] {
+            let t = measure(300, 3000, || {
+                let req = req.clone();
+                async { assert_eq!(app.check(req).await.status(), 200, "the bench measures the wrong thing") }
+            })
+            .await;
+            rows.push(row(name, t, String::new()));
+        }
+    }
+    let exchanges = idp.count("/token:urn:ietf:params:oauth:grant-type:token-exchange").await;
+    let last = rows.len() - 1;
+    rows[last].note = format!("{exchanges} token exchange(s) in all");
+    print_table("Check with a delegated token: sequential gRPC calls, one client, loopback (two rounds)", &rows);
+    app.shutdown().await;
 }

@@ -44,6 +44,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/sessions", get(list).delete(revoke_user))
         .route("/admin/sessions/{handle}", delete(revoke_one))
         .route("/admin/stats", get(stats))
+        .route("/admin/delegations", get(delegations))
         .route("/admin/m2m", get(m2m_status))
         .route("/admin/m2m/{provider}/refresh", post(m2m_refresh))
         .route("/admin/m2m/{provider}", delete(m2m_forget))
@@ -145,6 +146,14 @@ async fn stats(_: State<Arc<AdminState>>, _: HeaderMap) -> Response {
         "version": crate::telemetry::version_string(),
     }))
     .into_response()
+}
+
+/// Delegated tokens cached per provider and scope (a SCAN over the sessions); never a token.
+async fn delegations(State(s): State<Arc<AdminState>>) -> Response {
+    match crate::delegate::report::cached(&s.store, crate::now()).await {
+        Ok(rows) => Json(json!({"delegations": rows})).into_response(),
+        Err(_) => unavailable(),
+    }
 }
 
 fn no_m2m() -> Response {

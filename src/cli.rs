@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check-config`, `keygen`, `sessions list|revoke`, `m2m status|refresh`,
-//! `healthcheck`, `inject|uninject` (also as the kubectl plugin `kubectl-portcullis`).
+//! The command line: `serve`, `check-config`, `keygen`, `sessions list|revoke`, `delegations`,
+//! `m2m status|refresh`, `healthcheck`, `inject|uninject` (also as the kubectl plugin `kubectl-portcullis`).
 //! Exit codes: 0 ok, 1 runtime failure, 64 bad config.
 
 use std::path::PathBuf;
@@ -40,6 +40,8 @@ pub enum Command {
         #[command(subcommand)]
         action: SessionsAction,
     },
+    /// How many delegated tokens (`portcullis.delegate`) are cached, per provider and scope (never a token).
+    Delegations,
     /// The shared M2M (client-credentials) tokens in Redis.
     M2m {
         #[command(subcommand)]
@@ -181,6 +183,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Sessions { action } => run(false, sessions(cfg, action)),
+        Command::Delegations => run(false, delegations(cfg)),
         Command::M2m { command } => {
             crate::telemetry::init_logs(crate::config::LogFormat::Text);
             run(false, m2m(cfg, command))
@@ -282,6 +285,15 @@ async fn sessions(cfg: Config, action: SessionsAction) -> Result<(), String> {
             let n = store.delete_indexed(&key).await.map_err(|e| format!("redis: {e}"))?;
             println!("revoked {n} session(s) of {user}");
         }
+    }
+    Ok(())
+}
+
+/// One JSON line per provider and scope: `{"provider":..,"scope":..,"tokens":N}`.
+async fn delegations(cfg: Config) -> Result<(), String> {
+    let store = session_store(&cfg)?;
+    for row in crate::delegate::report::cached(&store, crate::now()).await.map_err(|e| format!("redis: {e}"))? {
+        println!("{}", serde_json::json!(row));
     }
     Ok(())
 }

@@ -35,6 +35,22 @@ pub fn refresh_lock(session_id: &str) -> String {
     format!("lock:refresh:{session_id}")
 }
 
+/// `dlg:{slot}`: not a key but a FIELD of `session:{id}`, holding one delegated token (sealed under the key
+/// ring, AAD = the session id and this field name). `slot` is 16 hex digits of SHA-256 over the provider and
+/// the route's `portcullis.delegate` value ([`crate::delegate::slot`]). In the session's hash it is read by
+/// the check's one `HGETALL`, lives in the session's hash slot, and is deleted with the session.
+pub fn delegated_field(slot: &str) -> String {
+    format!("{DELEGATED_FIELD_PREFIX}{slot}")
+}
+
+/// What every delegated-token field of a session hash starts with.
+pub const DELEGATED_FIELD_PREFIX: &str = "dlg:";
+
+/// `lock:delegate:{id}:{slot}`: one token exchange per session and scope at a time across replicas.
+pub fn delegation_lock(session_id: &str, slot: &str) -> String {
+    format!("lock:delegate:{session_id}:{slot}")
+}
+
 /// `pkce:{state}`: a pending login (PKCE verifier, nonce, return URL), used once.
 pub fn pkce(state: &str) -> String {
     format!("pkce:{state}")
@@ -74,6 +90,8 @@ mod tests {
         assert_eq!(m2m_lock("P", "s"), "lock:m2m_token:P:s");
         assert_eq!(refresh_lock("a"), "lock:refresh:a");
         assert_eq!(pkce("st"), "pkce:st");
+        assert_eq!(delegated_field("0123456789abcdef"), "dlg:0123456789abcdef");
+        assert_eq!(delegation_lock("a", "s"), "lock:delegate:a:s");
         assert_eq!(auth_failures("c"), "auth:failures:c");
         assert_eq!(login_starts("c"), "login_starts:c");
         assert_eq!(login_starts_total(), "login_starts_total");

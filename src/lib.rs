@@ -15,6 +15,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod delegate;
 pub mod healthcheck;
 pub mod http;
 pub mod idp;

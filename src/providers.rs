@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::config::{Config, ProviderKind};
+use crate::delegate::Delegator;
 use crate::idp::bearer::BearerVerifier;
 use crate::idp::discovery::Discovery;
 use crate::idp::provider::Provider;
@@ -26,6 +27,8 @@ pub struct Providers {
     pub m2m: Option<Arc<M2mManager>>,
     /// Judges `Authorization: Bearer` tokens, when a provider for them can be named (`[bearer]`).
     pub bearer: Option<Arc<BearerVerifier>>,
+    /// Delegated tokens (`portcullis.delegate`) through the same providers.
+    pub delegator: Option<Arc<Delegator>>,
 }
 
 /// Where the providers' M2M tokens come from.
@@ -144,6 +147,7 @@ pub async fn build(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Provide
             out.bearer = Some(Arc::new(BearerVerifier::new(p.clone(), &cfg.bearer, &cfg.revalidation)));
         }
     }
+    out.delegator = Some(Delegator::new(providers.iter().map(|(p, _)| p.clone()), cfg.m2m.safety_margin));
     let redirect_uri = format!("{}/oauth2/callback", cfg.server.public_url.trim_end_matches('/'));
     for (p, transport) in providers {
         let inner: Arc<dyn Validator> = match p.cfg.kind {

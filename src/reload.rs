@@ -22,6 +22,7 @@ use crate::assertion::Asserter;
 use crate::authz::grpc::LiveAuthorizer;
 use crate::authz::Authorizer;
 use crate::config::{Config, SessionConfig};
+use crate::delegate::Delegator;
 use crate::idp::bearer::BearerVerifier;
 use crate::idp::Validators;
 use crate::login::LoginState;
@@ -112,6 +113,7 @@ struct State {
     cfg: Config,
     validators: Validators,
     bearer: Option<Arc<BearerVerifier>>,
+    delegator: Option<Arc<Delegator>>,
     providers: [u8; 32],
 }
 
@@ -120,6 +122,7 @@ pub struct Parts {
     pub store: SessionStore,
     pub validators: Validators,
     pub bearer: Option<Arc<BearerVerifier>>,
+    pub delegator: Option<Arc<Delegator>>,
     pub asserter: Option<Arc<Asserter>>,
     pub admin: Option<Arc<AdminState>>,
     pub login: Arc<LoginState>,
@@ -142,6 +145,7 @@ impl Reloader {
                 cfg: cfg.clone(),
                 validators: p.validators,
                 bearer: p.bearer,
+                delegator: p.delegator,
                 providers: providers_digest(cfg),
             }),
             files: Mutex::new(secret_files(cfg)),
@@ -194,18 +198,25 @@ impl Reloader {
             tracing::info!("[providers], [revalidation] or [bearer] changed: rebuilding the providers");
             Some(crate::providers::build(&eff, choice, self.store.clone()).await)
         };
-        let (validators, bearer) = match &rebuilt {
-            Some(p) => (p.validators.clone(), p.bearer.clone()),
-            None => (current.validators.clone(), current.bearer.clone()),
+        let (validators, bearer, delegator) = match &rebuilt {
+            Some(p) => (p.validators.clone(), p.bearer.clone(), p.delegator.clone()),
+            None => (current.validators.clone(), current.bearer.clone(), current.delegator.clone()),
         };
-        let authz =
-            Authorizer::new(self.store.clone(), validators.clone(), &eff, self.asserter.clone(), bearer.clone());
+        let authz = Authorizer::new(
+            self.store.clone(),
+            validators.clone(),
+            &eff,
+            self.asserter.clone(),
+            bearer.clone(),
+            delegator.clone(),
+        );
         self.store.set_keys(ring);
         self.live.store(authz);
         if let Some(p) = rebuilt {
             self.login.providers.store(Arc::new(p.login));
         }
-        (current.validators, current.bearer, current.providers) = (validators, bearer, digest);
+        (current.validators, current.bearer, current.delegator, current.providers) =
+            (validators, bearer, delegator, digest);
         if let (Some(admin), Some(token)) = (&self.admin, &new.server.admin_token) {
             admin.set_token(token.expose_secret());
         }

@@ -83,7 +83,15 @@ impl Server {
         let asserter = crate::assertion::Asserter::from_config(&cfg.assertion, &cfg.server.public_url)?;
         let validators = providers.validators.clone();
         let bearer = providers.bearer.clone();
-        let authorizer = Authorizer::new(store.clone(), providers.validators, cfg, asserter.clone(), providers.bearer);
+        let delegator = providers.delegator.clone();
+        let authorizer = Authorizer::new(
+            store.clone(),
+            providers.validators,
+            cfg,
+            asserter.clone(),
+            providers.bearer,
+            providers.delegator,
+        );
         let live: LiveAuthorizer = Arc::new(arc_swap::ArcSwap::new(authorizer.clone()));
         let login = Arc::new(LoginState {
             redis: redis.clone(),
@@ -165,6 +173,7 @@ impl Server {
             store: login.store.clone(),
             validators,
             bearer,
+            delegator,
             asserter,
             admin,
             login: login.clone(),

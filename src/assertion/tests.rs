@@ -13,6 +13,7 @@ fn allowed(user: &str, groups: &[&str]) -> Allowed {
         session_id: format!("session-of-{user}"),
         assertion: None,
         bearer: None,
+        delegated: None,
     }
 }
 

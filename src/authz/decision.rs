@@ -8,9 +8,11 @@ use tracing::Instrument;
 use crate::assertion::Asserter;
 use crate::config::{Config, HeadersConfig, SessionConfig};
 use crate::crypto::CryptoError;
+use crate::delegate::exchange::ExchangeError;
+use crate::delegate::{DelegationError, Delegator};
 use crate::idp::bearer::BearerVerifier;
 use crate::idp::{Identity, IdpError, Validators};
-use crate::session::{cookie, Expiry, LoadError, Session, SessionStore};
+use crate::session::{cookie, Expiry, LoadError, Session, SessionStore, Tokens};
 
 use super::audit::Who;
 use super::{CheckInput, Deny};
@@ -39,6 +41,17 @@ pub struct Allowed {
     pub assertion: Option<String>,
     /// Set when a bearer token, not a session, was the credential.
     pub bearer: Option<BearerUse>,
+    /// The route's delegated token (`portcullis.delegate`), for the upstream only.
+    pub delegated: Option<String>,
+}
+
+/// A session that passed every check, with what the delegation may need.
+struct Passed {
+    identity: Identity,
+    /// The tokens in the clear, when the check opened them (not on a `max_staleness` hit).
+    tokens: Option<Tokens>,
+    /// The check refreshed the tokens: the loaded session no longer shows what Redis holds.
+    refreshed: bool,
 }
 
 /// How a bearer-token allow is passed on.
@@ -64,6 +77,8 @@ pub struct Authorizer {
     bearer: Option<Arc<BearerVerifier>>,
     /// `[bearer] enabled`: every route accepts bearer tokens.
     bearer_everywhere: bool,
+    /// Delegated tokens for routes with `portcullis.delegate` (`None`: such routes are refused).
+    delegator: Option<Arc<Delegator>>,
 }
 
 impl Authorizer {
@@ -73,6 +88,7 @@ impl Authorizer {
         cfg: &Config,
         asserter: Option<Arc<Asserter>>,
         bearer: Option<Arc<BearerVerifier>>,
+        delegator: Option<Arc<Delegator>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -85,6 +101,7 @@ impl Authorizer {
             audit_allow_sample: cfg.server.audit_allow_sample,
             bearer,
             bearer_everywhere: cfg.bearer.enabled,
+            delegator,
         })
     }
 
@@ -146,7 +163,7 @@ impl Authorizer {
         };
         *who = Some(Who { user_id: session.user_id.clone(), provider: session.provider.clone() });
         match self.check_session(&session, input, now).await {
-            Ok(identity) => {
+            Ok(passed) => {
                 if self.store.slide_due(&session, now) {
                     // The rare second call; a session that could not slide is still valid for this request.
                     if let Err(e) = self.store.slide(&session, now).await {
@@ -157,10 +174,21 @@ impl Authorizer {
                     tracing::warn!(path = %input.path, "route requires groups but names none: denied");
                     return Err(Deny::Misconfigured);
                 };
-                if !required.is_empty() && !identity.groups.iter().any(|g| required.contains(&g.as_str())) {
+                if !required.is_empty() && !passed.identity.groups.iter().any(|g| required.contains(&g.as_str())) {
                     return Err(Deny::Forbidden);
                 }
-                Ok(Allowed { identity, provider: session.provider, session_id: id, assertion: None, bearer: None })
+                let delegated = match input.context_extensions.get(crate::delegate::DELEGATE) {
+                    None => None,
+                    Some(target) => Some(self.delegate(&session, &passed, target, now).await?),
+                };
+                Ok(Allowed {
+                    identity: passed.identity,
+                    provider: session.provider,
+                    session_id: id,
+                    assertion: None,
+                    bearer: None,
+                    delegated,
+                })
             }
             Err(deny) => {
                 if deny.clears_cookie() {
@@ -169,6 +197,38 @@ impl Authorizer {
                 Err(deny)
             }
         }
+    }
+
+    /// The route's delegated token for this session; no token, no allow. A deny that ends the session
+    /// (the IdP refuses the user's token, a tampered stored token) deletes it.
+    async fn delegate(&self, s: &Session, passed: &Passed, target: &str, now: i64) -> Result<String, Deny> {
+        let target = target.trim();
+        let Some(delegator) = self.delegator.as_ref().filter(|_| !target.is_empty()) else {
+            tracing::warn!("route asks for a delegated token but names no scope, or this server has no providers");
+            return Err(Deny::Misconfigured);
+        };
+        let subject = passed.tokens.as_ref().map(|t| t.access_token.as_str());
+        let e = match delegator.token(s, subject, passed.refreshed, target, now).await {
+            Ok(t) => return Ok(t),
+            Err(e) => e,
+        };
+        tracing::info!(session = cookie::short(&s.id), provider = %s.provider, scope = %target, error = %e, "no delegated token");
+        let deny = match e {
+            DelegationError::Exchange(ExchangeError::ConsentRequired) => Deny::ConsentRequired,
+            DelegationError::Exchange(ExchangeError::InteractionRequired) => Deny::InteractionRequired,
+            DelegationError::Exchange(ExchangeError::InvalidGrant) => Deny::DelegationInvalidGrant,
+            DelegationError::Exchange(ExchangeError::Refused(_)) => Deny::DelegationRefused,
+            DelegationError::Exchange(ExchangeError::Unavailable(_)) | DelegationError::Lost(_) => Deny::IdpUnavailable,
+            DelegationError::Redis(_) => Deny::RedisUnavailable,
+            DelegationError::Tampered => Deny::Tampered,
+            DelegationError::UnknownKey => Deny::UnknownKey,
+            DelegationError::SessionGone => Deny::UnknownSession,
+            DelegationError::UnknownProvider(_) => Deny::UnknownProvider,
+        };
+        if deny.clears_cookie() {
+            self.end(s, deny).await;
+        }
+        Err(deny)
     }
 
     /// A request with a bearer token instead of a session on a route that accepts them: the token's
@@ -199,12 +259,18 @@ impl Authorizer {
         if !input.bearer_scopes().iter().all(|s| p.scopes.iter().any(|have| have == s)) {
             return Err(Deny::BearerScope);
         }
+        if input.context_extensions.contains_key(crate::delegate::DELEGATE) {
+            // Delegated tokens are cached per session; a bearer request has none.
+            tracing::info!(path = %input.path, "a bearer request on a delegating route: refused");
+            return Err(Deny::DelegationRefused);
+        }
         Ok(Allowed {
             identity: p.identity.clone(),
             provider: v.provider().to_string(),
             session_id: format!("bearer:{}", BearerVerifier::token_id(token)),
             assertion: None,
             bearer: Some(BearerUse { client: p.client, pass: input.bearer_pass() }),
+            delegated: None,
         })
     }
 
@@ -221,7 +287,7 @@ impl Authorizer {
         all.contains(&name.as_str()) || identity_prefix(&all).is_some_and(|p| name.starts_with(p))
     }
 
-    async fn check_session(&self, s: &Session, input: &CheckInput<'_>, now: i64) -> Result<Identity, Deny> {
+    async fn check_session(&self, s: &Session, input: &CheckInput<'_>, now: i64) -> Result<Passed, Deny> {
         // First, on every check (cached or not): the clock fields below are only worth reading if authentic.
         self.store.verify(s).map_err(|e| {
             tracing::warn!(session = cookie::short(&s.id), error = %e, "session fields fail their MAC");
@@ -241,7 +307,7 @@ impl Authorizer {
         })?;
         if let Some(v) = validator.cached(s).await {
             // `max_staleness` within its window: the tokens are not needed, so they stay sealed.
-            return Ok(v.identity);
+            return Ok(Passed { identity: v.identity, tokens: None, refreshed: false });
         }
         let tokens = self.store.decrypt(s).map_err(|e| {
             tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
@@ -260,7 +326,10 @@ impl Authorizer {
             },
         );
         match validated {
-            Ok(v) => Ok(v.identity),
+            Ok(v) => {
+                let refreshed = v.refreshed.is_some();
+                Ok(Passed { identity: v.identity, tokens: Some(v.refreshed.unwrap_or(tokens)), refreshed })
+            }
             Err(e) => {
                 tracing::info!(session = cookie::short(&s.id), provider = %s.provider, error = %e, "revalidation failed");
                 Err(match e {

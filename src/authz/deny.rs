@@ -37,6 +37,15 @@ pub enum Deny {
     BearerInvalid,
     /// A valid bearer token without a scope the route requires (RFC 6750 `insufficient_scope`).
     BearerScope,
+    /// The IdP will not issue the route's delegated token until the user consents to it.
+    ConsentRequired,
+    /// The IdP will not issue the route's delegated token until the user interacts (MFA, a policy).
+    InteractionRequired,
+    /// The IdP refuses to exchange the user's token (`invalid_grant`): the session is over.
+    DelegationInvalidGrant,
+    /// The IdP refuses the exchange for another reason (`invalid_scope`, `unauthorized_client`...): a
+    /// route or IdP configuration problem. Never an allow without the token.
+    DelegationRefused,
 }
 
 /// What one [`Deny`] answers, before the browser-navigation redirect is considered.
@@ -52,11 +61,14 @@ pub struct Answer {
     pub retry_after: Option<u32>,
     /// RFC 6750 challenge for API clients: such a 401 is never turned into a login redirect.
     pub www_authenticate: Option<&'static str>,
+    /// The body names the route's delegated scope: `{"error":<this>,"scope":<portcullis.delegate>}`, so the
+    /// app can send the user to consent to exactly that.
+    pub names_scope: Option<&'static str>,
 }
 
 impl Deny {
     /// Every variant, in declaration order (`d as usize` indexes it).
-    pub const ALL: [Deny; 21] = [
+    pub const ALL: [Deny; 25] = [
         Deny::Malformed,
         Deny::IdentityHeader,
         Deny::NoCookie,
@@ -78,6 +90,10 @@ impl Deny {
         Deny::Assertion,
         Deny::BearerInvalid,
         Deny::BearerScope,
+        Deny::ConsentRequired,
+        Deny::InteractionRequired,
+        Deny::DelegationInvalidGrant,
+        Deny::DelegationRefused,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -103,13 +119,17 @@ impl Deny {
             Deny::Assertion => "assertion_failed",
             Deny::BearerInvalid => "bearer_invalid",
             Deny::BearerScope => "bearer_scope",
+            Deny::ConsentRequired => "consent_required",
+            Deny::InteractionRequired => "interaction_required",
+            Deny::DelegationInvalidGrant => "delegation_invalid_grant",
+            Deny::DelegationRefused => "delegation_refused",
         }
     }
 
     /// The answer table.
     pub fn answer(self) -> Answer {
         const fn a(status: u16, grpc: Code, body: &'static str, clears_cookie: bool) -> Answer {
-            Answer { status, grpc, body, clears_cookie, retry_after: None, www_authenticate: None }
+            Answer { status, grpc, body, clears_cookie, retry_after: None, www_authenticate: None, names_scope: None }
         }
         const UNAUTH: &str = r#"{"error":"unauthenticated"}"#;
         match self {
@@ -126,7 +146,8 @@ impl Deny {
             | Deny::Corrupt
             | Deny::Tampered
             | Deny::Revoked
-            | Deny::InvalidToken => a(401, Code::Unauthenticated, UNAUTH, true),
+            | Deny::InvalidToken
+            | Deny::DelegationInvalidGrant => a(401, Code::Unauthenticated, UNAUTH, true),
             Deny::BearerInvalid => Answer {
                 www_authenticate: Some(r#"Bearer error="invalid_token""#),
                 ..a(401, Code::Unauthenticated, UNAUTH, false)
@@ -136,6 +157,15 @@ impl Deny {
                 ..a(403, Code::PermissionDenied, r#"{"error":"forbidden"}"#, false)
             },
             Deny::Forbidden | Deny::Misconfigured => a(403, Code::PermissionDenied, r#"{"error":"forbidden"}"#, false),
+            Deny::ConsentRequired => Answer {
+                names_scope: Some("consent_required"),
+                ..a(403, Code::PermissionDenied, r#"{"error":"consent_required"}"#, false)
+            },
+            Deny::InteractionRequired => Answer {
+                names_scope: Some("interaction_required"),
+                ..a(403, Code::PermissionDenied, r#"{"error":"interaction_required"}"#, false)
+            },
+            Deny::DelegationRefused => a(403, Code::PermissionDenied, r#"{"error":"delegation_refused"}"#, false),
             // UnknownKey/UnknownProvider: this replica cannot judge the session (replicas differ mid-rollout),
             // so it stays in Redis for one that can.
             Deny::RedisUnavailable
@@ -175,6 +205,6 @@ mod tests {
             assert_eq!(a.retry_after.is_some(), a.status == 503, "{d:?}");
             assert!(!a.clears_cookie || a.status == 401, "{d:?}");
         }
-        assert_eq!(Deny::ALL.len(), Deny::BearerScope as usize + 1, "a new variant goes last and into ALL");
+        assert_eq!(Deny::ALL.len(), Deny::DelegationRefused as usize + 1, "a new variant goes last and into ALL");
     }
 }

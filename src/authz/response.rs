@@ -71,6 +71,13 @@ pub fn allow(
     if a.bearer.is_some_and(|b| !b.pass) {
         remove.push("authorization".into());
     }
+    // Only a route that asked gets one; a client-sent one is removed (Envoy strips it first too), and a
+    // request without one costs nothing.
+    match &a.delegated {
+        Some(t) => set.push(header(&h.delegated, t.as_str())),
+        None if input.header(&h.delegated).is_some() => remove.push(h.delegated.clone()),
+        None => {}
+    }
     ok(set, remove, input, s, response)
 }
 
@@ -138,12 +145,15 @@ pub fn deny(d: Deny, input: &CheckInput<'_>, s: &SessionConfig) -> CheckResponse
     if let Some(challenge) = a.www_authenticate {
         headers.push(header("www-authenticate", challenge));
     }
+    let scope = a.names_scope.zip(input.context_extensions.get(crate::delegate::DELEGATE));
     let (status, body) = if a.status == 401 && a.www_authenticate.is_none() && input.is_navigation() {
         let rd: String = url::form_urlencoded::byte_serialize(input.path.as_bytes()).collect();
         headers.push(header("location", format!("/oauth2/login?rd={rd}")));
-        (302, "")
+        (302, Cow::Borrowed(""))
+    } else if let Some((error, scope)) = scope {
+        (a.status, Cow::Owned(serde_json::json!({"error": error, "scope": scope}).to_string()))
     } else {
-        (a.status, a.body)
+        (a.status, Cow::Borrowed(a.body))
     };
     if !body.is_empty() {
         headers.push(header("content-type", "application/json"));
@@ -153,7 +163,7 @@ pub fn deny(d: Deny, input: &CheckInput<'_>, s: &SessionConfig) -> CheckResponse
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: i32::from(status) }),
             headers,
-            body: body.to_string(),
+            body: body.into_owned(),
         })),
         ..Default::default()
     }

@@ -14,6 +14,8 @@ pub struct HeadersConfig {
     pub jwt: String,
     /// `true` when a bearer token belongs to a machine client (client credentials), absent otherwise.
     pub client: String,
+    /// The delegated token on a route with `portcullis.delegate`; never the user's own tokens.
+    pub delegated: String,
     /// Read by nothing: kept only so start-up can refuse it by name (the `[assertion]` section replaces it).
     jwt_enabled: Option<IgnoredAny>,
 }
@@ -28,6 +30,7 @@ impl Default for HeadersConfig {
             groups: "x-auth-groups".into(),
             jwt: "x-auth-jwt".into(),
             client: "x-auth-client".into(),
+            delegated: "x-auth-delegated-token".into(),
             jwt_enabled: None,
         }
     }
@@ -35,8 +38,8 @@ impl Default for HeadersConfig {
 
 impl HeadersConfig {
     /// Every identity header name: these never pass from the client to the upstream.
-    pub fn all(&self) -> [&str; 7] {
-        [&self.user_id, &self.provider, &self.email, &self.name, &self.groups, &self.jwt, &self.client]
+    pub fn all(&self) -> [&str; 8] {
+        [&self.user_id, &self.provider, &self.email, &self.name, &self.groups, &self.jwt, &self.client, &self.delegated]
     }
 
     pub(super) fn validate(&self, errors: &mut Vec<String>) {

@@ -29,7 +29,7 @@ pub use bearer::BearerConfig;
 pub use headers::HeadersConfig;
 pub use login::LoginConfig;
 pub use m2m::M2mConfig;
-pub use provider::{ClientAuth, IntrospectionAuth, ProviderConfig, ProviderKind};
+pub use provider::{ClientAuth, DelegationParam, IntrospectionAuth, ProviderConfig, ProviderKind};
 pub use redis::{RedisConfig, RedisMode};
 pub use response_headers::ResponseHeadersConfig;
 pub use revalidation::{RevalidationConfig, RevalidationMode};

@@ -25,6 +25,19 @@ pub enum IntrospectionAuth {
     ClientSecretPost,
 }
 
+/// Which RFC 8693 parameter names a route's `portcullis.delegate` value (`ping`/`oidc`; Entra's On-Behalf-Of
+/// grant always sends a scope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DelegationParam {
+    /// An absolute URI with no path (`https://orders.example.com`, `urn:example:orders`) is an `audience`;
+    /// anything else (`orders.read`, `api://orders/.default`, space-separated scopes) is a `scope`.
+    #[default]
+    Auto,
+    Scope,
+    Audience,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
@@ -81,6 +94,13 @@ pub struct ProviderConfig {
     pub tenant: Option<String>,
     #[serde(default)]
     pub graph_url: Option<String>,
+    /// A scope the login asks for on top of `scopes`: what the IdP needs in the user's access token before it
+    /// exchanges it (Entra On-Behalf-Of: the app's own API scope, e.g. `api://<client id>/access_as_user`).
+    #[serde(default)]
+    pub delegation_scope: Option<String>,
+    /// How a route's `portcullis.delegate` value is sent in an RFC 8693 token exchange (`ping`/`oidc` only).
+    #[serde(default)]
+    pub delegation_param: Option<DelegationParam>,
     /// Every call to this IdP (discovery, JWKS, introspection, refresh, Graph) gets this long.
     #[serde(default = "ProviderConfig::default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -153,6 +173,15 @@ impl ProviderConfig {
         self.graph_url.clone().unwrap_or_else(|| "https://graph.microsoft.com/v1.0".to_string())
     }
 
+    /// The scopes the login asks for: `scopes`, then `delegation_scope` when set and not already there.
+    pub fn login_scopes(&self) -> Vec<String> {
+        let mut s = self.scopes.clone();
+        if let Some(d) = self.delegation_scope.as_deref().filter(|d| !s.iter().any(|x| x == d)) {
+            s.push(d.to_string());
+        }
+        s
+    }
+
     pub fn m2m_scope(&self) -> Option<String> {
         match (&self.m2m_scope, self.kind) {
             (Some(s), _) => Some(s.clone()),
@@ -182,6 +211,15 @@ impl ProviderConfig {
         }
         if !self.scopes.iter().any(|s| s == "openid") {
             errors.push(format!("{}: must include \"openid\"", key("scopes")));
+        }
+        if self.delegation_scope.as_deref().is_some_and(|d| d.trim().is_empty() || d.contains(char::is_whitespace)) {
+            errors.push(format!("{}: one scope, without spaces", key("delegation_scope")));
+        }
+        if self.kind == ProviderKind::Entra && self.delegation_param.is_some() {
+            errors.push(format!(
+                "{}: not used by kind = \"entra\" (On-Behalf-Of always sends a scope); remove it",
+                key("delegation_param")
+            ));
         }
         if self.timeout.is_zero() {
             errors.push(format!("{}: must be greater than zero", key("timeout")));

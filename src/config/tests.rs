@@ -276,3 +276,27 @@ fn a_bad_log_level_is_refused_by_name() {
     let err = Config::from_toml(&text).unwrap_err().to_string();
     assert!(err.contains("server.log_level"), "{err}");
 }
+
+#[test]
+fn delegation_keys_extend_the_login_scopes_and_are_checked_by_name() {
+    let ok =
+        Config::from_toml(&format!("{}delegation_scope = \"api://portcullis/access_as_user\"\n", minimal())).unwrap();
+    let p = &ok.providers["corp"];
+    assert_eq!(p.login_scopes(), ["openid", "profile", "email", "offline_access", "api://portcullis/access_as_user"]);
+    assert_eq!(p.delegation_param, None, "auto unless set");
+    let twice = Config::from_toml(&format!("{}delegation_scope = \"email\"\n", minimal())).unwrap();
+    assert_eq!(twice.providers["corp"].login_scopes().len(), 4, "a scope already asked for is not repeated");
+    let forced = Config::from_toml(&format!("{}delegation_param = \"audience\"\n", minimal())).unwrap();
+    assert_eq!(forced.providers["corp"].delegation_param, Some(DelegationParam::Audience));
+
+    let bad = format!(
+        "{}delegation_scope = \"a b\"\n[providers.ms]\nkind = \"entra\"\ntenant = \"t\"\nclient_id = \"x\"\n\
+         client_secret = \"s\"\ndelegation_param = \"scope\"\n",
+        minimal()
+    );
+    let err = Config::from_toml(&bad).unwrap_err().to_string();
+    assert!(err.contains("providers.corp.delegation_scope"), "{err}");
+    assert!(err.contains("providers.ms.delegation_param"), "{err}");
+    let typo = Config::from_toml(&format!("{}delegation_param = \"both\"\n", minimal())).unwrap_err().to_string();
+    assert!(typo.contains("delegation_param"), "{typo}");
+}

@@ -1,6 +1,7 @@
-//! Revalidation modes around any validator, and single-flight: concurrent checks of one session share
-//! one IdP call. `every_request` remembers nothing once a call is done; `max_staleness` reuses a success
-//! for that long (errors are never reused: a 503 must not stick, a deny deletes the session anyway).
+//! Revalidation modes around any validator, and single-flight ([`SingleFlight`], also used by delegated
+//! tokens): concurrent checks of one session share one IdP call. `every_request` remembers nothing once a
+//! call is done; `max_staleness` reuses a success for that long (errors are never reused: a 503 must not
+//! stick, a deny deletes the session anyway).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,11 +16,55 @@ use crate::session::{Session, Tokens};
 /// Most sessions remembered in `max_staleness` mode.
 const MAX_CACHED: u64 = 100_000;
 
-type Call = Shared<BoxFuture<'static, Result<Validated, IdpError>>>;
+/// One call per key at a time: latecomers await the first caller's result. The call runs as its own task:
+/// Envoy gives up on a Check after its timeout (200 ms by default) and tonic then drops the handler, but a
+/// refresh the IdP has already rotated (or a delegated token it has already issued) must still be written
+/// to the session, and its lock released. Nothing is remembered once a call is done.
+pub struct SingleFlight<T> {
+    in_flight: Arc<Mutex<HashMap<String, Shared<BoxFuture<'static, T>>>>>,
+}
+
+impl<T> Default for SingleFlight<T> {
+    fn default() -> Self {
+        Self { in_flight: Arc::default() }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    /// The result of the call in flight for `key`, or of `make()` started now. `lost` names the result
+    /// of a task that panicked.
+    pub async fn run<F>(&self, key: String, make: impl FnOnce() -> F, lost: fn(String) -> T) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let call = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(&key) {
+                Some(c) => c.clone(),
+                None => {
+                    let (map_ref, k, fut) = (self.in_flight.clone(), key.clone(), make());
+                    // In the first caller's span: the IdP call shows in that check's trace.
+                    let task = tokio::spawn(
+                        async move {
+                            let r = fut.await;
+                            map_ref.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+                            r
+                        }
+                        .in_current_span(),
+                    );
+                    let call = async move { task.await.unwrap_or_else(|e| lost(e.to_string())) }.boxed().shared();
+                    map.insert(key, call.clone());
+                    call
+                }
+            }
+        };
+        call.await
+    }
+}
 
 pub struct Coalescing {
     inner: Arc<dyn Validator>,
-    in_flight: Arc<Mutex<HashMap<String, Call>>>,
+    in_flight: SingleFlight<Result<Validated, IdpError>>,
     cache: Option<moka::future::Cache<String, Validated>>,
 }
 
@@ -27,43 +72,17 @@ pub struct Coalescing {
 pub fn wrap(inner: Arc<dyn Validator>, cfg: &RevalidationConfig) -> Arc<dyn Validator> {
     let cache = (cfg.mode == RevalidationMode::MaxStaleness)
         .then(|| moka::future::Cache::builder().max_capacity(MAX_CACHED).time_to_live(cfg.max_staleness).build());
-    Arc::new(Coalescing { inner, in_flight: Arc::default(), cache })
+    Arc::new(Coalescing { inner, in_flight: SingleFlight::default(), cache })
 }
 
 impl Coalescing {
-    /// One call per session id at a time; latecomers await the same result. The call runs as its own
-    /// task: Envoy gives up on a Check after its timeout (200 ms by default) and tonic then drops the
-    /// handler, but a refresh the IdP has already rotated must still be written to the session, and its
-    /// lock released, or the session is lost.
+    /// One call per session id at a time; latecomers await the same result.
     async fn single_flight(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
-        let key = s.id.clone();
-        let call = {
-            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            match map.get(&key) {
-                Some(c) => c.clone(),
-                None => {
-                    let (inner, map_ref, k) = (self.inner.clone(), self.in_flight.clone(), key.clone());
-                    let (s, t) = (s.clone(), tokens.clone());
-                    // In the first caller's span: the IdP call shows in that check's trace.
-                    let task = tokio::spawn(
-                        async move {
-                            let r = inner.validate(&s, &t, now).await;
-                            map_ref.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
-                            r
-                        }
-                        .in_current_span(),
-                    );
-                    let call = async move {
-                        task.await.unwrap_or_else(|e| Err(IdpError::Unavailable(format!("revalidation task: {e}"))))
-                    }
-                    .boxed()
-                    .shared();
-                    map.insert(key, call.clone());
-                    call
-                }
-            }
+        let make = || {
+            let (inner, s, t) = (self.inner.clone(), s.clone(), tokens.clone());
+            async move { inner.validate(&s, &t, now).await }
         };
-        call.await
+        self.in_flight.run(s.id.clone(), make, |e| Err(IdpError::Unavailable(format!("revalidation task: {e}")))).await
     }
 }
 

@@ -108,7 +108,7 @@ async fn lead(p: &Provider, seen: &Session, now: i64, user_claim: &str) -> Resul
     let mut form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token.clone())];
     if p.cfg.kind == ProviderKind::Entra {
         // Entra's v2.0 token endpoint wants the scopes again on a refresh.
-        form.push(("scope", p.cfg.scopes.join(" ")));
+        form.push(("scope", p.cfg.login_scopes().join(" ")));
     }
     let req = p.client_auth(p.http.client.post(&ep.token_endpoint), p.cfg.client_auth, &mut form);
     let resp: TokenResponse = match p.http.send(Kind::Refresh, req.form(&form)).await? {

@@ -1,6 +1,6 @@
 //! One provider's way out: every call to an IdP (discovery, JWKS, introspection, Graph, refresh, the M2M
-//! client_credentials call, the login's code exchange) goes through [`Transport`]: one shared pooled rustls
-//! client that follows no redirect (a redirected token request could forward the client secret), a
+//! client_credentials call, the login's code exchange, delegated-token exchanges) goes through
+//! [`Transport`]: one shared pooled rustls client that follows no redirect (a redirected token request could forward the client secret), a
 //! timeout, the provider's circuit breaker, and the `portcullis_idp_*` metrics. JSON calls use
 //! [`Transport::send`]: whatever goes wrong on the way (down, timeout, 5xx, a 2xx that is not the JSON we
 //! asked for) comes back as [`IdpError::Unavailable`], never as something a caller could mistake for an
@@ -31,6 +31,8 @@ pub enum Kind {
     Token,
     /// The login's authorization-code exchange.
     CodeExchange,
+    /// A delegated token: Entra On-Behalf-Of or RFC 8693 token exchange.
+    TokenExchange,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Graph => "graph",
             Kind::Token => "token",
             Kind::CodeExchange => "code_exchange",
+            Kind::TokenExchange => "token_exchange",
         }
     }
 }

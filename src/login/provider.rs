@@ -104,7 +104,7 @@ impl LoginProvider {
             client_id: cfg.client_id.clone(),
             client_secret: cfg.client_secret(),
             client_auth: cfg.client_auth,
-            scopes: cfg.scopes.clone(),
+            scopes: cfg.login_scopes(),
             redirect_uri: redirect_uri.to_string(),
             backend,
             transport,

@@ -50,6 +50,10 @@ pub struct Session {
     pub last_token_update: i64,
     /// The stored MAC (`None` on a session written before MACs, refused as tampered).
     pub mac: Option<String>,
+    /// Delegated tokens as stored: (`dlg:{slot}` field, sealed value). Each is bound to the session and its
+    /// field by its own AEAD, like the tokens, so they stay outside the MAC. Empty for most sessions (no
+    /// allocation).
+    pub delegated: Vec<(String, String)>,
 }
 
 /// Decrypted tokens. `Debug` leaves them out.
@@ -89,6 +93,8 @@ impl Session {
             Err(_) => created_at,
         };
         let mac = text(field::MAC).ok();
+        let prefix = crate::keys::DELEGATED_FIELD_PREFIX;
+        let delegated = h.into_iter().filter(|(k, v)| k.starts_with(prefix) && !v.is_empty()).collect();
         Ok(Self {
             id,
             user_id,
@@ -103,6 +109,7 @@ impl Session {
             client_fingerprint,
             last_token_update,
             mac,
+            delegated,
         })
     }
 
@@ -191,6 +198,7 @@ mod tests {
             client_fingerprint: fp.map(String::from),
             last_token_update: 0,
             mac: None,
+            delegated: Vec::new(),
         }
     }
 

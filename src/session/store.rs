@@ -25,11 +25,26 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// Write token fields only while the session still exists, so a refresh never resurrects a logout.
+/// Write token fields only while the session still exists, so a refresh never resurrects a logout; the
+/// delegated tokens (`dlg:*`, `{DLG}` below) derived from the old access token go with it.
 /// KEYS[1] = session key; ARGV = field, value pairs.
 const UPDATE_IF_EXISTS: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+local stale, prefix = {}, '{DLG}'
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then stale[#stale + 1] = f end
+end
+if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
+return 1
+"#;
+
+/// Store a delegated token only while the session still holds the access token it was derived from: a
+/// refresh (or a logout) in the meantime wins. KEYS[1] = session key; ARGV = that access token as stored
+/// (ciphertext), field, value.
+const PUT_DELEGATED: &str = r#"
+if redis.call('HGET', KEYS[1], 'accessToken') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 "#;
 
@@ -60,6 +75,7 @@ pub struct SessionStore {
     slide_after: i64,
     slide_script: Arc<Script>,
     update_script: Arc<Script>,
+    delegated_script: Arc<Script>,
 }
 
 pub use crate::keys::{idp_sessions as idp_key, session as session_key, user_sessions as user_key};
@@ -73,7 +89,10 @@ impl SessionStore {
             absolute: cfg.absolute_timeout.as_secs().max(1) as i64,
             slide_after: cfg.slide_after.as_secs() as i64,
             slide_script: Arc::new(Script::new(SLIDE)),
-            update_script: Arc::new(Script::new(UPDATE_IF_EXISTS)),
+            update_script: Arc::new(Script::new(
+                &UPDATE_IF_EXISTS.replace("{DLG}", crate::keys::DELEGATED_FIELD_PREFIX),
+            )),
+            delegated_script: Arc::new(Script::new(PUT_DELEGATED)),
         }
     }
 
@@ -153,6 +172,7 @@ impl SessionStore {
             client_fingerprint: new.client_fingerprint,
             last_token_update: now,
             mac: None,
+            delegated: Vec::new(),
             id,
         };
         self.write(&session).await?;
@@ -221,6 +241,44 @@ impl SessionStore {
         inv.arg(field::LAST_TOKEN_UPDATE).arg(now);
         let n: i64 = self.redis.script(inv).await?;
         Ok(n == 1)
+    }
+
+    /// One delegated-token field of a session and the access token (as stored) it must derive from; both
+    /// `None` when the session is gone. One command on one key.
+    pub async fn delegated(&self, id: &str, name: &str) -> Result<(Option<String>, Option<String>), StoreError> {
+        self.redis.query(redis::cmd("HMGET").arg(session_key(id)).arg(field::ACCESS_TOKEN).arg(name)).await
+    }
+
+    /// Stores a sealed delegated token in its session field, unless the session is gone or its access token
+    /// is no longer `derived_from` (ciphertext as stored). Returns whether it was stored.
+    pub async fn put_delegated(
+        &self,
+        id: &str,
+        derived_from: &str,
+        field: &str,
+        sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.delegated_script.prepare_invoke();
+        inv.key(session_key(id)).arg(derived_from).arg(field).arg(sealed);
+        let n: i64 = self.redis.script(inv).await?;
+        Ok(n == 1)
+    }
+
+    /// Every `session:*` key, by SCAN (admin reports only: it walks the whole keyspace of one node).
+    pub async fn scan_sessions(&self) -> Result<Vec<String>, StoreError> {
+        let mut cursor = 0u64;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .redis
+                .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(session_key("*")).arg("COUNT").arg(500))
+                .await?;
+            out.extend(keys.into_iter().filter_map(|k| k.strip_prefix(&session_key("")).map(str::to_string)));
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
     }
 
     /// Deletes a session and its index entries (one command per key: cluster safe).

@@ -10,12 +10,18 @@
 // Its state (tokens, grants, sessions, signing keys) lives in memory and is mirrored to IDP_STATE (a JSON
 // file) when set, so a test can stop and restart the provider without losing the sessions it issued.
 //
+// RFC 8693 token exchange (grant_type urn:ietf:params:oauth:grant-type:token-exchange) issues an access token
+// for the subject token's user with the requested `scope` and/or `audience` (introspection shows them as
+// `scope` and `delegated_audience`, and `act.sub` = the client); a subject token that is not an active access
+// token of the client is `invalid_grant`; a request for the scope or audience IDP_CONSENT_SCOPE (default
+// "needs-consent") is `consent_required`, one for "needs-interaction" `interaction_required`.
+//
 // Environment: IDP_NEW_KEY=1 (replace the signing key kept in IDP_STATE), IDP_PORT (required), IDP_HOST (listen address, default 127.0.0.1), IDP_ISSUER (default http://127.0.0.1:PORT), IDP_STATE, IDP_TENANT
 // (the `tid` claim, default "tenant-1"), IDP_CLIENTS (JSON array of client metadata replacing the default
 // client), IDP_BACKCHANNEL_LOGOUT_URI and IDP_REDIRECT_URIS (comma-separated) for the default client.
 
 import fs from 'node:fs';
-import { Provider } from 'oidc-provider';
+import { Provider, errors } from 'oidc-provider';
 import * as jose from 'jose';
 
 const port = Number(process.env.IDP_PORT || 0);
@@ -143,7 +149,7 @@ if (process.env.IDP_NEW_KEY === '1') {
 const defaultClient = {
   client_id: 'portcullis',
   client_secret: 'portcullis-secret',
-  grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+  grant_types: ['authorization_code', 'refresh_token', 'client_credentials', 'urn:ietf:params:oauth:grant-type:token-exchange'],
   response_types: ['code'],
   redirect_uris: (process.env.IDP_REDIRECT_URIS || 'http://127.0.0.1:8080/oauth2/callback').split(','),
   post_logout_redirect_uris: ['http://127.0.0.1:8080/'],
@@ -198,6 +204,8 @@ const configuration = {
     groups: ['groups'],
   },
   scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
+  // A token-exchange token's delegation claims (introspection shows them); other tokens have none.
+  extraTokenClaims: async (_ctx, token) => token.delegation,
   // The ID token carries the claims (not only userinfo), as Ping and Entra do.
   conformIdTokenClaims: false,
   cookies: {
@@ -244,6 +252,55 @@ const configuration = {
 
 const provider = new Provider(issuer, configuration);
 provider.proxy = false;
+
+// ---------------------------------------------------------------------------------------------------------
+// RFC 8693 token exchange: a delegated access token for the subject token's user.
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const consentScope = process.env.IDP_CONSENT_SCOPE || 'needs-consent';
+
+async function tokenExchange(ctx) {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be an access token');
+  }
+  if (!params.subject_token) throw new errors.InvalidRequest('subject_token is required');
+  const wanted = [...(params.scope || '').split(' '), params.audience || ''].filter(Boolean);
+  if (!wanted.length) throw new errors.InvalidRequest('scope or audience is required');
+  const subject = await provider.AccessToken.find(params.subject_token);
+  if (!subject || !subject.isValid || subject.clientId !== client.clientId) {
+    throw new errors.InvalidGrant('subject_token is not an active access token of this client');
+  }
+  if (wanted.includes(consentScope)) throw new errors.ConsentRequired(`the user has not consented to ${consentScope}`);
+  if (wanted.includes('needs-interaction')) throw new errors.InteractionRequired('the user must sign in again');
+  const token = new provider.AccessToken({
+    accountId: subject.accountId,
+    client,
+    grantId: subject.grantId,
+    gty: 'token_exchange',
+    sid: subject.sid,
+    scope: params.scope || undefined,
+  });
+  // Kept in the token by extraTokenClaims below (oidc-provider fills `extra` from it when saving).
+  token.delegation = { act: { sub: client.clientId }, delegated_audience: params.audience || undefined };
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope || undefined,
+  };
+}
+
+provider.registerGrantType(TOKEN_EXCHANGE, tokenExchange, [
+  'subject_token',
+  'subject_token_type',
+  'requested_token_type',
+  'scope',
+  'audience',
+]);
 
 // ---------------------------------------------------------------------------------------------------------
 // Test hooks.

@@ -107,6 +107,7 @@ async fn the_upstream_verifies_the_assertion_against_the_jwks_fetched_through_en
         session_id: "forger".into(),
         assertion: None,
         bearer: None,
+        delegated: None,
     };
     let forger = Asserter::new(KeySet::parse(&[&forged_entry]).unwrap(), &s.public, &s.public, Duration::from_secs(60));
     let forged = forger.assertion(&allowed, &s.public, portcullis::now()).await.unwrap();

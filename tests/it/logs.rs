@@ -1,5 +1,6 @@
 //! What the logs never contain: the real binary at the most verbose level through a full sign-in, checks,
-//! a tampered cookie and a logout; then its log is searched for every secret the run produced.
+//! a delegated token (exchanged and cached), a tampered cookie and a logout; then its log is searched for
+//! every secret the run produced.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -83,6 +84,18 @@ client_secret = "{CLIENT_SECRET}"
         let resp = grpc_client.check(request("GET", "/x", &[("cookie", cookie)])).await.unwrap().into_inner();
         assert_eq!(crate::harness::app::Checked(resp).status(), want, "{cookie}");
     }
+    // A route with a delegated token (RFC 8693 exchange at the IdP), twice: exchanged, then from the cache.
+    let mut delegating = request("GET", "/orders", &[("cookie", c.as_str())]);
+    let ext = &mut delegating.attributes.as_mut().unwrap().context_extensions;
+    ext.insert("portcullis.delegate".into(), "orders.read".into());
+    let mut delegated = Vec::new();
+    for _ in 0..2 {
+        let resp = grpc_client.check(delegating.clone()).await.unwrap().into_inner();
+        let checked = crate::harness::app::Checked(resp);
+        assert_eq!(checked.status(), 200, "{checked:?}");
+        delegated.push(checked.header("x-auth-delegated-token").expect("a delegated token"));
+    }
+    assert_eq!(delegated[0], delegated[1]);
 
     // The secrets of this run, read before logout deletes them.
     let stored: std::collections::HashMap<String, String> =
@@ -94,6 +107,9 @@ client_secret = "{CLIENT_SECRET}"
         secrets.push(sealed.clone());
         secrets.push(ring.decrypt(&session_id, field, sealed).unwrap());
     }
+    secrets.push(delegated[0].clone());
+    let sealed = stored.iter().find(|(k, _)| k.starts_with("dlg:")).map(|(_, v)| v.clone()).expect("dlg field");
+    secrets.push(sealed);
     let m2m_key = portcullis::keys::m2m_token(
         "corp",
         &portcullis::m2m::shared::slot(&idp.issuer(), crate::harness::idp::CLIENT_ID, None),
