@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -112,10 +111,14 @@ impl Server {
         let svc = AuthzService::server(live.clone());
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
+            // Envoy multiplexes many checks on one HTTP/2 connection: without TCP_NODELAY a small answer
+            // waits for the peer's delayed ACK (40 ms p99 stalls). `serve_with_incoming` ignores the
+            // builder's `tcp_nodelay`, so the accepted sockets get it here.
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
             let r = tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), c.cancelled_owned())
+                .serve_with_incoming_shutdown(incoming, c.cancelled_owned())
                 .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "grpc listener failed");
