@@ -120,12 +120,15 @@ async fn walk(args: &[String]) {
     let cookies: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("http client");
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
-    let mut answers = futures::stream::iter(&cookies)
-        .map(|c| {
-            let request = http.get(&url).header(reqwest::header::COOKIE, format!("{name}={c}"));
-            async move { request.send().await.map(|r| r.status().as_u16().to_string()).unwrap_or_else(|e| e.to_string()) }
-        })
-        .buffer_unordered(concurrency);
+    let mut answers =
+        futures::stream::iter(&cookies)
+            .map(|c| {
+                let request = http.get(&url).header(reqwest::header::COOKIE, format!("{name}={c}"));
+                async move {
+                    request.send().await.map(|r| r.status().as_u16().to_string()).unwrap_or_else(|e| e.to_string())
+                }
+            })
+            .buffer_unordered(concurrency);
     while let Some(status) = answers.next().await {
         *statuses.entry(status).or_default() += 1;
     }

@@ -435,13 +435,15 @@ fi
 printf '%-18s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' \
     case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'rps/ceil' 'p99/ceil' 'IdP/req' \
     'RSS b->a' 'r.cmd' 'r.us' 'authz_us' 'proxy_us' load1
-base_rps="" base_p99="" ceil_rps="" ceil_p99="" ms_rps="" ms_p99="" ap_rps="" ap_p99=""
+base_rps="" base_p99="" ceil_rps="" ceil_p99="" ms_rps="" ms_p99="" ap_rps="" ap_p99="" ms_cpu="" ap_cpu=""
+# CPU per request of everything that serves it: proxy + authz server + Redis (µs).
+cpu_sum() { IFS='|' read -r _ _ _ _ _ _ _ _ _ _ _ rcpu pcpu xcpu _ <<<"$1"; awk -v a="$rcpu" -v b="$pcpu" -v c="$xcpu" 'BEGIN {printf "%.1f", a + b + c}'; }
 for r in "${results[@]}"; do
     IFS='|' read -r name _ rps _ p99 _ <<<"$r"
     [[ "$name" == baseline ]] && base_rps=$rps && base_p99=$p99
     [[ "$name" == ceiling ]] && ceil_rps=$rps && ceil_p99=$p99
-    [[ "$name" == max_staleness ]] && ms_rps=$rps && ms_p99=$p99
-    [[ "$name" == apache ]] && ap_rps=$rps && ap_p99=$p99
+    [[ "$name" == max_staleness ]] && ms_rps=$rps && ms_p99=$p99 && ms_cpu=$(cpu_sum "$r")
+    [[ "$name" == apache ]] && ap_rps=$rps && ap_p99=$p99 && ap_cpu=$(cpu_sum "$r")
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else printf "-"}'; }
 for r in "${results[@]}"; do
@@ -460,4 +462,6 @@ echo "proxy_us: CPU of the proxy per request: Envoy, or for apache all of Apache
 if [[ -n "$ap_rps" && -n "$ms_rps" ]]; then
     echo "portcullis (max_staleness, $SESSIONS sessions) / Apache + mod_auth_openidc: $(ratio "$ms_rps" "$ap_rps") x req/s" \
         "(target >= 2.5), p99 $ms_p99 ms vs $ap_p99 ms"
+    echo "CPU per request, proxy + authz + Redis: Envoy + portcullis $ms_cpu us, Apache $ap_cpu us" \
+        "(Apache / portcullis: $(ratio "$ap_cpu" "$ms_cpu") x; steadier than req/s on a shared machine)"
 fi
