@@ -343,6 +343,7 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$work/rotate.lua" "$url" >/dev/null
     local before_idp rss_before out rps p50 p99 other rc0 rcpu0 pcpu0 xcpu0
     before_idp=$(introspections)
+    redis-cli -p "$REDIS_PORT" config resetstat >/dev/null # commandstats of this run alone, kept in redis-NAME.txt
     rc0=$(redis_calls); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid"); xcpu0=$(tree_cpu_us "$proxy")
     rss_before=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" "$url")
@@ -356,6 +357,7 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     idp_calls=$(( $(introspections) - before_idp ))
     local rcmd rcpu pcpu xcpu per='BEGIN {printf "%.1f", (a - b) / n}'
     rcmd=$(awk -v a="$(redis_calls)" -v b="$rc0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b) / n}')
+    redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_' >"$work/redis-$name.txt" || true
     rcpu=$(awk -v a="$(redis_cpu_us)" -v b="$rcpu0" -v n="$reqs" "$per")
     pcpu=-
     [[ -n "$portcullis_pid" ]] && pcpu=$(awk -v a="$(proc_cpu_us "$portcullis_pid")" -v b="$pcpu0" -v n="$reqs" "$per")
