@@ -83,7 +83,8 @@ wait_http() {
     for _ in $(seq 300); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
     die "timed out waiting for $1"
 }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+vm_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; } # pid VmRSS|VmHWM
+rss_kb() { vm_kb "$1" VmRSS; }
 
 # --- tools -------------------------------------------------------------------------------------------
 if ! command -v wrk >/dev/null; then
@@ -222,7 +223,6 @@ prewarm() { # cookies-file
         || die "pre-warm of $1: not every session answered 200 ($(tail -1 "$work/walk.log"))"
     log "pre-warm: $(wc -l <"$1") sessions checked once in $(( $(date +%s) - t0 )) s, $(( $(introspections) - idp0 )) introspections at the node IdP"
 }
-vm_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; } # pid VmRSS|VmHWM
 
 # The peer: Apache + mod_auth_openidc, sessions in the same Redis (server-cache), signed in at the same IdP,
 # proxying to the same upstream. Stock Debian event-MPM settings; an access log like Envoy's.
@@ -429,7 +429,7 @@ fi
 # --- report --------------------------------------------------------------------------------------------------
 echo
 echo "Through Envoy ($ENVOY_CONCURRENCY worker), wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $SESSIONS sessions rotated, $(nproc) cores"
-echo "portcullis RSS right after start: $((rss_start / 1024)) MiB; after the $MIX-session mix: $(( ${rss_mix:-0} / 1024 )) MiB"
+echo "portcullis RSS right after start: $((rss_start / 1024)) MiB${rss_mix:+; after the $MIX-session mix: $((rss_mix / 1024)) MiB}"
 if [[ -n "${rss_100k:-}" ]]; then
     echo "portcullis RSS with $MIX2 sessions seen (max_staleness $MIX2_STALENESS): $((rss_100k_start / 1024)) MiB at start," \
         "$((rss_100k_walked / 1024)) MiB after the walk, $((rss_100k / 1024)) MiB after the run, VmHWM $((hwm_100k / 1024)) MiB (target <= 64 MiB)"
