@@ -14,6 +14,10 @@
 //!   loadkit introspect PORT
 //!       a fast RFC 7662 introspection responder on 127.0.0.1:PORT answering every POST `{"active":true,...}`,
 //!       so `every_request` is measured without the node IdP's own speed
+//!   loadkit walk URL --cookies FILE [--name GATEWAY_SESSION] [--concurrency 32] [--expect 200]
+//!       sends one GET to URL per line of FILE (as the cookie NAME), CONCURRENCY at a time, and fails unless
+//!       every answer is EXPECT: the pre-warm pass that has every session of a mix checked once before the
+//!       timed run
 //!
 //! The login is the integration tests' own (`testkit`).
 
@@ -23,6 +27,8 @@
 use portcullis_testkit as harness;
 
 use std::sync::Arc;
+
+use futures::StreamExt;
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
@@ -35,7 +41,8 @@ use portcullis::store::Redis;
 fn usage() -> ! {
     eprintln!(
         "usage: loadkit upstream PORT | loadkit ceiling PORT | loadkit introspect PORT\n       \
-         loadkit plant --config FILE --issuer URL [--provider P] [--user U] [--count N] [--reuse]"
+         loadkit plant --config FILE --issuer URL [--provider P] [--user U] [--count N] [--reuse]\n       \
+         loadkit walk URL --cookies FILE [--name COOKIE] [--concurrency N] [--expect STATUS]"
     );
     std::process::exit(64);
 }
@@ -48,6 +55,7 @@ async fn main() {
         Some("plant") => plant(&args[1..]).await,
         Some("ceiling") => ceiling(port(&args)).await,
         Some("introspect") => introspect(port(&args)).await,
+        Some("walk") => walk(&args[1..]).await,
         _ => usage(),
     }
 }
@@ -98,12 +106,43 @@ async fn upstream(port: u16) {
     axum::serve(listener, app).await.expect("upstream");
 }
 
+/// The value after `--name` in `args`.
+fn opt(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+async fn walk(args: &[String]) {
+    let (Some(url), Some(file)) = (args.first().cloned(), opt(args, "--cookies")) else { usage() };
+    let name = opt(args, "--name").unwrap_or_else(|| "GATEWAY_SESSION".into());
+    let concurrency: usize = opt(args, "--concurrency").and_then(|n| n.parse().ok()).unwrap_or(32);
+    let expect: u16 = opt(args, "--expect").and_then(|n| n.parse().ok()).unwrap_or(200);
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let cookies: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("http client");
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    let mut answers =
+        futures::stream::iter(&cookies)
+            .map(|c| {
+                let request = http.get(&url).header(reqwest::header::COOKIE, format!("{name}={c}"));
+                async move {
+                    request.send().await.map(|r| r.status().as_u16().to_string()).unwrap_or_else(|e| e.to_string())
+                }
+            })
+            .buffer_unordered(concurrency);
+    while let Some(status) = answers.next().await {
+        *statuses.entry(status).or_default() += 1;
+    }
+    eprintln!("walked {} sessions: {statuses:?}", cookies.len());
+    if statuses.get(&expect.to_string()) != Some(&cookies.len()) {
+        std::process::exit(1);
+    }
+}
+
 async fn plant(args: &[String]) {
-    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let (Some(config), Some(issuer)) = (opt("--config"), opt("--issuer")) else { usage() };
-    let provider = opt("--provider").unwrap_or_else(|| "corp".into());
-    let user = opt("--user").unwrap_or_else(|| "alice".into());
-    let count: usize = opt("--count").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let (Some(config), Some(issuer)) = (opt(args, "--config"), opt(args, "--issuer")) else { usage() };
+    let provider = opt(args, "--provider").unwrap_or_else(|| "corp".into());
+    let user = opt(args, "--user").unwrap_or_else(|| "alice".into());
+    let count: usize = opt(args, "--count").and_then(|n| n.parse().ok()).unwrap_or(1);
     let reuse = args.iter().any(|a| a == "--reuse");
 
     let cfg = Config::load(std::path::Path::new(&config)).unwrap_or_else(|e| panic!("{config}: {e}"));

@@ -8,11 +8,14 @@
 #   b. deny           through ext_authz, no cookie: portcullis answers 401 without Redis (the gRPC hop alone)
 #   c. max_staleness  through ext_authz with a real session, revalidation.mode = max_staleness (30s)
 #   d. every_request  through ext_authz with a real session, every Check introspects at the node IdP
+#   e. apache         the peer: Debian's apache2 + mod_auth_openidc (sessions in the same Redis, signed in
+#                     at the same IdP) proxying to the same upstream, without Envoy
 #
 # It starts redis-server, the test OpenID provider (tests/idp), a minimal upstream (examples/loadkit.rs),
 # portcullis (release build, `serve` with a generated config) and Envoy, logs in SESSIONS times at the IdP
 # and plants those sessions in Redis, then runs wrk against each case. wrk rotates the session cookies
-# (one connection does not always present the same session). portcullis's RSS comes from /proc.
+# (one connection does not always present the same session). The big mixes are walked once (`loadkit
+# walk`, every session checked) before their timed run. portcullis's RSS comes from /proc.
 #
 #   scripts/load.sh                       # 10 s per case
 #   DURATION=5s CONNECTIONS=16 scripts/load.sh
@@ -22,7 +25,10 @@
 #   SESSIONS     sessions to rotate (default 32)     ENVOY_CONCURRENCY  Envoy workers (default 1)
 #   PROFILE      cargo profile to build (default release)
 #   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,max_staleness,
-#                max_staleness-10k,every_request,breaker_open)      MIX  sessions of the big mix (default 10000)
+#                max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache)
+#   MIX          sessions of the max_staleness-10k mix (default 10000)
+#   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
+#                max_staleness (default 10m, so every session walked is still cached when RSS is read)
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
 #   BIN_DIR      use the portcullis and loadkit binaries in this directory instead of building them
 set -euo pipefail
@@ -36,13 +42,16 @@ THREADS="${THREADS:-1}"
 SESSIONS="${SESSIONS:-32}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-1}"
 PROFILE="${PROFILE:-release}"
-CASES="${CASES:-baseline,ceiling,deny-no-cookie,max_staleness,max_staleness-10k,every_request,breaker_open}"
+CASES="${CASES:-baseline,ceiling,deny-no-cookie,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache}"
 MIX="${MIX:-10000}"
+MIX2="${MIX2:-100000}"
+MIX2_STALENESS="${MIX2_STALENESS:-10m}"
 want_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")"
 pids=()
 portcullis_pid=""
+apache_pid=""
 
 stop_pid() {
     local pid="$1"
@@ -54,6 +63,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n "$portcullis_pid" ]] && stop_pid "$portcullis_pid"
+    [[ -n "$apache_pid" ]] && stop_apache
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[$i]}"; done
     wait 2>/dev/null || true
     if [[ "${KEEP:-}" == 1 || $rc -ne 0 ]]; then
@@ -73,7 +83,8 @@ wait_http() {
     for _ in $(seq 300); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
     die "timed out waiting for $1"
 }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+vm_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; } # pid VmRSS|VmHWM
+rss_kb() { vm_kb "$1" VmRSS; }
 
 # --- tools -------------------------------------------------------------------------------------------
 if ! command -v wrk >/dev/null; then
@@ -85,6 +96,16 @@ if ! command -v wrk >/dev/null; then
     fi
 fi
 command -v redis-server >/dev/null || die "redis-server is missing: run scripts/ensure-deps.sh"
+APACHE="${APACHE_BIN:-/usr/sbin/apache2}"
+APACHE_MODULES=/usr/lib/apache2/modules
+if want_case apache && ! [[ -x "$APACHE" && -f "$APACHE_MODULES/mod_auth_openidc.so" ]]; then
+    if [[ "$(id -u)" == 0 ]]; then
+        log "installing apache2 and mod_auth_openidc"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2 libapache2-mod-auth-openidc >/dev/null
+    else
+        die "apache2 or mod_auth_openidc is missing: sudo apt-get install apache2 libapache2-mod-auth-openidc"
+    fi
+fi
 scripts/ensure-envoy.sh
 scripts/ensure-idp.sh
 ENVOY="${ENVOY_BIN:-$root/.venv/bin/envoy}"
@@ -104,11 +125,13 @@ fi
 # --- dependencies --------------------------------------------------------------------------------------
 REDIS_PORT=$(free_port); IDP_PORT=$(free_port); UP_PORT=$(free_port)
 GRPC_PORT=$(free_port); HTTP_PORT=$(free_port)
-LISTEN_PORT=$(free_port); OPS_PORT=$(free_port); ADMIN_PORT=$(free_port)
+LISTEN_PORT=$(free_port); OPS_PORT=$(free_port); ADMIN_PORT=$(free_port); APACHE_PORT=$(free_port)
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
-IDP_PORT=$IDP_PORT node tests/idp/provider.mjs >"$work/idp.log" 2>&1 &
+# The default client accepts loadkit plant's redirect URI (testkit's REDIRECT_URI) and Apache's.
+IDP_PORT=$IDP_PORT IDP_REDIRECT_URIS="http://127.0.0.1:8080/oauth2/callback,http://127.0.0.1:$APACHE_PORT/oidc/redirect_uri" \
+    node tests/idp/provider.mjs >"$work/idp.log" 2>&1 &
 pids+=($!)
 "$KIT" upstream "$UP_PORT" >"$work/upstream.log" 2>&1 &
 pids+=($!)
@@ -145,17 +168,21 @@ if want_case max_staleness-10k; then
     log "planting $MIX sessions (one login, tokens reused)"
     "$KIT" plant --config "$work/portcullis.toml" --issuer "$ISSUER" --count "$MIX" --reuse >"$work/cookies-mix"
 fi
+if want_case max_staleness-100k; then
+    log "planting $MIX2 sessions (one login, tokens reused)"
+    "$KIT" plant --config "$work/portcullis.toml" --issuer "$ISSUER" --count "$MIX2" --reuse >"$work/cookies-100k"
+fi
 INTRO_PORT=$(free_port); DEAD_PORT=$(free_port)
 "$KIT" introspect "$INTRO_PORT" >"$work/introspect.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$INTRO_PORT/"
 : >"$work/no-cookies"
 
-# wrk: every request carries the next cookie of COOKIES (none when the file is empty).
+# wrk: every request carries the next cookie of COOKIES, named COOKIE_NAME (none when the file is empty).
 cat >"$work/rotate.lua" <<'LUA'
 local cookies = {}
 for line in io.lines(os.getenv("COOKIES")) do
-  if #line > 0 then cookies[#cookies + 1] = "GATEWAY_SESSION=" .. line end
+  if #line > 0 then cookies[#cookies + 1] = os.getenv("COOKIE_NAME") .. "=" .. line end
 end
 local i = 0
 request = function()
@@ -172,13 +199,15 @@ PORTCULLIS_HTTP_PORT=$UP_PORT UPSTREAM_PORT=$UP_PORT \
     scripts/render-envoy.sh >"$work/envoy.yaml"
 "$ENVOY" -c "$work/envoy.yaml" --base-id "$ADMIN_PORT" --disable-hot-restart --concurrency "$ENVOY_CONCURRENCY" \
     --log-level warn >"$work/envoy.log" 2>&1 &
-pids+=($!)
+envoy_pid=$!
+pids+=("$envoy_pid")
 wait_http "http://127.0.0.1:$ADMIN_PORT/ready"
+ENVOY_URL="http://127.0.0.1:$LISTEN_PORT"
 
-start_portcullis() { # mode [introspection endpoint]
+start_portcullis() { # mode [introspection endpoint] [max_staleness]
     local env=(PORTCULLIS__REVALIDATION__MODE="$1")
     [[ -n "${2:-}" ]] && env+=(PORTCULLIS__PROVIDERS__CORP__INTROSPECTION_ENDPOINT="$2")
-    [[ "$1" == max_staleness ]] && env+=(PORTCULLIS__REVALIDATION__MAX_STALENESS=30s)
+    [[ "$1" == max_staleness ]] && env+=(PORTCULLIS__REVALIDATION__MAX_STALENESS="${3:-30s}")
     env "${env[@]}" "$BIN" serve --config "$work/portcullis.toml" >>"$work/portcullis.log" 2>&1 &
     portcullis_pid=$!
     wait_http "http://127.0.0.1:$HTTP_PORT/readyz"
@@ -186,6 +215,105 @@ start_portcullis() { # mode [introspection endpoint]
 start_ceiling() { "$KIT" ceiling "$GRPC_PORT" >>"$work/ceiling.log" 2>&1 & portcullis_pid=$!; sleep 0.5; }
 stop_portcullis() { stop_pid "$portcullis_pid"; wait "$portcullis_pid" 2>/dev/null || true; portcullis_pid=""; }
 introspections() { curl -fsS "$ISSUER/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("/token/introspection", 0))'; }
+# Every session of a mix through one Check (all must answer 200), so the timed run sees the steady state.
+prewarm() { # cookies-file
+    local t0 idp0
+    t0=$(date +%s); idp0=$(introspections)
+    "$KIT" walk "$ENVOY_URL/api/bench" --cookies "$1" --concurrency "$CONNECTIONS" 2>>"$work/walk.log" \
+        || die "pre-warm of $1: not every session answered 200 ($(tail -1 "$work/walk.log"))"
+    log "pre-warm: $(wc -l <"$1") sessions checked once in $(( $(date +%s) - t0 )) s, $(( $(introspections) - idp0 )) introspections at the node IdP"
+}
+
+# The peer: Apache + mod_auth_openidc, sessions in the same Redis (server-cache), signed in at the same IdP,
+# proxying to the same upstream. Stock Debian event-MPM settings; an access log like Envoy's.
+start_apache() {
+    local user=""
+    [[ "$(id -u)" == 0 ]] && user="User www-data
+Group www-data"
+    cat >"$work/apache.conf" <<CONF
+ServerRoot "$work"
+ServerName 127.0.0.1
+Listen 127.0.0.1:$APACHE_PORT
+PidFile "$work/apache.pid"
+DefaultRuntimeDir "$work"
+ErrorLog "$work/apache-error.log"
+LogLevel warn
+$user
+LoadModule mpm_event_module $APACHE_MODULES/mod_mpm_event.so
+LoadModule authn_core_module $APACHE_MODULES/mod_authn_core.so
+LoadModule authz_core_module $APACHE_MODULES/mod_authz_core.so
+LoadModule authz_user_module $APACHE_MODULES/mod_authz_user.so
+LoadModule proxy_module $APACHE_MODULES/mod_proxy.so
+LoadModule proxy_http_module $APACHE_MODULES/mod_proxy_http.so
+LoadModule auth_openidc_module $APACHE_MODULES/mod_auth_openidc.so
+StartServers 2
+MinSpareThreads 25
+MaxSpareThreads 75
+ThreadLimit 64
+ThreadsPerChild 25
+MaxRequestWorkers 150
+KeepAlive On
+MaxKeepAliveRequests 0
+LogFormat "%t %a \"%r\" %>s %D" bench
+CustomLog "$work/apache-access.log" bench
+
+OIDCProviderMetadataURL $ISSUER/.well-known/openid-configuration
+OIDCClientID portcullis
+OIDCClientSecret portcullis-secret
+OIDCRedirectURI http://127.0.0.1:$APACHE_PORT/oidc/redirect_uri
+OIDCCryptoPassphrase $(head -c 24 /dev/urandom | base64)
+OIDCScope "openid email profile groups"
+OIDCPKCEMethod S256
+OIDCSessionType server-cache
+OIDCCacheType redis
+OIDCRedisCacheServer 127.0.0.1:$REDIS_PORT
+OIDCPassClaimsAs headers
+<Location />
+    AuthType openid-connect
+    Require valid-user
+</Location>
+ProxyPass / http://127.0.0.1:$UP_PORT/
+CONF
+    "$APACHE" -DFOREGROUND -f "$work/apache.conf" >>"$work/apache-error.log" 2>&1 &
+    apache_pid=$!
+    for _ in $(seq 100); do
+        [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APACHE_PORT/")" == 302 ]] && return 0
+        sleep 0.1
+    done
+    die "Apache did not start (logs in $work)"
+}
+# The parent stops its children on SIGTERM; any child it leaves behind is killed by pid.
+stop_apache() {
+    local children
+    children=$(pgrep -P "$apache_pid" || true)
+    stop_pid "$apache_pid"
+    wait "$apache_pid" 2>/dev/null || true
+    for c in $children; do stop_pid "$c"; done
+    apache_pid=""
+}
+# Signs in N browsers through Apache at the test IdP (its login form, as loadkit plant does for portcullis)
+# and prints each one's mod_auth_openidc session cookie. Accept: text/html, or mod_auth_openidc answers 401
+# instead of redirecting to the IdP.
+apache_login() { # count
+    python3 - "http://127.0.0.1:$APACHE_PORT/api/bench" "$1" <<'PY'
+import http.cookiejar, sys, urllib.parse, urllib.request
+url, count = sys.argv[1], int(sys.argv[2])
+for n in range(count):
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    browser.addheaders = [("Accept", "text/html")]
+    form = browser.open(url).geturl()
+    if "/interaction/" not in form:
+        sys.exit(f"expected the IdP's login form, got {form}")
+    r = browser.open(form, urllib.parse.urlencode({"prompt": "login", "login": f"user{n}", "password": "x"}).encode())
+    if r.status != 200 or r.geturl() != url:
+        sys.exit(f"login {n} ended at {r.geturl()} with {r.status}")
+    session = [c.value for c in jar if c.name == "mod_auth_openidc_session"]
+    if len(session) != 1:
+        sys.exit(f"login {n}: no mod_auth_openidc_session cookie ({[c.name for c in jar]})")
+    print(session[0])
+PY
+}
 
 # wrk's duration ("12.34ms", "850.00us", "1.02s") in ms.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
@@ -195,21 +323,30 @@ redis_calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,]' '/^c
 redis_cpu_us() { redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%d", s * 1e6}'; }
 # utime + stime of PID in µs (/proc/PID/stat fields 14 and 15, clock ticks).
 proc_cpu_us() { [[ -n "${1:-}" ]] || { echo 0; return; }; awk -v hz="$(getconf CLK_TCK)" '{printf "%d", ($14 + $15) * 1e6 / hz}' "/proc/$1/stat"; }
+# The same for PID and its children (Apache's workers; Envoy has none).
+tree_cpu_us() {
+    local pid sum=0
+    for pid in "$1" $(pgrep -P "$1" || true); do sum=$((sum + $(proc_cpu_us "$pid" 2>/dev/null || echo 0))); done
+    echo "$sum"
+}
 
 results=()
-run_case() { # name path cookies-file expected-status
-    local name="$1" path="$2" cookies="$3" want="$4" got header=()
-    [[ -s "$cookies" ]] && header=(-H "Cookie: GATEWAY_SESSION=$(head -1 "$cookies")")
-    got=$(curl -s -o /dev/null -w '%{http_code}' "${header[@]}" "http://127.0.0.1:$LISTEN_PORT$path")
-    [[ "$got" == "$want" ]] || die "$name: $path answered $got, expected $want (logs in $work)"
-    COOKIES="$cookies" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$work/rotate.lua" \
-        "http://127.0.0.1:$LISTEN_PORT$path" >/dev/null
-    local before_idp rss_before out rps p50 p99 other rc0 rcpu0 pcpu0
+# One measured case: a warm-up, then wrk with --latency; the authz server's CPU and RSS (portcullis or the
+# ceiling: $portcullis_pid, none for the peer) and the proxy's CPU (Envoy, or Apache and its workers).
+run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
+    local name="$1" url="$2" cookies="$3" want="$4" cookie_name="${5:-GATEWAY_SESSION}" proxy="${6:-$envoy_pid}"
+    local got header=()
+    [[ -s "$cookies" ]] && header=(-H "Cookie: $cookie_name=$(head -1 "$cookies")")
+    got=$(curl -s -o /dev/null -w '%{http_code}' "${header[@]}" "$url")
+    [[ "$got" == "$want" ]] || die "$name: $url answered $got, expected $want (logs in $work)"
+    local -x COOKIES="$cookies" COOKIE_NAME="$cookie_name"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$work/rotate.lua" "$url" >/dev/null
+    local before_idp rss_before out rps p50 p99 other rc0 rcpu0 pcpu0 xcpu0
     before_idp=$(introspections)
-    rc0=$(redis_calls); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid")
+    redis-cli -p "$REDIS_PORT" config resetstat >/dev/null # commandstats of this run alone, kept in redis-NAME.txt
+    rc0=$(redis_calls); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid"); xcpu0=$(tree_cpu_us "$proxy")
     rss_before=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
-    out=$(COOKIES="$cookies" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" \
-        "http://127.0.0.1:$LISTEN_PORT$path")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" "$url")
     echo "$out" >"$work/wrk-$name.txt"
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
@@ -218,77 +355,115 @@ run_case() { # name path cookies-file expected-status
     local reqs idp_calls
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     idp_calls=$(( $(introspections) - before_idp ))
-    local rcmd rcpu pcpu
+    local rcmd rcpu pcpu xcpu per='BEGIN {printf "%.1f", (a - b) / n}'
     rcmd=$(awk -v a="$(redis_calls)" -v b="$rc0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b) / n}')
-    rcpu=$(awk -v a="$(redis_cpu_us)" -v b="$rcpu0" -v n="$reqs" 'BEGIN {printf "%.1f", (a - b) / n}')
-    pcpu=$(awk -v a="$(proc_cpu_us "$portcullis_pid")" -v b="$pcpu0" -v n="$reqs" 'BEGIN {printf "%.1f", (a - b) / n}')
+    redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_' >"$work/redis-$name.txt" || true
+    rcpu=$(awk -v a="$(redis_cpu_us)" -v b="$rcpu0" -v n="$reqs" "$per")
+    pcpu=-
+    [[ -n "$portcullis_pid" ]] && pcpu=$(awk -v a="$(proc_cpu_us "$portcullis_pid")" -v b="$pcpu0" -v n="$reqs" "$per")
+    xcpu=$(awk -v a="$(tree_cpu_us "$proxy")" -v b="$xcpu0" -v n="$reqs" "$per")
     local rss_after
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
-    results+=("$name|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$(cut -d' ' -f1 /proc/loadavg)")
+    results+=("$name|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)")
     log "$name: $rps req/s, p99 ${p99} ms"
 }
 
 if want_case ceiling; then
     log "ceiling: loadkit ceiling (allows everything, no I/O) on the authz cluster's port"
     start_ceiling
-    run_case ceiling /api/bench "$work/no-cookies" 200
+    run_case ceiling "$ENVOY_URL/api/bench" "$work/no-cookies" 200
     stop_portcullis
 fi
 log "portcullis: max_staleness (30s)"
 start_portcullis max_staleness
 rss_start=$(rss_kb "$portcullis_pid")
-want_case baseline && run_case baseline /oauth2/bench "$work/cookies" 200
-want_case deny-no-cookie && run_case deny-no-cookie /api/bench "$work/no-cookies" 401
-want_case max_staleness && run_case max_staleness /api/bench "$work/cookies" 200
+want_case baseline && run_case baseline "$ENVOY_URL/oauth2/bench" "$work/cookies" 200
+want_case deny-no-cookie && run_case deny-no-cookie "$ENVOY_URL/api/bench" "$work/no-cookies" 401
+want_case max_staleness && run_case max_staleness "$ENVOY_URL/api/bench" "$work/cookies" 200
 if [[ -n "${PERF:-}" ]] && want_case max_staleness; then
     log "perf record -g on portcullis during a max_staleness run"
     perf record -g -o "$work/perf.data" -p "$portcullis_pid" -- sleep 5 >/dev/null 2>&1 &
     perf_pid=$!
-    COOKIES="$work/cookies" wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s "$work/rotate.lua" "http://127.0.0.1:$LISTEN_PORT/api/bench" >/dev/null
+    COOKIES="$work/cookies" COOKIE_NAME=GATEWAY_SESSION wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s "$work/rotate.lua" "$ENVOY_URL/api/bench" >/dev/null
     wait "$perf_pid" || true
     perf report -i "$work/perf.data" --no-children --stdio --percent-limit 1 >"$PERF" 2>/dev/null || true
 fi
 if want_case max_staleness-10k; then
-    run_case max_staleness-10k /api/bench "$work/cookies-mix" 200
+    prewarm "$work/cookies-mix"
+    run_case max_staleness-10k "$ENVOY_URL/api/bench" "$work/cookies-mix" 200
     rss_mix=$(rss_kb "$portcullis_pid")
 fi
 stop_portcullis
 if want_case every_request; then
     log "portcullis: every_request against loadkit introspect"
     start_portcullis every_request "http://127.0.0.1:$INTRO_PORT/introspect"
-    run_case every_request /api/bench "$work/cookies" 200
+    run_case every_request "$ENVOY_URL/api/bench" "$work/cookies" 200
     stop_portcullis
 fi
 if want_case breaker_open; then
     log "portcullis: every_request, introspection endpoint down (breaker opens)"
     start_portcullis every_request "http://127.0.0.1:$DEAD_PORT/introspect"
-    run_case breaker_open /api/bench "$work/cookies" 503
+    run_case breaker_open "$ENVOY_URL/api/bench" "$work/cookies" 503
     stop_portcullis
+fi
+if want_case max_staleness-100k; then
+    # Memory, not the IdP: first sight of each session introspects at loadkit introspect (the node IdP would
+    # take minutes for 100,000), and a long max_staleness keeps every walked session cached.
+    log "portcullis: max_staleness ($MIX2_STALENESS), $MIX2 sessions, fast introspection"
+    start_portcullis max_staleness "http://127.0.0.1:$INTRO_PORT/introspect" "$MIX2_STALENESS"
+    rss_100k_start=$(rss_kb "$portcullis_pid")
+    prewarm "$work/cookies-100k"
+    rss_100k_walked=$(rss_kb "$portcullis_pid")
+    run_case max_staleness-100k "$ENVOY_URL/api/bench" "$work/cookies-100k" 200
+    rss_100k=$(vm_kb "$portcullis_pid" VmRSS); hwm_100k=$(vm_kb "$portcullis_pid" VmHWM)
+    stop_portcullis
+fi
+if want_case apache; then
+    log "the peer: Apache + mod_auth_openidc (server-cache sessions in the same Redis), $SESSIONS logins"
+    start_apache
+    apache_login "$SESSIONS" >"$work/cookies-apache" || die "signing in through Apache failed (logs in $work)"
+    run_case apache "http://127.0.0.1:$APACHE_PORT/api/bench" "$work/cookies-apache" 200 mod_auth_openidc_session "$apache_pid"
+    stop_apache
 fi
 
 # --- report --------------------------------------------------------------------------------------------------
 echo
 echo "Through Envoy ($ENVOY_CONCURRENCY worker), wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $SESSIONS sessions rotated, $(nproc) cores"
-echo "portcullis RSS right after start: $((rss_start / 1024)) MiB; after the $MIX-session mix: $(( ${rss_mix:-0} / 1024 )) MiB"
-printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' \
+echo "portcullis RSS right after start: $((rss_start / 1024)) MiB${rss_mix:+; after the $MIX-session mix: $((rss_mix / 1024)) MiB}"
+if [[ -n "${rss_100k:-}" ]]; then
+    echo "portcullis RSS with $MIX2 sessions seen (max_staleness $MIX2_STALENESS): $((rss_100k_start / 1024)) MiB at start," \
+        "$((rss_100k_walked / 1024)) MiB after the walk, $((rss_100k / 1024)) MiB after the run, VmHWM $((hwm_100k / 1024)) MiB (target <= 64 MiB)"
+fi
+printf '%-18s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' \
     case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'rps/ceil' 'p99/ceil' 'IdP/req' \
-    'RSS b->a' 'r.cmd' 'r.us' 'authz_us' load1
-base_rps="" base_p99="" ceil_rps="" ceil_p99=""
+    'RSS b->a' 'r.cmd' 'r.us' 'authz_us' 'proxy_us' load1
+base_rps="" base_p99="" ceil_rps="" ceil_p99="" ms_rps="" ms_p99="" ap_rps="" ap_p99="" ms_cpu="" ap_cpu=""
+# CPU per request of everything that serves it: proxy + authz server + Redis (µs).
+cpu_sum() { IFS='|' read -r _ _ _ _ _ _ _ _ _ _ _ rcpu pcpu xcpu _ <<<"$1"; awk -v a="$rcpu" -v b="$pcpu" -v c="$xcpu" 'BEGIN {printf "%.1f", a + b + c}'; }
 for r in "${results[@]}"; do
     IFS='|' read -r name _ rps _ p99 _ <<<"$r"
     [[ "$name" == baseline ]] && base_rps=$rps && base_p99=$p99
     [[ "$name" == ceiling ]] && ceil_rps=$rps && ceil_p99=$p99
+    [[ "$name" == max_staleness ]] && ms_rps=$rps && ms_p99=$p99 && ms_cpu=$(cpu_sum "$r")
+    [[ "$name" == apache ]] && ap_rps=$rps && ap_p99=$p99 && ap_cpu=$(cpu_sum "$r")
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else printf "-"}'; }
 for r in "${results[@]}"; do
-    IFS='|' read -r name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu load <<<"$r"
+    IFS='|' read -r name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load <<<"$r"
     rss="-"
     [[ "$rb" != - ]] && rss="$((rb / 1024))->$((ra / 1024))"
     # 401 is the expected answer of the deny case: wrk counts it as non-2xx.
     [[ "$want" != 200 ]] && other="($other)"
-    printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
+    printf '%-18s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
         "$other" "$(ratio "$rps" "$base_rps")" "$(ratio "$p99" "$base_p99")" "$(ratio "$rps" "$ceil_rps")" \
         "$(ratio "$p99" "$ceil_p99")" "$(awk -v a="$idp" -v b="$reqs" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')" \
-        "$rss" "$rcmd" "$rcpu" "$pcpu" "$load"
+        "$rss" "$rcmd" "$rcpu" "$pcpu" "$xcpu" "$load"
 done
-echo "authz us/chk: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
+echo "authz_us: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
+echo "proxy_us: CPU of the proxy per request: Envoy, or for apache all of Apache's processes (its auth included)"
+if [[ -n "$ap_rps" && -n "$ms_rps" ]]; then
+    echo "portcullis (max_staleness, $SESSIONS sessions) / Apache + mod_auth_openidc: $(ratio "$ms_rps" "$ap_rps") x req/s" \
+        "(target >= 2.5), p99 $ms_p99 ms vs $ap_p99 ms"
+    echo "CPU per request, proxy + authz + Redis: Envoy + portcullis $ms_cpu us, Apache $ap_cpu us" \
+        "(Apache / portcullis: $(ratio "$ap_cpu" "$ms_cpu") x; steadier than req/s on a shared machine)"
+fi
