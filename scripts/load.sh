@@ -25,6 +25,10 @@
 #                max_staleness-10k,every_request,breaker_open)      MIX  sessions of the big mix (default 10000)
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
 #   BIN_DIR      use the portcullis and loadkit binaries in this directory instead of building them
+#   PERF=PREFIX  also `perf record` portcullis (DWARF call graphs) for 5 s right after each PERF_CASES
+#                run (comma list, default max_staleness; any portcullis case: deny-no-cookie, max_staleness,
+#                max_staleness-10k, every_request, breaker_open): flat self time to PREFIX.CASE, time
+#                with callees by function to PREFIX.CASE.callers
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -38,6 +42,7 @@ ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-1}"
 PROFILE="${PROFILE:-release}"
 CASES="${CASES:-baseline,ceiling,deny-no-cookie,max_staleness,max_staleness-10k,every_request,breaker_open}"
 MIX="${MIX:-10000}"
+PERF_CASES="${PERF_CASES:-max_staleness}"
 want_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")"
@@ -226,6 +231,21 @@ run_case() { # name path cookies-file expected-status
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     results+=("$name|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$(cut -d' ' -f1 /proc/loadavg)")
     log "$name: $rps req/s, p99 ${p99} ms"
+    [[ -n "${PERF:-}" && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name" "$path" "$cookies"
+    return 0
+}
+
+# perf record (DWARF call graphs) on portcullis under the same load as the case just run: flat self time
+# to $PERF.CASE, the same samples with their callees' time (children) to $PERF.CASE.callers.
+profile() { # name path cookies-file
+    command -v perf >/dev/null || die "PERF is set but perf is missing: apt-get install linux-perf"
+    log "perf record on portcullis during a $1 run"
+    perf record -F 997 --call-graph dwarf -o "$work/perf-$1.data" -p "$portcullis_pid" -- sleep 5 >/dev/null 2>&1 &
+    local perf_pid=$!
+    COOKIES="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s "$work/rotate.lua" "http://127.0.0.1:$LISTEN_PORT$2" >/dev/null
+    wait "$perf_pid" || true
+    perf report -i "$work/perf-$1.data" --no-children --stdio -g none --percent-limit 0.5 >"$PERF.$1" 2>/dev/null || true
+    perf report -i "$work/perf-$1.data" --children --stdio -g none --percent-limit 1 >"$PERF.$1.callers" 2>/dev/null || true
 }
 
 if want_case ceiling; then
@@ -240,14 +260,6 @@ rss_start=$(rss_kb "$portcullis_pid")
 want_case baseline && run_case baseline /oauth2/bench "$work/cookies" 200
 want_case deny-no-cookie && run_case deny-no-cookie /api/bench "$work/no-cookies" 401
 want_case max_staleness && run_case max_staleness /api/bench "$work/cookies" 200
-if [[ -n "${PERF:-}" ]] && want_case max_staleness; then
-    log "perf record -g on portcullis during a max_staleness run"
-    perf record -g -o "$work/perf.data" -p "$portcullis_pid" -- sleep 5 >/dev/null 2>&1 &
-    perf_pid=$!
-    COOKIES="$work/cookies" wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s "$work/rotate.lua" "http://127.0.0.1:$LISTEN_PORT/api/bench" >/dev/null
-    wait "$perf_pid" || true
-    perf report -i "$work/perf.data" --no-children --stdio --percent-limit 1 >"$PERF" 2>/dev/null || true
-fi
 if want_case max_staleness-10k; then
     run_case max_staleness-10k /api/bench "$work/cookies-mix" 200
     rss_mix=$(rss_kb "$portcullis_pid")
