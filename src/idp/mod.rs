@@ -2,9 +2,9 @@
 //!
 //! Built by `crate::providers` (the one place that assembles them, with the M2M manager and the login side).
 //! One concern per file: `transport` (every IdP call: shared client, timeout, no redirects, breaker,
-//! metrics, and the `oauth2` crate's client) over `breaker`; `discovery`
-//! and `jwks` (what a provider publishes); `id_token` (verification); `provider` (what one configured
-//! provider's validators share); `oidc` (ping + oidc: introspection) and `entra` (Graph); `refresh`
+//! metrics, and the `oauth2` crate's client) over `breaker`; `discovery` and `jwks` (what a provider
+//! publishes); `id_token` (verification) and `verified` (verifications remembered per key set);
+//! `provider` (what one configured provider's validators share); `oidc` (ping + oidc: introspection) and `entra` (Graph); `refresh`
 //! (refresh_token grant under a per-session `crate::lock`); `coalesce` (revalidation modes, single-flight).
 //! Every failure to get an answer is [`IdpError::Unavailable`]: the Check path turns it into a 503.
 
@@ -26,6 +26,7 @@ pub mod oidc;
 pub mod provider;
 pub mod refresh;
 pub mod transport;
+pub mod verified;
 
 /// Who the upstream is told the user is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

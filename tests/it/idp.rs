@@ -327,6 +327,20 @@ async fn idp_down_answers_503_opens_the_breaker_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_remembered_id_token_verification_is_never_another_users() {
+    let e = setup("corp", "ping", "", "").await;
+    let alice = e.idp.login("alice").await;
+    let (cookie, _) = plant(&e.app, "corp", "alice", alice.clone()).await;
+    assert_eq!(check(&e.app, &cookie).await.status(), 200, "alice's ID token verified and remembered");
+    // The same ID token in a session that claims to be bob's: the remembered claims name alice.
+    let (cookie, s) = plant(&e.app, "corp", "bob", alice).await;
+    let r = check(&e.app, &cookie).await;
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert!(!e.redis.exists(&format!("session:{}", s.id)));
+    e.app.shutdown().await;
+}
+
+#[tokio::test]
 async fn idp_timeout_is_503_never_an_allow() {
     let e = setup("corp", "ping", "", "").await;
     let (cookie, s) = plant(&e.app, "corp", "alice", e.idp.login("alice").await).await;
