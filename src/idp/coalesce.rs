@@ -73,6 +73,10 @@ impl Validator for Coalescing {
         self.cache.as_ref()?.get(&s.id).await
     }
 
+    fn circuit_open(&self) -> bool {
+        self.inner.circuit_open()
+    }
+
     async fn validate(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
         match &self.cache {
             None => self.single_flight(s, tokens, now).await,

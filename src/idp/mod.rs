@@ -70,6 +70,12 @@ pub trait Validator: Send + Sync {
     async fn cached(&self, _session: &Session) -> Option<Validated> {
         None
     }
+
+    /// Whether the provider's circuit breaker would refuse the revalidation call now. The Check path asks
+    /// before decrypting or verifying anything and answers 503 at once: failing fast must be fast.
+    fn circuit_open(&self) -> bool {
+        false
+    }
 }
 
 /// Validators by provider id (the session's `provider` field).
