@@ -5,7 +5,8 @@
 #
 #   a. baseline       Envoy -> upstream on a route without ext_authz (/oauth2/*, whose cluster is pointed at
 #                     the upstream for this run)
-#   b. deny           through ext_authz, no cookie: portcullis answers 401 without Redis (the gRPC hop alone)
+#   b. deny           through ext_authz, no cookie: portcullis answers 401 without Redis (the gRPC hop alone);
+#                     deny-unknown-session: a well-formed cookie naming no session (one Redis read, 401)
 #   c. max_staleness  through ext_authz with a real session, revalidation.mode = max_staleness (30s)
 #   d. every_request  through ext_authz with a real session, every Check introspects at the node IdP
 #
@@ -21,8 +22,9 @@
 #   CONNECTIONS  wrk connections (default 32)        THREADS      wrk threads (default 1)
 #   SESSIONS     sessions to rotate (default 32)     ENVOY_CONCURRENCY  Envoy workers (default 1)
 #   PROFILE      cargo profile to build (default release)
-#   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,max_staleness,
-#                max_staleness-10k,every_request,breaker_open)      MIX  sessions of the big mix (default 10000)
+#   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,
+#                deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open)
+#   MIX          sessions of the big mix (default 10000)
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
 #   BIN_DIR      use the portcullis and loadkit binaries in this directory instead of building them
 #   PERF=PREFIX  also `perf record` portcullis (DWARF call graphs) for 5 s right after each PERF_CASES
@@ -40,7 +42,7 @@ THREADS="${THREADS:-1}"
 SESSIONS="${SESSIONS:-32}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-1}"
 PROFILE="${PROFILE:-release}"
-CASES="${CASES:-baseline,ceiling,deny-no-cookie,max_staleness,max_staleness-10k,every_request,breaker_open}"
+CASES="${CASES:-baseline,ceiling,deny-no-cookie,deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open}"
 MIX="${MIX:-10000}"
 PERF_CASES="${PERF_CASES:-max_staleness}"
 want_case() { [[ ",$CASES," == *",$1,"* ]]; }
@@ -155,6 +157,8 @@ INTRO_PORT=$(free_port); DEAD_PORT=$(free_port)
 pids+=($!)
 wait_http "http://127.0.0.1:$INTRO_PORT/"
 : >"$work/no-cookies"
+# Well-formed session cookies (43 URL-safe characters) that name no session.
+for _ in $(seq "$SESSIONS"); do head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' | cut -c1-43; done >"$work/unknown-cookies"
 
 # wrk: every request carries the next cookie of COOKIES (none when the file is empty).
 cat >"$work/rotate.lua" <<'LUA'
@@ -259,6 +263,7 @@ start_portcullis max_staleness
 rss_start=$(rss_kb "$portcullis_pid")
 want_case baseline && run_case baseline /oauth2/bench "$work/cookies" 200
 want_case deny-no-cookie && run_case deny-no-cookie /api/bench "$work/no-cookies" 401
+want_case deny-unknown-session && run_case deny-unknown-session /api/bench "$work/unknown-cookies" 401
 want_case max_staleness && run_case max_staleness /api/bench "$work/cookies" 200
 if want_case max_staleness-10k; then
     run_case max_staleness-10k /api/bench "$work/cookies-mix" 200
@@ -282,7 +287,7 @@ fi
 echo
 echo "Through Envoy ($ENVOY_CONCURRENCY worker), wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $SESSIONS sessions rotated, $(nproc) cores"
 echo "portcullis RSS right after start: $((rss_start / 1024)) MiB; after the $MIX-session mix: $(( ${rss_mix:-0} / 1024 )) MiB"
-printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' \
+printf '%-21s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' \
     case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'rps/ceil' 'p99/ceil' 'IdP/req' \
     'RSS b->a' 'r.cmd' 'r.us' 'authz_us' load1
 base_rps="" base_p99="" ceil_rps="" ceil_p99=""
@@ -298,7 +303,7 @@ for r in "${results[@]}"; do
     [[ "$rb" != - ]] && rss="$((rb / 1024))->$((ra / 1024))"
     # 401 is the expected answer of the deny case: wrk counts it as non-2xx.
     [[ "$want" != 200 ]] && other="($other)"
-    printf '%-17s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
+    printf '%-21s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
         "$other" "$(ratio "$rps" "$base_rps")" "$(ratio "$p99" "$base_p99")" "$(ratio "$rps" "$ceil_rps")" \
         "$(ratio "$p99" "$ceil_p99")" "$(awk -v a="$idp" -v b="$reqs" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')" \
         "$rss" "$rcmd" "$rcpu" "$pcpu" "$load"
