@@ -243,7 +243,7 @@ impl Authorizer {
             // `max_staleness` within its window: the tokens are not needed, so they stay sealed.
             return Ok(v.identity);
         }
-        if validator.circuit_open() {
+        if validator.circuit_open(s) {
             // The IdP call would be refused: no decrypt, no key lookup, no M2M token for a 503.
             return Err(Deny::IdpUnavailable);
         }

@@ -93,7 +93,7 @@ impl Validator for EntraValidator {
         Ok(Validated { identity: self.p.claims.identity(&s.user_id, &id.claims), refreshed })
     }
 
-    fn circuit_open(&self) -> bool {
+    fn circuit_open(&self, _: &Session) -> bool {
         self.p.http.circuit_open(Kind::Graph)
     }
 }

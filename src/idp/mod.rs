@@ -71,9 +71,9 @@ pub trait Validator: Send + Sync {
         None
     }
 
-    /// Whether the provider's circuit breaker would refuse the revalidation call now. The Check path asks
-    /// before decrypting or verifying anything and answers 503 at once: failing fast must be fast.
-    fn circuit_open(&self) -> bool {
+    /// Whether the provider's circuit breaker would refuse `session`'s revalidation call now. The Check
+    /// path asks before decrypting or verifying anything and answers 503 at once: failing fast must be fast.
+    fn circuit_open(&self, _session: &Session) -> bool {
         false
     }
 }

@@ -58,7 +58,7 @@ impl Validator for OidcValidator {
         Err(IdpError::Revoked("access token inactive".into()))
     }
 
-    fn circuit_open(&self) -> bool {
+    fn circuit_open(&self, _: &Session) -> bool {
         self.p.http.circuit_open(Kind::Introspection)
     }
 }

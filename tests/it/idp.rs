@@ -386,6 +386,29 @@ async fn breaker_open_answers_503_before_any_other_work() {
 }
 
 #[tokio::test]
+async fn a_check_joins_its_sessions_half_open_probe_instead_of_failing_fast() {
+    let e =
+        setup("probe", "ping", "timeout = \"1s\"\ncircuit_failure_threshold = 1\ncircuit_open_duration = \"1s\"", "")
+            .await;
+    let (cookie, _) = plant(&e.app, "probe", "alice", e.idp.login("alice").await).await;
+    e.idp.delay(INTROSPECTION, 1500).await;
+    assert_eq!(check(&e.app, &cookie).await.status(), 503, "timed out: the breaker opens");
+    e.idp.delay(INTROSPECTION, 800).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    e.idp.reset_stats().await;
+    // The first check is the half-open probe; the second arrives while it is in flight, for the same session.
+    let probe = check(&e.app, &cookie);
+    let joiner = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        check(&e.app, &cookie).await
+    };
+    let (a, b) = tokio::join!(probe, joiner);
+    assert_eq!((a.status(), b.status()), (200, 200), "{a:?} {b:?}");
+    assert_eq!(e.idp.count(INTROSPECTION).await, 1, "one call, shared");
+    e.app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_remembered_id_token_verification_is_never_another_users() {
     let e = setup("corp", "ping", "", "").await;
     let alice = e.idp.login("alice").await;
