@@ -183,6 +183,12 @@ async fn check_section() {
     let (value, _) = app.login("alice", json!({"sub": "alice", "email": "alice@example.com"})).await;
     let cookie = format!("{}={value}", app.cookie_name());
     rows.push(row("no cookie -> 401 (baseline: no Redis)", checks(&app, None, 401, 500, 5000).await, String::new()));
+    let unknown = format!("{}={}", app.cookie_name(), "x".repeat(43));
+    rows.push(row(
+        "unknown session cookie -> 401 (1 Redis round trip)",
+        checks(&app, Some(&unknown), 401, 500, 5000).await,
+        String::new(),
+    ));
     rows.push(row(
         "session + static validator (1 Redis round trip)",
         checks(&app, Some(&cookie), 200, 500, 5000).await,

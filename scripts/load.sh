@@ -5,7 +5,8 @@
 #
 #   a. baseline       Envoy -> upstream on a route without ext_authz (/oauth2/*, whose cluster is pointed at
 #                     the upstream for this run)
-#   b. deny           through ext_authz, no cookie: portcullis answers 401 without Redis (the gRPC hop alone)
+#   b. deny           through ext_authz, no cookie: portcullis answers 401 without Redis (the gRPC hop alone);
+#                     deny-unknown-session: a well-formed cookie naming no session (one Redis read, 401)
 #   c. max_staleness  through ext_authz with a real session, revalidation.mode = max_staleness (30s)
 #   d. every_request  through ext_authz with a real session, every Check introspects at the node IdP
 #   e. apache         the peer: Debian's apache2 + mod_auth_openidc (sessions in the same Redis, signed in
@@ -24,13 +25,17 @@
 #   CONNECTIONS  wrk connections (default 32)        THREADS      wrk threads (default 1)
 #   SESSIONS     sessions to rotate (default 32)     ENVOY_CONCURRENCY  Envoy workers (default 1)
 #   PROFILE      cargo profile to build (default release)
-#   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,max_staleness,
-#                max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache)
+#   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,deny-unknown-session,
+#                max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache)
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
 #   BIN_DIR      use the portcullis and loadkit binaries in this directory instead of building them
+#   PERF=PREFIX  also `perf record` portcullis (DWARF call graphs) for 5 s right after each PERF_CASES
+#                run (comma list, default max_staleness; any portcullis case: deny-no-cookie, max_staleness,
+#                max_staleness-10k, every_request, breaker_open): flat self time to PREFIX.CASE, time
+#                with callees by function to PREFIX.CASE.callers
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -42,10 +47,11 @@ THREADS="${THREADS:-1}"
 SESSIONS="${SESSIONS:-32}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-1}"
 PROFILE="${PROFILE:-release}"
-CASES="${CASES:-baseline,ceiling,deny-no-cookie,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache}"
+CASES="${CASES:-baseline,ceiling,deny-no-cookie,deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache}"
 MIX="${MIX:-10000}"
 MIX2="${MIX2:-100000}"
 MIX2_STALENESS="${MIX2_STALENESS:-10m}"
+PERF_CASES="${PERF_CASES:-max_staleness}"
 want_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")"
@@ -177,6 +183,8 @@ INTRO_PORT=$(free_port); DEAD_PORT=$(free_port)
 pids+=($!)
 wait_http "http://127.0.0.1:$INTRO_PORT/"
 : >"$work/no-cookies"
+# Well-formed session cookies (43 URL-safe characters) that name no session.
+for _ in $(seq "$SESSIONS"); do head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' | cut -c1-43; done >"$work/unknown-cookies"
 
 # wrk: every request carries the next cookie of COOKIES, named COOKIE_NAME (none when the file is empty).
 cat >"$work/rotate.lua" <<'LUA'
@@ -366,6 +374,21 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     results+=("$name|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)")
     log "$name: $rps req/s, p99 ${p99} ms"
+    [[ -n "${PERF:-}" && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name" "$url" "$cookies"
+    return 0
+}
+
+# perf record (DWARF call graphs) on portcullis under the same load as the case just run: flat self time
+# to $PERF.CASE, the same samples with their callees' time (children) to $PERF.CASE.callers.
+profile() { # name url cookies-file (COOKIES and COOKIE_NAME are exported by run_case)
+    command -v perf >/dev/null || die "PERF is set but perf is missing: apt-get install linux-perf"
+    log "perf record on portcullis during a $1 run"
+    perf record -F 997 --call-graph dwarf -o "$work/perf-$1.data" -p "$portcullis_pid" -- sleep 5 >/dev/null 2>&1 &
+    local perf_pid=$!
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s "$work/rotate.lua" "$2" >/dev/null
+    wait "$perf_pid" || true
+    perf report -i "$work/perf-$1.data" --no-children --stdio -g none --percent-limit 0.5 >"$PERF.$1" 2>/dev/null || true
+    perf report -i "$work/perf-$1.data" --children --stdio -g none --percent-limit 1 >"$PERF.$1.callers" 2>/dev/null || true
 }
 
 if want_case ceiling; then
@@ -379,15 +402,8 @@ start_portcullis max_staleness
 rss_start=$(rss_kb "$portcullis_pid")
 want_case baseline && run_case baseline "$ENVOY_URL/oauth2/bench" "$work/cookies" 200
 want_case deny-no-cookie && run_case deny-no-cookie "$ENVOY_URL/api/bench" "$work/no-cookies" 401
+want_case deny-unknown-session && run_case deny-unknown-session "$ENVOY_URL/api/bench" "$work/unknown-cookies" 401
 want_case max_staleness && run_case max_staleness "$ENVOY_URL/api/bench" "$work/cookies" 200
-if [[ -n "${PERF:-}" ]] && want_case max_staleness; then
-    log "perf record -g on portcullis during a max_staleness run"
-    perf record -g -o "$work/perf.data" -p "$portcullis_pid" -- sleep 5 >/dev/null 2>&1 &
-    perf_pid=$!
-    COOKIES="$work/cookies" COOKIE_NAME=GATEWAY_SESSION wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s "$work/rotate.lua" "$ENVOY_URL/api/bench" >/dev/null
-    wait "$perf_pid" || true
-    perf report -i "$work/perf.data" --no-children --stdio --percent-limit 1 >"$PERF" 2>/dev/null || true
-fi
 if want_case max_staleness-10k; then
     prewarm "$work/cookies-mix"
     run_case max_staleness-10k "$ENVOY_URL/api/bench" "$work/cookies-mix" 200
@@ -434,7 +450,7 @@ if [[ -n "${rss_100k:-}" ]]; then
     echo "portcullis RSS with $MIX2 sessions seen (max_staleness $MIX2_STALENESS): $((rss_100k_start / 1024)) MiB at start," \
         "$((rss_100k_walked / 1024)) MiB after the walk, $((rss_100k / 1024)) MiB after the run, VmHWM $((hwm_100k / 1024)) MiB (target <= 64 MiB)"
 fi
-printf '%-18s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' \
+printf '%-21s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' \
     case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'rps/ceil' 'p99/ceil' 'IdP/req' \
     'RSS b->a' 'r.cmd' 'r.us' 'authz_us' 'proxy_us' load1
 base_rps="" base_p99="" ceil_rps="" ceil_p99="" ms_rps="" ms_p99="" ap_rps="" ap_p99="" ms_cpu="" ap_cpu=""
@@ -454,7 +470,7 @@ for r in "${results[@]}"; do
     [[ "$rb" != - ]] && rss="$((rb / 1024))->$((ra / 1024))"
     # 401 is the expected answer of the deny case: wrk counts it as non-2xx.
     [[ "$want" != 200 ]] && other="($other)"
-    printf '%-18s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
+    printf '%-21s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
         "$other" "$(ratio "$rps" "$base_rps")" "$(ratio "$p99" "$base_p99")" "$(ratio "$rps" "$ceil_rps")" \
         "$(ratio "$p99" "$ceil_p99")" "$(awk -v a="$idp" -v b="$reqs" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')" \
         "$rss" "$rcmd" "$rcpu" "$pcpu" "$xcpu" "$load"

@@ -309,6 +309,10 @@ impl Authorizer {
             // `max_staleness` within its window: the tokens are not needed, so they stay sealed.
             return Ok(Passed { identity: v.identity, tokens: None, refreshed: false });
         }
+        if validator.circuit_open(s) {
+            // The IdP call would be refused: no decrypt, no key lookup, no M2M token for a 503.
+            return Err(Deny::IdpUnavailable);
+        }
         let tokens = self.store.decrypt(s).map_err(|e| {
             tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
             crypto_deny(e)

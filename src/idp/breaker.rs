@@ -85,6 +85,16 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::permit`] would refuse now: open, or half-open with its probe already out. Asks
+    /// without taking the probe slot, so a caller can skip the work before a call that would be refused.
+    pub fn refusing(&self) -> bool {
+        match &*self.lock() {
+            Inner::Closed { .. } => false,
+            Inner::Open { until } => Instant::now() < *until,
+            Inner::HalfOpen { probing } => *probing,
+        }
+    }
+
     /// Asks to make one call.
     pub fn permit(&self) -> Result<Permit<'_>, CircuitOpen> {
         let mut g = self.lock();
@@ -192,6 +202,23 @@ mod tests {
         b.permit().unwrap().failure();
         assert_eq!(b.state(), CircuitState::Open);
         assert!(b.permit().is_err());
+    }
+
+    #[test]
+    fn refusing_says_what_permit_would_do_without_taking_the_probe() {
+        let b = Breaker::new("t", 1, Duration::from_millis(0));
+        assert!(!b.refusing());
+        b.permit().unwrap().failure();
+        // Open period over: the next caller may probe, and asking does not take its slot.
+        assert!(!b.refusing());
+        assert!(!b.refusing());
+        let probe = b.permit().unwrap();
+        assert!(b.refusing(), "the probe is out");
+        probe.success();
+        assert!(!b.refusing());
+        let b = Breaker::new("t", 1, Duration::from_secs(3600));
+        b.permit().unwrap().failure();
+        assert!(b.refusing());
     }
 
     #[test]

@@ -92,6 +92,13 @@ impl Validator for Coalescing {
         self.cache.as_ref()?.get(&s.id).await
     }
 
+    /// A check that can join a call already in flight for its session (maybe the half-open probe) waits
+    /// for that call's answer instead.
+    fn circuit_open(&self, s: &Session) -> bool {
+        let joinable = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&s.id);
+        !joinable && self.inner.circuit_open(s)
+    }
+
     async fn validate(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
         match &self.cache {
             None => self.single_flight(s, tokens, now).await,

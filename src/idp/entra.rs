@@ -92,4 +92,8 @@ impl Validator for EntraValidator {
         self.graph(s).await?;
         Ok(Validated { identity: self.p.claims.identity(&s.user_id, &id.claims), refreshed })
     }
+
+    fn circuit_open(&self, _: &Session) -> bool {
+        self.p.http.circuit_open(Kind::Graph)
+    }
 }

@@ -29,6 +29,8 @@ struct Cached {
     set: Option<Arc<JwkSet>>,
     fetched: Option<Instant>,
     fresh_until: Option<Instant>,
+    /// Counts the sets fetched: what was verified under one generation is not trusted under the next.
+    generation: u64,
 }
 
 impl Cached {
@@ -53,6 +55,14 @@ impl Jwks {
 
     fn snapshot(&self) -> Cached {
         self.cached.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The generation of the key set, while it is fresh; `None` when the next key lookup would fetch.
+    /// A verification remembered under a generation holds exactly as long as this still returns it
+    /// (see [`super::verified`]).
+    pub fn fresh_generation(&self) -> Option<u64> {
+        let c = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        c.fresh().then_some(c.generation)
     }
 
     /// The key for `kid` (or the only key, for a token without kid).
@@ -112,6 +122,7 @@ impl Jwks {
             set: Some(set.clone()),
             fetched: Some(now),
             fresh_until: Some(now + freshness::fresh_for(&headers, self.cap)),
+            generation: c.generation + 1,
         };
         Ok(set)
     }

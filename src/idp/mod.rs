@@ -2,9 +2,9 @@
 //!
 //! Built by `crate::providers` (the one place that assembles them, with the M2M manager and the login side).
 //! One concern per file: `transport` (every IdP call: shared client, timeout, no redirects, breaker,
-//! metrics, and the `oauth2` crate's client) over `breaker`; `discovery`
-//! and `jwks` (what a provider publishes); `id_token` (verification); `provider` (what one configured
-//! provider's validators share); `oidc` (ping + oidc: introspection) and `entra` (Graph); `refresh`
+//! metrics, and the `oauth2` crate's client) over `breaker`; `discovery` and `jwks` (what a provider
+//! publishes); `id_token` (verification) and `verified` (verifications remembered per key set);
+//! `provider` (what one configured provider's validators share); `oidc` (ping + oidc: introspection) and `entra` (Graph); `refresh`
 //! (refresh_token grant under a per-session `crate::lock`); `coalesce` (revalidation modes, single-flight).
 //! Every failure to get an answer is [`IdpError::Unavailable`]: the Check path turns it into a 503.
 
@@ -26,6 +26,7 @@ pub mod oidc;
 pub mod provider;
 pub mod refresh;
 pub mod transport;
+pub mod verified;
 
 /// Who the upstream is told the user is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +69,12 @@ pub trait Validator: Send + Sync {
     /// skips decrypting the tokens altogether. Most validators remember nothing.
     async fn cached(&self, _session: &Session) -> Option<Validated> {
         None
+    }
+
+    /// Whether the provider's circuit breaker would refuse `session`'s revalidation call now. The Check
+    /// path asks before decrypting or verifying anything and answers 503 at once: failing fast must be fast.
+    fn circuit_open(&self, _session: &Session) -> bool {
+        false
     }
 }
 

@@ -57,6 +57,10 @@ impl Validator for OidcValidator {
         }
         Err(IdpError::Revoked("access token inactive".into()))
     }
+
+    fn circuit_open(&self, _: &Session) -> bool {
+        self.p.http.circuit_open(Kind::Introspection)
+    }
 }
 
 /// RFC 7662 introspection of `token` at `p`, authenticated as configured (`bearer`: the M2M token): the

@@ -12,6 +12,7 @@ use super::discovery::Discovery;
 use super::id_token::{self, Expect, IdToken};
 use super::jwks::Jwks;
 use super::transport::Transport;
+use super::verified::Verified;
 use super::IdpError;
 use crate::config::{ClientAuth, ProviderConfig};
 use crate::m2m::M2mSource;
@@ -27,6 +28,8 @@ pub struct Provider {
     pub m2m: Arc<dyn M2mSource>,
     pub store: SessionStore,
     pub claims: ClaimNames,
+    /// ID tokens already verified under the current key set.
+    verified: Verified,
 }
 
 impl Provider {
@@ -54,6 +57,7 @@ impl Provider {
                 require_verified_email: cfg.require_verified_email,
             },
             cfg: cfg.clone(),
+            verified: Verified::default(),
         }
     }
 
@@ -64,9 +68,20 @@ impl Provider {
         }
     }
 
-    pub async fn verify_id_token(&self, token: &str) -> Result<IdToken, IdpError> {
+    /// Verifies an ID token (signature, issuer, audience; see [`id_token::verify`]), or finds it verified
+    /// already under the key set that is fresh now.
+    pub async fn verify_id_token(&self, token: &str) -> Result<Arc<IdToken>, IdpError> {
+        let digest = Verified::digest(token);
+        let keys = self.jwks.fresh_generation();
+        if let Some(t) = self.verified.get(&digest, keys).await {
+            return Ok(t);
+        }
         let expect = Expect { issuer: &self.issuer, audience: &self.cfg.client_id };
-        id_token::verify(token, &expect, &self.jwks, &self.http, &self.discovery).await
+        let t = Arc::new(id_token::verify(token, &expect, &self.jwks, &self.http, &self.discovery).await?);
+        if let Some(keys) = keys {
+            self.verified.insert(digest, t.clone(), keys, crate::now()).await;
+        }
+        Ok(t)
     }
 
     /// The M2M token; without one the IdP cannot be asked, which is ours to fix: 503.

@@ -5,6 +5,7 @@
 //! lock holder re-reads the session (someone may have refreshed a moment ago), calls the IdP and writes
 //! the new tokens (last write wins); everyone else waits for the lock to go and adopts what was written.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -25,7 +26,7 @@ const FOLLOWER_POLL: Duration = Duration::from_millis(50);
 /// New tokens, already written to the session, and the verified ID token among them.
 pub struct Refreshed {
     pub tokens: Tokens,
-    pub id_token: IdToken,
+    pub id_token: Arc<IdToken>,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +139,7 @@ async fn lead(p: &Provider, seen: &Session, now: i64, user_claim: &str) -> Resul
 
 /// Verifies a refreshed ID token and that it names the session's user.
 /// (An IdP that returns no new ID token leaves the old one in place, expired or not.)
-async fn verify_for(p: &Provider, token: &str, s: &Session, user_claim: &str) -> Result<IdToken, IdpError> {
+async fn verify_for(p: &Provider, token: &str, s: &Session, user_claim: &str) -> Result<Arc<IdToken>, IdpError> {
     let t = p.verify_id_token(token).await?;
     if t.text(user_claim) != Some(s.user_id.as_str()) {
         return Err(IdpError::Invalid(format!("refreshed id token names another {user_claim}")));

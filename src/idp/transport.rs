@@ -115,6 +115,17 @@ impl Transport {
         self.timeout
     }
 
+    /// Whether a `kind` call would be refused by the open breaker right now; counted as that call's
+    /// `circuit_open`, as [`Transport::send`] would. Lets a caller answer before preparing the call
+    /// (a Check: no decrypt, no ID-token verification, no M2M token).
+    pub fn circuit_open(&self, kind: Kind) -> bool {
+        let open = self.breaker.refusing();
+        if open {
+            self.count(kind, "circuit_open", None);
+        }
+        open
+    }
+
     /// One IdP call's span: provider, kind and outcome, never the URL (Graph URLs carry user ids) nor a body.
     fn span(&self, kind: Kind) -> tracing::Span {
         tracing::info_span!(

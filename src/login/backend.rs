@@ -2,6 +2,8 @@
 //! lazily discovered endpoints, ID tokens checked with the login's nonce, and back-channel logout tokens
 //! (OIDC Back-Channel Logout 1.0 §2.6). It lives on the login side so that `idp` never imports `login`.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use super::logout_token;
@@ -38,7 +40,7 @@ impl LoginBackend for Provider {
         if self.cfg.kind == ProviderKind::Entra && id.text("tid") != self.cfg.tenant.as_deref() {
             return Err(IdpError::Invalid("id token from another tenant".into()));
         }
-        Ok(id.claims)
+        Ok(Arc::unwrap_or_clone(id).claims)
     }
 
     async fn verify_logout_token(&self, token: &str) -> Result<Map<String, Value>, IdpError> {

@@ -326,6 +326,102 @@ async fn idp_down_answers_503_opens_the_breaker_and_recovers() {
     e.app.shutdown().await;
 }
 
+/// The value of one `portcullis_*` series in the process-wide registry (0 when absent).
+fn metric(series: &str) -> f64 {
+    let text = portcullis::telemetry::metrics().render();
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// An M2M source that counts how often it is asked.
+struct CountingM2m {
+    inner: Arc<IdpM2m>,
+    asked: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl portcullis::m2m::M2mSource for CountingM2m {
+    async fn token(&self, provider: &str) -> Result<String, portcullis::m2m::M2mError> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.token(provider).await
+    }
+}
+
+#[tokio::test]
+async fn breaker_open_answers_503_before_any_other_work() {
+    // The IdP is up; only its introspection endpoint is down (a closed port), so the IdP's own counts show
+    // whether a fast 503 still fetched keys, discovery or a token.
+    let redis = RedisServer::start();
+    let idp = IdpServer::start().await;
+    let dead = crate::harness::free_port();
+    let extra = format!(
+        "introspection_endpoint = \"http://127.0.0.1:{dead}/introspect\"\ncircuit_failure_threshold = 1\ncircuit_open_duration = \"60s\""
+    );
+    let cfg = config(&redis.url(), &provider_toml("fastfail", "ping", &idp, &extra));
+    let m2m = Arc::new(CountingM2m { inner: IdpM2m::new(&idp), asked: Default::default() });
+    let app = TestApp::configured(cfg, m2m.clone()).await;
+    let (cookie, s) = plant(&app, "fastfail", "alice", idp.login("alice").await).await;
+    // The first check reaches the dead endpoint and opens the breaker.
+    assert_eq!(check(&app, &cookie).await.status(), 503);
+
+    let series = r#"portcullis_idp_requests_total{provider="fastfail",kind="introspection",outcome="circuit_open"}"#;
+    let before = metric(series);
+    idp.reset_stats().await;
+    redis.reset_stats();
+    m2m.asked.store(0, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        let r = check(&app, &cookie).await;
+        assert_eq!(r.status(), 503, "{r:?}");
+        assert!(r.header("retry-after").is_some(), "{r:?}");
+    }
+    assert_eq!(m2m.asked.load(std::sync::atomic::Ordering::SeqCst), 0, "no M2M token asked for a call not made");
+    let stats = idp.stats().await;
+    assert!(stats.is_empty(), "no discovery, JWKS or token call: {stats:?}");
+    let ours = ["ping", "config|resetstat", "info"];
+    let executed: std::collections::BTreeMap<String, u64> =
+        redis.commandstats().into_iter().filter(|(k, _)| !ours.contains(&k.as_str())).collect();
+    assert_eq!(executed, [("hgetall".to_string(), 5)].into(), "the session read and nothing else");
+    assert!(metric(series) >= before + 5.0, "each fast 503 counted as a refused introspection");
+    assert!(redis.exists(&format!("session:{}", s.id)), "503 keeps the session");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_check_joins_its_sessions_half_open_probe_instead_of_failing_fast() {
+    let e =
+        setup("probe", "ping", "timeout = \"1s\"\ncircuit_failure_threshold = 1\ncircuit_open_duration = \"1s\"", "")
+            .await;
+    let (cookie, _) = plant(&e.app, "probe", "alice", e.idp.login("alice").await).await;
+    e.idp.delay(INTROSPECTION, 1500).await;
+    assert_eq!(check(&e.app, &cookie).await.status(), 503, "timed out: the breaker opens");
+    e.idp.delay(INTROSPECTION, 800).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    e.idp.reset_stats().await;
+    // The first check is the half-open probe; the second arrives while it is in flight, for the same session.
+    let probe = check(&e.app, &cookie);
+    let joiner = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        check(&e.app, &cookie).await
+    };
+    let (a, b) = tokio::join!(probe, joiner);
+    assert_eq!((a.status(), b.status()), (200, 200), "{a:?} {b:?}");
+    assert_eq!(e.idp.count(INTROSPECTION).await, 1, "one call, shared");
+    e.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_remembered_id_token_verification_is_never_another_users() {
+    let e = setup("corp", "ping", "", "").await;
+    let alice = e.idp.login("alice").await;
+    let (cookie, _) = plant(&e.app, "corp", "alice", alice.clone()).await;
+    assert_eq!(check(&e.app, &cookie).await.status(), 200, "alice's ID token verified and remembered");
+    // The same ID token in a session that claims to be bob's: the remembered claims name alice.
+    let (cookie, s) = plant(&e.app, "corp", "bob", alice).await;
+    let r = check(&e.app, &cookie).await;
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert!(!e.redis.exists(&format!("session:{}", s.id)));
+    e.app.shutdown().await;
+}
+
 #[tokio::test]
 async fn idp_timeout_is_503_never_an_allow() {
     let e = setup("corp", "ping", "", "").await;
