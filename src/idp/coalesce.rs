@@ -30,6 +30,13 @@ impl<T> Default for SingleFlight<T> {
     }
 }
 
+impl<T> SingleFlight<T> {
+    /// Whether a call for `key` is in flight now (a check may join it rather than fail fast).
+    pub fn in_flight(&self, key: &str) -> bool {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
+    }
+}
+
 impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// The result of the call in flight for `key`, or of `make()` started now. `lost` names the result
     /// of a task that panicked.
@@ -95,7 +102,7 @@ impl Validator for Coalescing {
     /// A check that can join a call already in flight for its session (maybe the half-open probe) waits
     /// for that call's answer instead.
     fn circuit_open(&self, s: &Session) -> bool {
-        let joinable = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&s.id);
+        let joinable = self.in_flight.in_flight(&s.id);
         !joinable && self.inner.circuit_open(s)
     }
 
