@@ -22,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STRICT_METRICS = os.environ.get("STRICT_METRICS") == "1"
-IDENTITY_HEADERS = ["x-auth-user-id", "x-auth-provider", "x-auth-email", "x-auth-name", "x-auth-groups", "x-auth-jwt", "x-auth-client"]
+IDENTITY_HEADERS = ["x-auth-user-id", "x-auth-provider", "x-auth-email", "x-auth-name", "x-auth-groups", "x-auth-jwt", "x-auth-client", "x-auth-delegated-token"]
 # DESIGN.md "Metrics", which src/ may not all emit yet.
 DESIGN_METRICS = {
     "portcullis_check_total", "portcullis_check_duration_seconds", "portcullis_idp_requests_total",
