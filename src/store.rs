@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::caching::{CacheConfig, CacheMode};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::caching::{CacheConfig, CacheMode};
 use redis::{Cmd, CommandCacheConfig, FromRedisValue, Pipeline, ProtocolVersion, RedisFuture, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
@@ -301,10 +301,8 @@ fn tracking_connection(
     let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
     let client = redis::Client::open(info.set_redis_settings(resp3))?;
     let size = std::num::NonZeroUsize::new(cfg.client_cache_size).unwrap_or(std::num::NonZeroUsize::MIN);
-    let cache = CacheConfig::new()
-        .set_mode(CacheMode::OptIn)
-        .set_size(size)
-        .set_default_client_ttl(cfg.client_cache_ttl);
+    let cache =
+        CacheConfig::new().set_mode(CacheMode::OptIn).set_size(size).set_default_client_ttl(cfg.client_cache_ttl);
     let conn = ConnectionManager::new_lazy_with_config(client, mcfg.set_cache_config(cache))?;
     let opt_in = CommandCacheConfig::new().set_enable_cache(true).set_client_side_ttl(cfg.client_cache_ttl);
     Ok(Cached { conn, opt_in })
