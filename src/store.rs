@@ -251,12 +251,6 @@ impl Redis {
         .await
     }
 
-    /// Hits and misses of the client cache, when there is one (tests and benchmarks read them).
-    pub fn client_cache_stats(&self) -> Option<(usize, usize)> {
-        let s = self.inner.cached.as_ref()?.conn.get_cache_statistics()?;
-        Some((s.hit, s.miss))
-    }
-
     /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.
     pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
         self.timed(async {
