@@ -34,6 +34,16 @@ pub struct RedisConfig {
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Serve the Check's session read (`HGETALL session:{id}`) from an in-process cache that Redis keeps
+    /// fresh with RESP3 `CLIENT TRACKING` invalidations. Off by default: an invalidation is read
+    /// asynchronously, so a revoke can race a check (SECURITY.md "Known limits").
+    pub client_cache: bool,
+    /// Most sessions the client cache holds (LRU).
+    pub client_cache_size: usize,
+    /// Longest a cached session read is trusted without asking Redis: the bound on staleness if an
+    /// invalidation is missed (redis-rs stores a reply after its reader may already have handled the push).
+    #[serde(with = "humantime_serde")]
+    pub client_cache_ttl: Duration,
 }
 
 impl Default for RedisConfig {
@@ -49,6 +59,9 @@ impl Default for RedisConfig {
             pool_size: 32,
             timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
+            client_cache: false,
+            client_cache_size: 10_000,
+            client_cache_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -77,6 +90,21 @@ impl RedisConfig {
                 if self.sentinel_master.as_deref().unwrap_or("").is_empty() {
                     errors.push("redis.sentinel_master: required when redis.mode = \"sentinel\"".into());
                 }
+            }
+        }
+        if self.client_cache {
+            if self.mode != RedisMode::Standalone {
+                errors.push(
+                    "redis.client_cache: supported only with redis.mode = \"standalone\" (cluster and sentinel \
+                     connections are not wired for RESP3 invalidations)"
+                        .into(),
+                );
+            }
+            if self.client_cache_size == 0 {
+                errors.push("redis.client_cache_size: must be at least 1".into());
+            }
+            if self.client_cache_ttl.is_zero() {
+                errors.push("redis.client_cache_ttl: must be more than 0".into());
             }
         }
         if self.pool_size == 0 {

@@ -120,10 +120,13 @@ impl SessionStore {
         self.idle
     }
 
-    /// One plain `HGETALL` (one command, one round trip): the session, or `None` when there is none. A key
+    /// One plain `HGETALL` (one command, one round trip; none on a client-cache hit, `redis.client_cache`):
+    /// the session, or `None` when there is none. A key
     /// of another type or bytes that are not text are [`Corrupt`], so the caller denies and deletes.
     pub async fn load(&self, id: &str) -> Result<Option<Session>, LoadError> {
-        let reply = self.redis.query::<redis::Value>(redis::cmd("HGETALL").arg(session_key(id))).await;
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(session_key(id));
+        let reply = self.redis.query_cached::<redis::Value>(cmd).await;
         let value = match reply {
             Ok(v) => v,
             Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => return Err(Corrupt("<type>").into()),

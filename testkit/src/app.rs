@@ -26,6 +26,8 @@ pub fn config(redis_url: &str, extra: &str) -> Config {
 /// As [`config`], with the given encryption key ring (first key encrypts).
 pub fn config_with_keys(redis_url: &str, keys: &[String], extra: &str) -> Config {
     let keys = keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ");
+    // `PORTCULLIS_TEST_CLIENT_CACHE=1` runs every in-process app with `redis.client_cache` (RESP3 session reads).
+    let client_cache = std::env::var("PORTCULLIS_TEST_CLIENT_CACHE").is_ok_and(|v| v == "1");
     let text = format!(
         r#"
 [server]
@@ -37,6 +39,7 @@ public_url = "http://127.0.0.1:8080"
 url = "{redis_url}"
 timeout = "300ms"
 connect_timeout = "300ms"
+client_cache = {client_cache}
 
 [session]
 cookie_secure = false

@@ -153,6 +153,25 @@ fn check_config_accepts_sentinel_mode() {
     assert!(err.contains("redis.sentinel_master"), "{err}");
 }
 
+/// The client cache is wired for a standalone connection only; elsewhere it is refused by name, not ignored.
+#[test]
+fn check_config_refuses_client_cache_outside_standalone() {
+    let on = good().replace("client_cache = false", "client_cache = true");
+    assert!(on.contains("client_cache = true"), "the example's client_cache line moved");
+    let out = check_config(&on);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for mode in ["cluster", "sentinel"] {
+        let text = on
+            .replace("mode = \"standalone\"", &format!("mode = \"{mode}\""))
+            .replace("# urls = [", "urls = [")
+            .replace("# sentinel_master =", "sentinel_master =");
+        let out = check_config(&text);
+        assert_eq!(out.status.code(), Some(64), "{mode}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("redis.client_cache"), "{mode}: {err}");
+    }
+}
+
 #[test]
 fn check_config_refuses_an_unknown_redis_mode_by_name() {
     let text = good().replace("mode = \"standalone\"", "mode = \"ring\"");

@@ -12,6 +12,7 @@ mod audit;
 mod bearer;
 mod check;
 mod cli;
+mod client_cache;
 mod delegate;
 mod e2e;
 mod envoy;
