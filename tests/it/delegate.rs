@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use portcullis::config::Config;
-use portcullis::session::{NewSession, Session, Tokens};
 use serde_json::{json, Value};
 use wiremock::matchers::{body_string_contains, header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -19,6 +18,7 @@ use crate::harness::app::{config, request, Checked, TestApp};
 use crate::harness::eventually;
 use crate::harness::idp::{provider_toml, start_app, IdpM2m, IdpServer, CLIENT_ID, CLIENT_SECRET, TENANT};
 use crate::harness::redis::RedisServer;
+use crate::idp::plant;
 
 const EXCHANGE: &str = "/token:urn:ietf:params:oauth:grant-type:token-exchange";
 const REFRESH: &str = "/token:refresh_token";
@@ -47,17 +47,6 @@ async fn setup_with(provider_extra: &str, extra: &str, configure: impl FnOnce(&m
     configure(&mut cfg);
     let app = start_app(&cfg, m2m.clone()).await;
     Env { redis, idp, m2m, cfg, app }
-}
-
-async fn plant(app: &TestApp, provider: &str, user_id: &str, tokens: Tokens) -> (String, Session) {
-    let new = NewSession {
-        user_id: user_id.to_string(),
-        provider: provider.to_string(),
-        sid: None,
-        tokens,
-        client_fingerprint: None,
-    };
-    app.server.authorizer.store().create(new, portcullis::now()).await.expect("create session")
 }
 
 /// A Check of `cookie` on a route with these `context_extensions`, the client sending `headers` too.

@@ -40,7 +40,7 @@ async fn setup(name: &str, kind: &str, provider_extra: &str, extra: &str) -> Env
 }
 
 /// Creates a session as the login route would; returns the cookie value and the stored session.
-async fn plant(app: &TestApp, provider: &str, user_id: &str, tokens: Tokens) -> (String, Session) {
+pub(crate) async fn plant(app: &TestApp, provider: &str, user_id: &str, tokens: Tokens) -> (String, Session) {
     let new = NewSession {
         user_id: user_id.to_string(),
         provider: provider.to_string(),
