@@ -2,19 +2,24 @@
 //! tokens): concurrent checks of one session share one IdP call. `every_request` remembers nothing once a
 //! call is done; `max_staleness` reuses a success for that long (errors are never reused: a 503 must not
 //! stick, a deny deletes the session anyway).
+//!
+//! The `max_staleness` cache holds up to [`MAX_CACHED`] sessions, so its entry size is the sidecar's memory:
+//! a quick_cache entry keyed by the session id's 32 bytes, holding a deadline and the identity packed into
+//! one allocation (postcard), is about 200 bytes where a moka `String → Validated` entry was about 800.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tracing::Instrument;
 
-use super::{IdpError, Validated, Validator};
+use super::{Identity, IdpError, Validated, Validator};
 use crate::config::{RevalidationConfig, RevalidationMode};
 use crate::session::{Session, Tokens};
 
 /// Most sessions remembered in `max_staleness` mode.
-const MAX_CACHED: u64 = 100_000;
+const MAX_CACHED: usize = 100_000;
 
 /// One call per key at a time: latecomers await the first caller's result. The call runs as its own task:
 /// Envoy gives up on a Check after its timeout (200 ms by default) and tonic then drops the handler, but a
@@ -69,34 +74,57 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     }
 }
 
+/// A success remembered for one session: good until `until`; the identity as postcard bytes.
+#[derive(Clone)]
+struct Fresh {
+    until: Instant,
+    identity: Arc<[u8]>,
+}
+
+/// The `max_staleness` memory: session id bytes → its last success.
+struct Remembered {
+    entries: quick_cache::sync::Cache<[u8; 32], Fresh>,
+    ttl: Duration,
+}
+
+impl Remembered {
+    /// The cache key: the session id is the hex SHA-256 of the cookie; anything else is not remembered.
+    fn key(id: &str) -> Option<[u8; 32]> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(id, &mut key).ok().map(|()| key)
+    }
+
+    fn get(&self, id: &str) -> Option<Identity> {
+        let fresh = self.entries.get(&Self::key(id)?)?;
+        // An expired entry is left for the next success to overwrite or for eviction to drop.
+        (fresh.until > Instant::now()).then_some(())?;
+        postcard::from_bytes(&fresh.identity).ok()
+    }
+
+    fn remember(&self, id: &str, identity: &Identity) {
+        let (Some(key), Ok(bytes)) = (Self::key(id), postcard::to_allocvec(identity)) else { return };
+        self.entries.insert(key, Fresh { until: Instant::now() + self.ttl, identity: bytes.into() });
+    }
+}
+
 pub struct Coalescing {
     inner: Arc<dyn Validator>,
     in_flight: SingleFlight<Result<Validated, IdpError>>,
-    cache: Option<moka::future::Cache<String, Validated>>,
+    remembered: Option<Arc<Remembered>>,
 }
 
 /// Wraps `inner` in the configured mode.
 pub fn wrap(inner: Arc<dyn Validator>, cfg: &RevalidationConfig) -> Arc<dyn Validator> {
-    let cache = (cfg.mode == RevalidationMode::MaxStaleness)
-        .then(|| moka::future::Cache::builder().max_capacity(MAX_CACHED).time_to_live(cfg.max_staleness).build());
-    Arc::new(Coalescing { inner, in_flight: SingleFlight::default(), cache })
-}
-
-impl Coalescing {
-    /// One call per session id at a time; latecomers await the same result.
-    async fn single_flight(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
-        let make = || {
-            let (inner, s, t) = (self.inner.clone(), s.clone(), tokens.clone());
-            async move { inner.validate(&s, &t, now).await }
-        };
-        self.in_flight.run(s.id.clone(), make, |e| Err(IdpError::Unavailable(format!("revalidation task: {e}")))).await
-    }
+    let remembered = (cfg.mode == RevalidationMode::MaxStaleness)
+        .then(|| Arc::new(Remembered { entries: quick_cache::sync::Cache::new(MAX_CACHED), ttl: cfg.max_staleness }));
+    Arc::new(Coalescing { inner, in_flight: SingleFlight::default(), remembered })
 }
 
 #[async_trait::async_trait]
 impl Validator for Coalescing {
     async fn cached(&self, s: &Session) -> Option<Validated> {
-        self.cache.as_ref()?.get(&s.id).await
+        let identity = self.remembered.as_ref()?.get(&s.id)?;
+        Some(Validated { identity, refreshed: None })
     }
 
     /// A check that can join a call already in flight for its session (maybe the half-open probe) waits
@@ -106,14 +134,63 @@ impl Validator for Coalescing {
         !joinable && self.inner.circuit_open(s)
     }
 
+    /// One call per session id at a time; latecomers await the same result. A success is remembered by
+    /// the call itself, once, even if every check waiting for it has gone.
     async fn validate(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
-        match &self.cache {
-            None => self.single_flight(s, tokens, now).await,
-            // moka's try_get_with runs one init per key and hands its result to every waiter.
-            Some(cache) => cache
-                .try_get_with(s.id.clone(), self.single_flight(s, tokens, now))
-                .await
-                .map_err(|e: Arc<IdpError>| (*e).clone()),
+        let make = || {
+            let (inner, s, t, remembered) = (self.inner.clone(), s.clone(), tokens.clone(), self.remembered.clone());
+            async move {
+                let r = inner.validate(&s, &t, now).await;
+                if let (Some(m), Ok(v)) = (&remembered, &r) {
+                    m.remember(&s.id, &v.identity);
+                }
+                r
+            }
+        };
+        self.in_flight.run(s.id.clone(), make, |e| Err(IdpError::Unavailable(format!("revalidation task: {e}")))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn remembered(ttl: Duration) -> Remembered {
+        Remembered { entries: quick_cache::sync::Cache::new(8), ttl }
+    }
+
+    fn alice() -> Identity {
+        Identity {
+            user_id: "alice".into(),
+            email: Some("alice@example.com".into()),
+            name: None,
+            groups: vec!["admins".into(), "ops,eu".into()],
         }
+    }
+
+    #[test]
+    fn a_remembered_identity_comes_back_whole_until_its_deadline() {
+        let m = remembered(Duration::from_secs(60));
+        assert_eq!(m.get(ID), None);
+        m.remember(ID, &alice());
+        assert_eq!(m.get(ID), Some(alice()));
+        assert_eq!(m.get(&ID.replace('0', "1")), None, "another session's id finds nothing");
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_served() {
+        let m = remembered(Duration::ZERO);
+        m.remember(ID, &alice());
+        assert_eq!(m.get(ID), None);
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_hash_is_never_remembered() {
+        let m = remembered(Duration::from_secs(60));
+        m.remember("not-hex", &alice());
+        assert_eq!(m.get("not-hex"), None);
+        assert_eq!(m.entries.len(), 0);
     }
 }

@@ -29,7 +29,7 @@ pub mod transport;
 pub mod verified;
 
 /// Who the upstream is told the user is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub user_id: String,
     pub email: Option<String>,
