@@ -253,12 +253,16 @@ fn run(server: bool, fut: impl std::future::Future<Output = Result<(), String>>)
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
+    let done = rt.block_on(fut);
+    if let Err(e) = &done {
+        if server {
+            tracing::error!(error = %e, "portcullis failed");
+        }
+    }
+    crate::telemetry::flush_logs();
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if server {
-                tracing::error!(error = %e, "portcullis failed");
-            }
             eprintln!("{e}");
             ExitCode::FAILURE
         }
