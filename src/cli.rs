@@ -142,7 +142,7 @@ pub fn main() -> ExitCode {
     if let Command::Webhook { listen, tls_cert, tls_key } = &cli.command {
         crate::telemetry::init_logs(crate::config::LogFormat::Json);
         let (listen, cert, key) = (*listen, tls_cert.clone(), tls_key.clone());
-        return run(true, crate::inject::serve::serve(listen, cert, key));
+        return run(Rt::Server(None), crate::inject::serve::serve(listen, cert, key));
     }
     if let Command::Keygen { assertion, alg } = cli.command {
         if !assertion {
@@ -162,7 +162,7 @@ pub fn main() -> ExitCode {
     }
     if let Command::Healthcheck { url, timeout_secs } = &cli.command {
         let timeout = std::time::Duration::from_secs(*timeout_secs);
-        return run(false, async { crate::healthcheck::probe(url, timeout).await.map(|ok| println!("{ok}")) });
+        return run(Rt::Tool, async { crate::healthcheck::probe(url, timeout).await.map(|ok| println!("{ok}")) });
     }
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -182,15 +182,15 @@ pub fn main() -> ExitCode {
             println!("note: {}", crate::reload::RESTART_NOTE);
             ExitCode::SUCCESS
         }
-        Command::Sessions { action } => run(false, sessions(cfg, action)),
-        Command::Delegations => run(false, delegations(cfg)),
+        Command::Sessions { action } => run(Rt::Tool, sessions(cfg, action)),
+        Command::Delegations => run(Rt::Tool, delegations(cfg)),
         Command::M2m { command } => {
             crate::telemetry::init_logs(crate::config::LogFormat::Text);
-            run(false, m2m(cfg, command))
+            run(Rt::Tool, m2m(cfg, command))
         }
         Command::Serve => {
             let (format, level, path) = (cfg.server.log_format, cfg.server.log_level.clone(), cli.config.clone());
-            run(true, async move {
+            run(Rt::Server(cfg.server.worker_threads), async move {
                 // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
                 if let Err(e) = crate::telemetry::init_logs_and_traces(format, &level) {
                     crate::telemetry::init_logs_at(format, &level);
@@ -239,12 +239,26 @@ fn inject(mode: crate::inject::Mode, input: &ManifestInput) -> ExitCode {
     }
 }
 
-/// Runs `fut` on a runtime (multi-threaded for the server); an error is printed and exits 1.
-fn run(server: bool, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = if server {
-        tokio::runtime::Runtime::new()
-    } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+/// Which runtime a command runs on.
+enum Rt {
+    /// One thread: the command-line tools.
+    Tool,
+    /// Multi-threaded, with this many workers (default: one per CPU).
+    Server(Option<usize>),
+}
+
+/// Runs `fut` on a runtime; an error is printed and exits 1.
+fn run(kind: Rt, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let server = matches!(kind, Rt::Server(_));
+    let rt = match kind {
+        Rt::Server(workers) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = workers {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()
+        }
+        Rt::Tool => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     };
     let rt = match rt {
         Ok(rt) => rt,

@@ -37,7 +37,8 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// What `check-config` prints: the keys a reload does not apply.
 pub const RESTART_NOTE: &str = "a reload (SIGHUP or a changed file) applies everything except server.grpc_addr, \
-server.http_addr, server.admin_addr, server.public_url, server.trusted_proxies, server.log_format, [redis], \
+server.http_addr, server.admin_addr, server.public_url, server.trusted_proxies, server.log_format, \
+server.worker_threads, [redis], \
 [session] other than its keys, [m2m], [login] and [assertion]: those need a restart";
 
 /// The sections a reload keeps as they were at start, by the key named in the warning.
@@ -51,6 +52,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("server.public_url", c.server.public_url.clone()),
         ("server.trusted_proxies", format!("{:?}", c.server.trusted_proxies)),
         ("server.log_format", format!("{:?}", c.server.log_format)),
+        ("server.worker_threads", format!("{:?}", c.server.worker_threads)),
         ("redis", format!("{:?}", c.redis)),
         ("session", format!("{session:?}")),
         ("m2m", format!("{:?}", c.m2m)),

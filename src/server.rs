@@ -164,7 +164,8 @@ impl Server {
             }));
         }
 
-        tracing::info!(%grpc_addr, %http_addr, ?admin_addr, version = crate::telemetry::version_string(), "portcullis listening");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(%grpc_addr, %http_addr, ?admin_addr, workers, version = crate::telemetry::version_string(), "portcullis listening");
         let parts = Parts {
             live: live.clone(),
             store: login.store.clone(),

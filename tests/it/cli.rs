@@ -321,6 +321,23 @@ async fn serve_starts_in_every_redis_mode_from_a_config_file() {
     }
 }
 
+/// `server.worker_threads` from the file sets how many threads serve requests (the start-up line reports the
+/// runtime's own count); left out, it is one per CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_configured_number_of_worker_threads() {
+    let redis = crate::harness::redis::RedisServer::start();
+    let url = format!("url = {:?}", redis.url());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    for (server, workers) in [("worker_threads = 1", 1), ("worker_threads = 3", 3), ("", cpus)] {
+        let served = Served::start(&url, server);
+        assert!(served.wait_ready().await, "{server:?}: portcullis did not become ready");
+        assert_eq!(served.check(&[]).await, 401, "{server:?}: a Check is answered");
+        let log = served.log();
+        let line = log.lines().find(|l| l.contains("portcullis listening")).unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains(&format!("\"workers\":{workers},")), "{server:?}: {line}");
+    }
+}
+
 /// SIGTERM as Kubernetes sends it: readiness turns 503 at once while checks are still answered for
 /// `drain_delay`, then the process exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
