@@ -332,6 +332,8 @@ async fn serve_runs_the_configured_number_of_worker_threads() {
         let served = Served::start(&url, server);
         assert!(served.wait_ready().await, "{server:?}: portcullis did not become ready");
         assert_eq!(served.check(&[]).await, 401, "{server:?}: a Check is answered");
+        let wait = std::time::Duration::from_secs(5);
+        crate::harness::eventually(wait, async || served.log().contains("portcullis listening")).await;
         let log = served.log();
         let line = log.lines().find(|l| l.contains("portcullis listening")).unwrap_or_else(|| panic!("{log}"));
         assert!(line.contains(&format!("\"workers\":{workers},")), "{server:?}: {line}");

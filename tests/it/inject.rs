@@ -517,8 +517,13 @@ async fn the_webhook_protects_pods_on_another_port_or_with_route_options_as_inje
         assert!(warning.contains("not protected"), "{warning}");
     }
 
-    // The operator's side: a log line per unprotected pod, naming it.
-    let log = std::fs::read_to_string(hook.dir.path().join("webhook.log")).unwrap();
+    // The operator's side: a log line per unprotected pod, naming it (written by the log thread, so it may
+    // land just after the answer).
+    let path = hook.dir.path().join("webhook.log");
+    let count =
+        || std::fs::read_to_string(&path).unwrap_or_default().matches("WITHOUT the portcullis sidecars").count();
+    crate::harness::eventually(std::time::Duration::from_secs(5), async || count() >= 2).await;
+    let log = std::fs::read_to_string(&path).unwrap();
     let unprotected: Vec<&str> = log.lines().filter(|l| l.contains("WITHOUT the portcullis sidecars")).collect();
     assert_eq!(unprotected.len(), 2, "{log}");
     assert!(unprotected[0].contains(r#""outcome":"not_injectable""#) && unprotected[0].contains("web-7c9d8b6f5d-"));

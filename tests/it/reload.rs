@@ -193,8 +193,12 @@ async fn an_invalid_config_is_refused_whole() {
     assert_eq!(env.check(&old).await, 200, "still serving with the old key ring");
     assert_eq!(env.reloads("success").await, 0.0);
     assert_eq!(env.metric("portcullis_config_last_reload_success_timestamp_seconds").await, stamp);
-    let log = env.served.log();
-    assert!(log.contains("configuration reload refused") && log.contains("session.encryption_keys"), "{log}");
+    // Lines reach the file through the log thread: wait for them rather than race it.
+    let refused = async || {
+        let log = env.served.log();
+        log.contains("configuration reload refused") && log.contains("session.encryption_keys")
+    };
+    assert!(eventually(WAIT, refused).await, "{}", env.served.log());
 }
 
 /// A listener address only changes on restart: the reload applies the rest, the old gRPC port serves on.
@@ -208,10 +212,11 @@ async fn a_new_grpc_addr_waits_for_a_restart() {
     assert!(eventually(WAIT, async || env.reloads("success").await >= 1.0).await, "the reload did not apply");
     assert_eq!(env.check(&old).await, 200, "the old listener still serves");
     assert!(std::net::TcpStream::connect(("127.0.0.1", moved)).is_err(), "nothing listens on the new address");
-    let log = env.served.log();
-    let warned =
-        log.lines().any(|l| l.contains("\"key\":\"server.grpc_addr\"") && l.contains("only takes effect on restart"));
-    assert!(warned, "no warning naming server.grpc_addr: {log}");
+    let warned = async || {
+        let log = env.served.log();
+        log.lines().any(|l| l.contains("\"key\":\"server.grpc_addr\"") && l.contains("only takes effect on restart"))
+    };
+    assert!(eventually(WAIT, warned).await, "no warning naming server.grpc_addr: {}", env.served.log());
 }
 
 /// A Secret volume as the kubelet writes it: each version in a fresh `..<timestamp>` directory, then the
