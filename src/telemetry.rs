@@ -54,9 +54,12 @@ fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::tra
     let logs = env.and(filter_fn(|m| !(m.is_span() && m.name().starts_with("portcullis."))));
     // Lines are handed to a writer thread that writes them in batches: a write(2) per line on the Check's
     // own thread (an audit line per allow) was a tenth of a cached check's CPU. Not lossy: a full queue
-    // (128k lines) blocks the logger rather than drop an audit line.
+    // blocks the logger rather than drop an audit line. The queue's slots are allocated and touched up
+    // front: the crate's default of 128k lines was 4 MiB resident from start; 16k is over a second of
+    // audit lines at the load test's rate.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(16_384)
         .thread_name("portcullis-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
