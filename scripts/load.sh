@@ -30,8 +30,15 @@
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
+#   ROUNDS       run every selected case this many times, alternating (default 1); the report gives each
+#                round's ratios against that round's own ceiling and, with ROUNDS > 1, the median of each
+#                ratio over the rounds: a single run's ratio moves by about +-0.1 on a shared 2-core VM
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
 #   BIN_DIR      use the portcullis and loadkit binaries in this directory instead of building them
+#   BIN_B        a directory with a second portcullis build: every round runs the portcullis cases with
+#                both, alternating which goes first; B's rows are named CASE@b (an A/B in one run)
+#   ENV_B        settings for B, e.g. ENV_B="PORTCULLIS__REDIS__POOL_SIZE=1": with or without BIN_B (then B
+#                is the same build with these settings)
 #   PERF=PREFIX  also `perf record` portcullis (DWARF call graphs) for 5 s right after each PERF_CASES
 #                run (comma list, default max_staleness; any portcullis case: deny-no-cookie, max_staleness,
 #                max_staleness-10k, every_request, breaker_open): flat self time to PREFIX.CASE, time
@@ -52,6 +59,8 @@ MIX="${MIX:-10000}"
 MIX2="${MIX2:-100000}"
 MIX2_STALENESS="${MIX2_STALENESS:-10m}"
 PERF_CASES="${PERF_CASES:-max_staleness}"
+ROUNDS="${ROUNDS:-1}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "load: ROUNDS must be a positive number" >&2; exit 1; }
 want_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")"
@@ -127,6 +136,9 @@ else
     BIN="$dir/portcullis"
     KIT="$dir/examples/loadkit"
 fi
+BIN_A="$BIN"
+tag=""
+[[ -z "${BIN_B:-}" || -x "$BIN_B/portcullis" ]] || die "BIN_B must hold a portcullis binary"
 
 # --- dependencies --------------------------------------------------------------------------------------
 REDIS_PORT=$(free_port); IDP_PORT=$(free_port); UP_PORT=$(free_port)
@@ -214,6 +226,7 @@ ENVOY_URL="http://127.0.0.1:$LISTEN_PORT"
 
 start_portcullis() { # mode [introspection endpoint] [max_staleness]
     local env=(PORTCULLIS__REVALIDATION__MODE="$1")
+    [[ -n "$tag" && -n "${ENV_B:-}" ]] && read -r -a b_env <<<"$ENV_B" && env+=("${b_env[@]}")
     [[ -n "${2:-}" ]] && env+=(PORTCULLIS__PROVIDERS__CORP__INTROSPECTION_ENDPOINT="$2")
     [[ "$1" == max_staleness ]] && env+=(PORTCULLIS__REVALIDATION__MAX_STALENESS="${3:-30s}")
     env "${env[@]}" "$BIN" serve --config "$work/portcullis.toml" >>"$work/portcullis.log" 2>&1 &
@@ -372,9 +385,9 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     xcpu=$(awk -v a="$(tree_cpu_us "$proxy")" -v b="$xcpu0" -v n="$reqs" "$per")
     local rss_after
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
-    results+=("$name|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)")
-    log "$name: $rps req/s, p99 ${p99} ms"
-    [[ -n "${PERF:-}" && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name" "$url" "$cookies"
+    results+=("$round|$name${tag:-}|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)")
+    log "round $round, $name${tag:-}: $rps req/s, p99 ${p99} ms"
+    [[ -n "${PERF:-}" && $round == 1 && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name" "$url" "$cookies"
     return 0
 }
 
@@ -391,56 +404,75 @@ profile() { # name url cookies-file (COOKIES and COOKIE_NAME are exported by run
     perf report -i "$work/perf-$1.data" --children --stdio -g none --percent-limit 1 >"$PERF.$1.callers" 2>/dev/null || true
 }
 
-if want_case ceiling; then
-    log "ceiling: loadkit ceiling (allows everything, no I/O) on the authz cluster's port"
-    start_ceiling
-    run_case ceiling "$ENVOY_URL/api/bench" "$work/no-cookies" 200
+# The portcullis cases, with $BIN; their names carry $tag ("@b" for BIN_B's build).
+portcullis_cases() {
+    log "portcullis${tag}: max_staleness (30s)"
+    start_portcullis max_staleness
+    rss_start=$(rss_kb "$portcullis_pid")
+    want_case baseline && run_case baseline "$ENVOY_URL/oauth2/bench" "$work/cookies" 200
+    want_case deny-no-cookie && run_case deny-no-cookie "$ENVOY_URL/api/bench" "$work/no-cookies" 401
+    want_case deny-unknown-session && run_case deny-unknown-session "$ENVOY_URL/api/bench" "$work/unknown-cookies" 401
+    want_case max_staleness && run_case max_staleness "$ENVOY_URL/api/bench" "$work/cookies" 200
+    if want_case max_staleness-10k; then
+        prewarm "$work/cookies-mix"
+        run_case max_staleness-10k "$ENVOY_URL/api/bench" "$work/cookies-mix" 200
+        rss_mix=$(rss_kb "$portcullis_pid")
+    fi
     stop_portcullis
-fi
-log "portcullis: max_staleness (30s)"
-start_portcullis max_staleness
-rss_start=$(rss_kb "$portcullis_pid")
-want_case baseline && run_case baseline "$ENVOY_URL/oauth2/bench" "$work/cookies" 200
-want_case deny-no-cookie && run_case deny-no-cookie "$ENVOY_URL/api/bench" "$work/no-cookies" 401
-want_case deny-unknown-session && run_case deny-unknown-session "$ENVOY_URL/api/bench" "$work/unknown-cookies" 401
-want_case max_staleness && run_case max_staleness "$ENVOY_URL/api/bench" "$work/cookies" 200
-if want_case max_staleness-10k; then
-    prewarm "$work/cookies-mix"
-    run_case max_staleness-10k "$ENVOY_URL/api/bench" "$work/cookies-mix" 200
-    rss_mix=$(rss_kb "$portcullis_pid")
-fi
-stop_portcullis
-if want_case every_request; then
-    log "portcullis: every_request against loadkit introspect"
-    start_portcullis every_request "http://127.0.0.1:$INTRO_PORT/introspect"
-    run_case every_request "$ENVOY_URL/api/bench" "$work/cookies" 200
-    stop_portcullis
-fi
-if want_case breaker_open; then
-    log "portcullis: every_request, introspection endpoint down (breaker opens)"
-    start_portcullis every_request "http://127.0.0.1:$DEAD_PORT/introspect"
-    run_case breaker_open "$ENVOY_URL/api/bench" "$work/cookies" 503
-    stop_portcullis
-fi
-if want_case max_staleness-100k; then
-    # Memory, not the IdP: first sight of each session introspects at loadkit introspect (the node IdP would
-    # take minutes for 100,000), and a long max_staleness keeps every walked session cached.
-    log "portcullis: max_staleness ($MIX2_STALENESS), $MIX2 sessions, fast introspection"
-    start_portcullis max_staleness "http://127.0.0.1:$INTRO_PORT/introspect" "$MIX2_STALENESS"
-    rss_100k_start=$(rss_kb "$portcullis_pid")
-    prewarm "$work/cookies-100k"
-    rss_100k_walked=$(rss_kb "$portcullis_pid")
-    run_case max_staleness-100k "$ENVOY_URL/api/bench" "$work/cookies-100k" 200
-    rss_100k=$(vm_kb "$portcullis_pid" VmRSS); hwm_100k=$(vm_kb "$portcullis_pid" VmHWM)
-    stop_portcullis
-fi
-if want_case apache; then
-    log "the peer: Apache + mod_auth_openidc (server-cache sessions in the same Redis), $SESSIONS logins"
-    start_apache
-    apache_login "$SESSIONS" >"$work/cookies-apache" || die "signing in through Apache failed (logs in $work)"
-    run_case apache "http://127.0.0.1:$APACHE_PORT/api/bench" "$work/cookies-apache" 200 mod_auth_openidc_session "$apache_pid"
-    stop_apache
-fi
+    if want_case every_request; then
+        log "portcullis: every_request against loadkit introspect"
+        start_portcullis every_request "http://127.0.0.1:$INTRO_PORT/introspect"
+        run_case every_request "$ENVOY_URL/api/bench" "$work/cookies" 200
+        stop_portcullis
+    fi
+    if want_case breaker_open; then
+        log "portcullis: every_request, introspection endpoint down (breaker opens)"
+        start_portcullis every_request "http://127.0.0.1:$DEAD_PORT/introspect"
+        run_case breaker_open "$ENVOY_URL/api/bench" "$work/cookies" 503
+        stop_portcullis
+    fi
+    if want_case max_staleness-100k; then
+        # Memory, not the IdP: first sight of each session introspects at loadkit introspect (the node IdP would
+        # take minutes for 100,000), and a long max_staleness keeps every walked session cached.
+        log "portcullis: max_staleness ($MIX2_STALENESS), $MIX2 sessions, fast introspection"
+        start_portcullis max_staleness "http://127.0.0.1:$INTRO_PORT/introspect" "$MIX2_STALENESS"
+        rss_100k_start=$(rss_kb "$portcullis_pid")
+        prewarm "$work/cookies-100k"
+        rss_100k_walked=$(rss_kb "$portcullis_pid")
+        run_case max_staleness-100k "$ENVOY_URL/api/bench" "$work/cookies-100k" 200
+        rss_100k=$(vm_kb "$portcullis_pid" VmRSS); hwm_100k=$(vm_kb "$portcullis_pid" VmHWM)
+        stop_portcullis
+    fi
+}
+one_round() {
+    if want_case ceiling; then
+        log "ceiling: loadkit ceiling (allows everything, no I/O) on the authz cluster's port"
+        start_ceiling
+        run_case ceiling "$ENVOY_URL/api/bench" "$work/no-cookies" 200
+        stop_portcullis
+    fi
+    # With BIN_B or ENV_B, A and B both run the portcullis cases, in alternating order from round to round.
+    local first=a build ab="${BIN_B:-}${ENV_B:-}"
+    [[ -n "$ab" && $((round % 2)) == 0 ]] && first=b
+    local builds=("$first")
+    [[ -n "$ab" ]] && builds+=("$([[ $first == a ]] && echo b || echo a)")
+    for build in "${builds[@]}"; do
+        if [[ $build == a ]]; then BIN="$BIN_A"; tag=""; else BIN="${BIN_B:+$BIN_B/portcullis}"; BIN="${BIN:-$BIN_A}"; tag="@b"; fi
+        portcullis_cases
+    done
+    BIN="$BIN_A"; tag=""
+    if want_case apache; then
+        log "the peer: Apache + mod_auth_openidc (server-cache sessions in the same Redis), $SESSIONS logins"
+        start_apache
+        apache_login "$SESSIONS" >"$work/cookies-apache" || die "signing in through Apache failed (logs in $work)"
+        run_case apache "http://127.0.0.1:$APACHE_PORT/api/bench" "$work/cookies-apache" 200 mod_auth_openidc_session "$apache_pid"
+        stop_apache
+    fi
+}
+for round in $(seq "$ROUNDS"); do
+    [[ $ROUNDS -gt 1 ]] && log "--- round $round of $ROUNDS"
+    one_round
+done
 
 # --- report --------------------------------------------------------------------------------------------------
 echo
@@ -450,36 +482,62 @@ if [[ -n "${rss_100k:-}" ]]; then
     echo "portcullis RSS with $MIX2 sessions seen (max_staleness $MIX2_STALENESS): $((rss_100k_start / 1024)) MiB at start," \
         "$((rss_100k_walked / 1024)) MiB after the walk, $((rss_100k / 1024)) MiB after the run, VmHWM $((hwm_100k / 1024)) MiB (target <= 64 MiB)"
 fi
-printf '%-21s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' \
-    case status req/s p50_ms p99_ms non-2xx 'rps/base' 'p99/base' 'rps/ceil' 'p99/ceil' 'IdP/req' \
-    'RSS b->a' 'r.cmd' 'r.us' 'authz_us' 'proxy_us' load1
-base_rps="" base_p99="" ceil_rps="" ceil_p99="" ms_rps="" ms_p99="" ap_rps="" ap_p99="" ms_cpu="" ap_cpu=""
-# CPU per request of everything that serves it: proxy + authz server + Redis (µs).
-cpu_sum() { IFS='|' read -r _ _ _ _ _ _ _ _ _ _ _ rcpu pcpu xcpu _ <<<"$1"; awk -v a="$rcpu" -v b="$pcpu" -v c="$xcpu" 'BEGIN {printf "%.1f", a + b + c}'; }
-for r in "${results[@]}"; do
-    IFS='|' read -r name _ rps _ p99 _ <<<"$r"
-    [[ "$name" == baseline ]] && base_rps=$rps && base_p99=$p99
-    [[ "$name" == ceiling ]] && ceil_rps=$rps && ceil_p99=$p99
-    [[ "$name" == max_staleness ]] && ms_rps=$rps && ms_p99=$p99 && ms_cpu=$(cpu_sum "$r")
-    [[ "$name" == apache ]] && ap_rps=$rps && ap_p99=$p99 && ap_cpu=$(cpu_sum "$r")
-done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else printf "-"}'; }
-for r in "${results[@]}"; do
-    IFS='|' read -r name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load <<<"$r"
-    rss="-"
-    [[ "$rb" != - ]] && rss="$((rb / 1024))->$((ra / 1024))"
-    # 401 is the expected answer of the deny case: wrk counts it as non-2xx.
-    [[ "$want" != 200 ]] && other="($other)"
-    printf '%-21s %6s %9s %8s %8s %8s %8s %8s %8s %8s %9s %9s %4s %4s %9s %8s %6s\n' "$name" "$want" "$rps" "$p50" "$p99" \
-        "$other" "$(ratio "$rps" "$base_rps")" "$(ratio "$p99" "$base_p99")" "$(ratio "$rps" "$ceil_rps")" \
-        "$(ratio "$p99" "$ceil_p99")" "$(awk -v a="$idp" -v b="$reqs" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')" \
-        "$rss" "$rcmd" "$rcpu" "$pcpu" "$xcpu" "$load"
-done
+printf '%s\n' "${results[@]}" >"$work/results"
+# Each round's rows against that round's baseline and ceiling; with ROUNDS > 1, the median of every ratio.
+python3 - "$work/results" "$ROUNDS" <<'PY'
+import statistics, sys
+keys = "round name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load".split()
+rows = [dict(zip(keys, l.rstrip("\n").split("|"))) for l in open(sys.argv[1]) if l.strip()]
+rounds = int(sys.argv[2])
+def num(v):
+    return float(v) if v not in (None, "", "-") else None
+def ratio(a, b):
+    a, b = num(a), num(b)
+    return a / b if a is not None and b else None
+def fmt(v, d=2):
+    return "-" if v is None else f"{v:.{d}f}"
+by = {(r["round"], r["name"]): r for r in rows}
+def ref(r, name, key):
+    other = by.get((r["round"], name))
+    return other[key] if other else None
+def cpu_sum(r):  # proxy + authz server + Redis, µs per request
+    return sum(num(r[k]) or 0 for k in ("rcpu", "pcpu", "xcpu"))
+line = ("{:>5} {:<21} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>5} {:>5} {:>8} {:>8}"
+        " {:>8} {:>6}")
+print(line.format("round", "case", "status", "req/s", "p50_ms", "p99_ms", "non-2xx", "rps/base", "p99/base", "rps/ceil",
+                  "p99/ceil", "IdP/req", "RSS b->a", "r.cmd", "r.us", "authz_us", "cpu/ceil", "proxy_us", "load1"))
+per = {}  # case -> one (rps/ceil, p99/ceil, cpu/ceil, authz_us, r.us, r.cmd) per round
+for r in rows:
+    other = r["other"] if r["want"] == "200" else f"({r['other']})"  # 401/503 are the expected answers
+    reqs = num(r["reqs"]) or 0
+    rss = "-" if r["rb"] == "-" else f"{int(r['rb']) // 1024}->{int(r['ra']) // 1024}"
+    rc = ratio(r["rps"], ref(r, "ceiling", "rps"))
+    pc = ratio(r["p99"], ref(r, "ceiling", "p99"))
+    cc = ratio(r["pcpu"], ref(r, "ceiling", "pcpu"))
+    print(line.format(r["round"], r["name"], r["want"], r["rps"], r["p50"], r["p99"], other,
+                      fmt(ratio(r["rps"], ref(r, "baseline", "rps"))), fmt(ratio(r["p99"], ref(r, "baseline", "p99"))),
+                      fmt(rc), fmt(pc), fmt((num(r["idp"]) or 0) / reqs if reqs else 0, 3), rss, r["rcmd"],
+                      r["rcpu"], r["pcpu"], fmt(cc), r["xcpu"], r["load"]))
+    per.setdefault(r["name"], []).append((rc, pc, cc, num(r["pcpu"]), num(r["rcpu"]), num(r["rcmd"])))
+def spread(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    return f"{statistics.median(vals):.2f} [{min(vals):.2f}..{max(vals):.2f}]"
+if rounds > 1:
+    print(f"\nmedian over {rounds} rounds of each ratio against its own round's ceiling [min..max]")
+    mline = "{:<21} {:>18} {:>18} {:>18} {:>18} {:>18} {:>18}"
+    print(mline.format("case", "rps/ceil", "p99/ceil", "cpu/ceil", "authz_us", "r.us", "r.cmd"))
+    for name, vals in per.items():
+        print(mline.format(name, *(spread(col) for col in zip(*vals))))
+# The peer, round by round: portcullis (max_staleness) against Apache + mod_auth_openidc.
+for rnd in sorted({r["round"] for r in rows}, key=int):
+    ms, ap = by.get((rnd, "max_staleness")), by.get((rnd, "apache"))
+    if ms and ap:
+        print(f"round {rnd}: portcullis (max_staleness) / Apache + mod_auth_openidc: {fmt(ratio(ms['rps'], ap['rps']))} x"
+              f" req/s (target >= 2.5), p99 {ms['p99']} ms vs {ap['p99']} ms; CPU per request, proxy + authz + Redis:"
+              f" Envoy + portcullis {cpu_sum(ms):.1f} us, Apache {cpu_sum(ap):.1f} us"
+              f" ({fmt(cpu_sum(ap) / cpu_sum(ms))} x; steadier than req/s on a shared machine)")
+PY
 echo "authz_us: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
 echo "proxy_us: CPU of the proxy per request: Envoy, or for apache all of Apache's processes (its auth included)"
-if [[ -n "$ap_rps" && -n "$ms_rps" ]]; then
-    echo "portcullis (max_staleness, $SESSIONS sessions) / Apache + mod_auth_openidc: $(ratio "$ms_rps" "$ap_rps") x req/s" \
-        "(target >= 2.5), p99 $ms_p99 ms vs $ap_p99 ms"
-    echo "CPU per request, proxy + authz + Redis: Envoy + portcullis $ms_cpu us, Apache $ap_cpu us" \
-        "(Apache / portcullis: $(ratio "$ap_cpu" "$ms_cpu") x; steadier than req/s on a shared machine)"
-fi
