@@ -149,20 +149,24 @@ impl Authorizer {
             return Err(Deny::UnknownSession);
         }
         let id = cookie::session_id(value);
-        let session = match self.store.load(&id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Err(Deny::UnknownSession),
-            Err(LoadError::Store(_)) => return Err(Deny::RedisUnavailable),
-            Err(LoadError::Corrupt(e)) => {
-                tracing::warn!(session = cookie::short(&id), error = %e, "corrupt session in redis");
-                if let Err(e) = self.store.delete_id(&id).await {
-                    tracing::warn!(session = cookie::short(&id), error = %e, "could not delete corrupt session");
-                }
-                return Err(Deny::Corrupt);
+        // `max_staleness`: a session whose identity is remembered is read without its tokens. A delegating
+        // route needs the delegated tokens, which come with the whole hash.
+        let remembered = match input.context_extensions.contains_key(crate::delegate::DELEGATE) {
+            true => None,
+            false => self.validators.iter().find_map(|(p, v)| Some((p.as_str(), v.remembered(&id)?))),
+        };
+        let mut session = self.load(&id, remembered.is_some()).await?;
+        let identity = match remembered {
+            Some((provider, identity)) if provider == session.provider => Some(identity),
+            Some(_) => {
+                // Remembered under another provider than the session now names: read it all, ask its own.
+                session = self.load(&id, false).await?;
+                None
             }
+            None => None,
         };
         *who = Some(Who { user_id: session.user_id.clone(), provider: session.provider.clone() });
-        match self.check_session(&session, input, now).await {
+        match self.check_session(&session, identity, input, now).await {
             Ok(passed) => {
                 if self.store.slide_due(&session, now) {
                     // The rare second call; a session that could not slide is still valid for this request.
@@ -195,6 +199,26 @@ impl Authorizer {
                     self.end(&session, deny).await;
                 }
                 Err(deny)
+            }
+        }
+    }
+
+    /// The session `id`, whole or only its small fields; a corrupt one is deleted.
+    async fn load(&self, id: &str, small: bool) -> Result<Session, Deny> {
+        let loaded = match small {
+            true => self.store.load_small(id).await,
+            false => self.store.load(id).await,
+        };
+        match loaded {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(Deny::UnknownSession),
+            Err(LoadError::Store(_)) => Err(Deny::RedisUnavailable),
+            Err(LoadError::Corrupt(e)) => {
+                tracing::warn!(session = cookie::short(id), error = %e, "corrupt session in redis");
+                if let Err(e) = self.store.delete_id(id).await {
+                    tracing::warn!(session = cookie::short(id), error = %e, "could not delete corrupt session");
+                }
+                Err(Deny::Corrupt)
             }
         }
     }
@@ -287,7 +311,14 @@ impl Authorizer {
         all.contains(&name.as_str()) || identity_prefix(&all).is_some_and(|p| name.starts_with(p))
     }
 
-    async fn check_session(&self, s: &Session, input: &CheckInput<'_>, now: i64) -> Result<Passed, Deny> {
+    /// `remembered`: the identity `max_staleness` still holds for this session, looked up before it was read.
+    async fn check_session(
+        &self,
+        s: &Session,
+        remembered: Option<Identity>,
+        input: &CheckInput<'_>,
+        now: i64,
+    ) -> Result<Passed, Deny> {
         // First, on every check (cached or not): the clock fields below are only worth reading if authentic.
         self.store.verify(s).map_err(|e| {
             tracing::warn!(session = cookie::short(&s.id), error = %e, "session fields fail their MAC");
@@ -305,9 +336,14 @@ impl Authorizer {
             tracing::warn!(session = cookie::short(&s.id), provider = %s.provider, "session names an unconfigured provider");
             Deny::UnknownProvider
         })?;
-        if let Some(v) = validator.cached(s).await {
+        if let Some(identity) = remembered.or_else(|| validator.remembered(&s.id)) {
             // `max_staleness` within its window: the tokens are not needed, so they stay sealed.
-            return Ok(Passed { identity: v.identity, tokens: None, refreshed: false });
+            return Ok(Passed { identity, tokens: None, refreshed: false });
+        }
+        if s.small {
+            // Cannot happen: a session is read without its tokens only together with its identity.
+            tracing::error!(session = cookie::short(&s.id), "session read without its tokens needs them");
+            return Err(Deny::RedisUnavailable);
         }
         if validator.circuit_open(s) {
             // The IdP call would be refused: no decrypt, no key lookup, no M2M token for a 503.

@@ -134,9 +134,8 @@ pub fn wrap(inner: Arc<dyn Validator>, cfg: &RevalidationConfig) -> Arc<dyn Vali
 
 #[async_trait::async_trait]
 impl Validator for Coalescing {
-    async fn cached(&self, s: &Session) -> Option<Validated> {
-        let identity = self.remembered.as_ref()?.get(&s.id)?;
-        Some(Validated { identity, refreshed: None })
+    fn remembered(&self, session_id: &str) -> Option<Identity> {
+        self.remembered.as_ref()?.get(session_id)
     }
 
     /// A check that can join a call already in flight for its session (maybe the half-open probe) waits

@@ -65,9 +65,10 @@ pub enum IdpError {
 pub trait Validator: Send + Sync {
     async fn validate(&self, session: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError>;
 
-    /// A result still good for this session without asking anyone (`max_staleness`): the Check path then
-    /// skips decrypting the tokens altogether. Most validators remember nothing.
-    async fn cached(&self, _session: &Session) -> Option<Validated> {
+    /// The identity of a success still good for this session id without asking anyone (`max_staleness`):
+    /// the Check path then reads only the session's small fields and never opens its tokens. Most
+    /// validators remember nothing.
+    fn remembered(&self, _session_id: &str) -> Option<Identity> {
         None
     }
 

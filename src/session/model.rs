@@ -18,6 +18,11 @@ pub mod field {
     pub const LAST_TOKEN_UPDATE: &str = "lastTokenUpdate";
     /// MAC over the fields a session states in the clear; see [`super::Session::mac_parts`].
     pub const MAC: &str = "mac";
+
+    /// What a check reads when the identity is already remembered (`max_staleness`): the fields the MAC
+    /// covers, the clocks and the MAC; not the sealed tokens, which are most of a session's bytes.
+    pub const SMALL: [&str; 9] =
+        [USER_ID, PROVIDER, SID, CREATED_AT, LAST_ACCESS, EXPIRES_AT, FINGERPRINT, LAST_TOKEN_UPDATE, MAC];
 }
 
 /// Domain label, the first part of every session MAC.
@@ -54,6 +59,9 @@ pub struct Session {
     /// field by its own AEAD, like the tokens, so they stay outside the MAC. Empty for most sessions (no
     /// allocation).
     pub delegated: Vec<(String, String)>,
+    /// Read without its tokens ([`field::SMALL`]): the token fields are empty, never to be opened, and
+    /// `delegated` is empty whatever Redis holds.
+    pub small: bool,
 }
 
 /// Decrypted tokens. `Debug` leaves them out.
@@ -76,12 +84,23 @@ impl std::fmt::Debug for Tokens {
 pub struct Corrupt(pub &'static str);
 
 impl Session {
-    pub fn from_hash(id: String, mut h: HashMap<String, String>) -> Result<Self, Corrupt> {
+    pub fn from_hash(id: String, h: HashMap<String, String>) -> Result<Self, Corrupt> {
+        Self::parse(id, h, false)
+    }
+
+    /// A session read as [`field::SMALL`] (no tokens): the same rules for every field it holds.
+    pub fn from_small(id: String, h: HashMap<String, String>) -> Result<Self, Corrupt> {
+        Self::parse(id, h, true)
+    }
+
+    fn parse(id: String, mut h: HashMap<String, String>, small: bool) -> Result<Self, Corrupt> {
         let mut text = |k: &'static str| h.remove(k).filter(|v| !v.is_empty()).ok_or(Corrupt(k));
         let user_id = text(field::USER_ID)?;
         let provider = text(field::PROVIDER)?;
-        let id_token = text(field::ID_TOKEN)?;
-        let access_token = text(field::ACCESS_TOKEN)?;
+        let (id_token, access_token) = match small {
+            true => (String::new(), String::new()),
+            false => (text(field::ID_TOKEN)?, text(field::ACCESS_TOKEN)?),
+        };
         let created_at = int(text(field::CREATED_AT)?, field::CREATED_AT)?;
         let last_access = int(text(field::LAST_ACCESS)?, field::LAST_ACCESS)?;
         let expires_at = int(text(field::EXPIRES_AT)?, field::EXPIRES_AT)?;
@@ -110,6 +129,7 @@ impl Session {
             last_token_update,
             mac,
             delegated,
+            small,
         })
     }
 
@@ -199,6 +219,7 @@ mod tests {
             last_token_update: 0,
             mac: None,
             delegated: Vec::new(),
+            small: false,
         }
     }
 

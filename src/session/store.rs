@@ -126,17 +126,43 @@ impl SessionStore {
     pub async fn load(&self, id: &str) -> Result<Option<Session>, LoadError> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(session_key(id));
-        let reply = self.redis.query_cached::<redis::Value>(cmd).await;
-        let value = match reply {
-            Ok(v) => v,
-            Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => return Err(Corrupt("<type>").into()),
-            Err(e) => return Err(e.into()),
-        };
-        let hash = text_pairs(value)?;
+        let hash = text_pairs(self.read(cmd).await?)?;
         if hash.is_empty() {
             return Ok(None);
         }
         Ok(Some(Session::from_hash(id.to_string(), hash)?))
+    }
+
+    /// [`SessionStore::load`] without the tokens: one `HMGET` of [`field::SMALL`], for a check whose identity
+    /// is already remembered (`max_staleness`). The sealed tokens are most of a session's bytes; Redis,
+    /// the socket and the parser skip them. Same answers: `None` for no session, [`Corrupt`] for garbage.
+    pub async fn load_small(&self, id: &str) -> Result<Option<Session>, LoadError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(session_key(id)).arg(&field::SMALL[..]);
+        let redis::Value::Array(values) = self.read(cmd).await? else { return Err(Corrupt("<reply>").into()) };
+        if values.len() != field::SMALL.len() {
+            return Err(Corrupt("<reply>").into());
+        }
+        let mut hash = HashMap::with_capacity(values.len());
+        for (name, v) in field::SMALL.into_iter().zip(values) {
+            if v != redis::Value::Nil {
+                hash.insert(name.to_string(), text(v)?);
+            }
+        }
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Session::from_small(id.to_string(), hash)?))
+    }
+
+    /// The check's one read of a session key (from the client cache when it is on); a key of another type
+    /// is [`Corrupt`].
+    async fn read(&self, cmd: redis::Cmd) -> Result<redis::Value, LoadError> {
+        match self.redis.query_cached::<redis::Value>(cmd).await {
+            Ok(v) => Ok(v),
+            Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => Err(Corrupt("<type>").into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether a check at `now` should move the idle expiry: the last slide is `slide_after` old and the
@@ -176,6 +202,7 @@ impl SessionStore {
             last_token_update: now,
             mac: None,
             delegated: Vec::new(),
+            small: false,
             id,
         };
         self.write(&session).await?;
@@ -359,15 +386,17 @@ impl SessionStore {
 }
 
 /// An `HGETALL` reply (RESP2 array or RESP3 map) as text pairs; anything else is [`Corrupt`].
+/// One reply value as text; bytes that are not UTF-8 are garbage.
+fn text(v: redis::Value) -> Result<String, Corrupt> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b).map_err(|_| Corrupt("<utf-8>")),
+        redis::Value::SimpleString(s) => Ok(s),
+        _ => Err(Corrupt("<reply>")),
+    }
+}
+
 fn text_pairs(v: redis::Value) -> Result<HashMap<String, String>, Corrupt> {
     use redis::Value;
-    fn text(v: Value) -> Result<String, Corrupt> {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b).map_err(|_| Corrupt("<utf-8>")),
-            Value::SimpleString(s) => Ok(s),
-            _ => Err(Corrupt("<reply>")),
-        }
-    }
     match v {
         Value::Nil => Ok(HashMap::new()),
         Value::Array(items) => {

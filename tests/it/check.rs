@@ -241,6 +241,49 @@ async fn max_staleness_cached_checks_leave_the_tokens_sealed() {
 }
 
 #[tokio::test]
+async fn max_staleness_cached_checks_read_only_the_small_fields_and_still_see_a_revoke() {
+    let (redis, app, v) = max_staleness_app().await;
+    let (value, s) = app.login("alice", json!({"email": "alice@example.com"})).await;
+    let c = cookie(&app, &value);
+    redis.reset_stats();
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
+    assert_eq!(executed(&redis), [("hgetall".to_string(), 1)].into(), "first sight: the whole session");
+    redis.reset_stats();
+    for _ in 0..5 {
+        let r = app.check(request("GET", "/", &[("cookie", &c)])).await;
+        assert_eq!(r.status(), 200, "{r:?}");
+        assert_eq!(r.upstream_headers(&[]).get("x-auth-email").map(String::as_str), Some("alice@example.com"));
+    }
+    assert_eq!(executed(&redis), [("hmget".to_string(), 5)].into(), "remembered: the small fields, no tokens");
+    assert_eq!(v.calls(), 1);
+
+    // Logout or revoke on any replica deletes the key: the very next check sees it, cache or not.
+    redis::cmd("DEL").arg(session_key(&s.id)).query::<()>(&mut redis.conn()).unwrap();
+    let r = app.check(request("GET", "/", &[("cookie", &c)])).await;
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert_eq!(r.0.status.as_ref().map(|s| s.message.as_str()), Some("unknown_session"));
+
+    // Garbage under a remembered session's key: denied and deleted, as on a whole read.
+    let (value, s) = app.login("bob", json!({})).await;
+    let c = cookie(&app, &value);
+    assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
+    for garbage in [
+        redis::cmd("SET").arg(session_key(&s.id)).arg("garbage").clone(),
+        redis::cmd("HSET").arg(session_key(&s.id)).arg("lastAccess").arg("soon").clone(),
+    ] {
+        redis::cmd("DEL").arg(session_key(&s.id)).query::<()>(&mut redis.conn()).unwrap();
+        app.server.authorizer.store().write(&s).await.unwrap();
+        assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200, "still remembered");
+        garbage.query::<()>(&mut redis.conn()).unwrap();
+        let r = app.check(request("GET", "/", &[("cookie", &c)])).await;
+        assert_eq!(r.status(), 401, "{r:?}");
+        assert_eq!(r.0.status.as_ref().map(|s| s.message.as_str()), Some("corrupt_session"));
+        assert!(!redis.exists(&session_key(&s.id)), "garbage session deleted");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn max_staleness_cached_checks_still_verify_the_session_mac() {
     let (redis, app, v) = max_staleness_app().await;
     let (value, s) = app.login("alice", json!({})).await;
