@@ -7,6 +7,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::LogFormat;
 
+mod batch;
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_REV: &str = env!("PORTCULLIS_GIT_REV");
 
@@ -52,16 +54,9 @@ fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::tra
     let env = from_env.unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
     let (env, handle) = reload::Layer::new(env);
     let logs = env.and(filter_fn(|m| !(m.is_span() && m.name().starts_with("portcullis."))));
-    // Lines are handed to a writer thread that writes them in batches: a write(2) per line on the Check's
-    // own thread (an audit line per allow) was a tenth of a cached check's CPU. Not lossy: a full queue
-    // blocks the logger rather than drop an audit line. The queue's slots are allocated and touched up
-    // front: the crate's default of 128k lines was 4 MiB resident from start; 16k is over a second of
-    // audit lines at the load test's rate.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(16_384)
-        .thread_name("portcullis-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    // Lines are written in batches by a thread of their own (`batch`): not on the Check's thread, and no
+    // wake-up per line. If the thread cannot start, lines are written where they are made.
+    let (writer, guard) = batch::stderr();
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = if format == LogFormat::Text {
         fmt.with_filter(logs).boxed()
@@ -81,7 +76,7 @@ fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::tra
         None => registry.try_init(),
     };
     if installed.is_ok() {
-        *LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+        *LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = guard;
         if !env_set {
             let _ = FILTER.set(handle);
         }
@@ -89,7 +84,7 @@ fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::tra
 }
 
 /// The log writer thread's handle: dropping it writes out what is queued.
-static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = std::sync::Mutex::new(None);
+static LOG_WRITER: std::sync::Mutex<Option<batch::Guard>> = std::sync::Mutex::new(None);
 
 /// Writes out every queued log line; call before the process exits (statics are never dropped).
 pub fn flush_logs() {
