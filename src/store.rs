@@ -143,7 +143,7 @@ impl Redis {
                 let url = with_credentials(cfg.url.as_deref().unwrap_or_default(), cfg);
                 let client = redis::Client::open(url)?;
                 let mcfg = manager_config(cfg);
-                let conns = (0..cfg.pool_size.max(1))
+                let conns = (0..cfg.pool_size.unwrap_or(1).max(1))
                     .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
                 if cfg.client_cache {

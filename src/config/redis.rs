@@ -28,7 +28,10 @@ pub struct RedisConfig {
     pub username: Option<String>,
     pub password: Option<SecretString>,
     pub password_file: Option<PathBuf>,
-    pub pool_size: usize,
+    /// Multiplexed connections to a standalone Redis (default 1). Concurrent checks share a connection, and
+    /// their commands go out together in one write and come back in one read: one connection cost a check
+    /// half the Redis CPU of 32 (BENCHMARKS.md). Refused with cluster and sentinel, which keep their own.
+    pub pool_size: Option<usize>,
     /// Waiting for a pooled connection and running one command each get this long.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -56,7 +59,7 @@ impl Default for RedisConfig {
             username: None,
             password: None,
             password_file: None,
-            pool_size: 32,
+            pool_size: None,
             timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             client_cache: false,
@@ -107,8 +110,14 @@ impl RedisConfig {
                 errors.push("redis.client_cache_ttl: must be more than 0".into());
             }
         }
-        if self.pool_size == 0 {
-            errors.push("redis.pool_size: must be at least 1".into());
+        match self.pool_size {
+            Some(0) => errors.push("redis.pool_size: must be at least 1".into()),
+            Some(_) if self.mode != RedisMode::Standalone => errors.push(
+                "redis.pool_size: supported only with redis.mode = \"standalone\" (cluster and sentinel keep one \
+                 connection per node)"
+                    .into(),
+            ),
+            _ => {}
         }
     }
 }

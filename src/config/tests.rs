@@ -309,3 +309,21 @@ fn delegation_keys_extend_the_login_scopes_and_are_checked_by_name() {
     let typo = Config::from_toml(&format!("{}delegation_param = \"both\"\n", minimal())).unwrap_err().to_string();
     assert!(typo.contains("delegation_param"), "{typo}");
 }
+
+#[test]
+fn pool_size_is_standalone_only_and_one_by_default() {
+    assert_eq!(Config::from_toml(&minimal()).unwrap().redis.pool_size, None, "one connection");
+    let with = |redis: &str| minimal().replace("url = \"redis://127.0.0.1:6379\"", redis);
+    let c = Config::from_toml(&with("url = \"redis://127.0.0.1:6379\"\npool_size = 4")).unwrap();
+    assert_eq!(c.redis.pool_size, Some(4));
+    let err = Config::from_toml(&with("url = \"redis://127.0.0.1:6379\"\npool_size = 0")).unwrap_err().to_string();
+    assert!(err.contains("redis.pool_size: must be at least 1"), "{err}");
+    for other in [
+        "mode = \"cluster\"\nurls = [\"redis://127.0.0.1:7000\"]",
+        "mode = \"sentinel\"\nurls = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"",
+    ] {
+        let err = Config::from_toml(&with(&format!("{other}\npool_size = 4"))).unwrap_err().to_string();
+        assert!(err.contains("redis.pool_size: supported only with redis.mode = \"standalone\""), "{other}: {err}");
+        assert!(Config::from_toml(&with(other)).is_ok(), "{other} without pool_size");
+    }
+}

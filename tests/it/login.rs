@@ -268,7 +268,7 @@ async fn logins_with_a_huge_rd_are_refused_and_store_nothing() {
 async fn pending_logins_are_bounded_per_client_and_in_total() {
     // One pooled connection, opened by a first login, so that connections (about 37 kB each in Redis's
     // client buffers) are not counted as growth.
-    let env = setup("", false, |c| c.redis.pool_size = 1).await;
+    let env = setup("", false, |c| c.redis.pool_size = Some(1)).await;
     assert_eq!(env.start_logins(1, "/").await, vec![302]);
     let before = env.used_memory();
     let statuses = env.start_logins(299, "/reports").await;

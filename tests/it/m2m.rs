@@ -96,7 +96,7 @@ fn cfg() -> M2mConfig {
 fn redis_cfg(url: &str) -> RedisConfig {
     let mut c = crate::harness::app::config(url, "").redis;
     c.timeout = Duration::from_secs(2);
-    c.pool_size = 4;
+    c.pool_size = Some(4);
     c
 }
 
