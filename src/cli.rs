@@ -190,7 +190,7 @@ pub fn main() -> ExitCode {
         }
         Command::Serve => {
             let (format, level, path) = (cfg.server.log_format, cfg.server.log_level.clone(), cli.config.clone());
-            run(Rt::Server(cfg.server.worker_threads), async move {
+            run(Rt::Server(Some(cfg.server.worker_threads)), async move {
                 // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
                 if let Err(e) = crate::telemetry::init_logs_and_traces(format, &level) {
                     crate::telemetry::init_logs_at(format, &level);

@@ -41,10 +41,11 @@ pub struct ServerConfig {
     /// Share of allows that get an audit line (0.0 ..= 1.0); denies always do.
     #[serde(default = "audit_allow_sample")]
     pub audit_allow_sample: f64,
-    /// Threads that serve requests (tokio workers). Default: one per CPU the process may use. A sidecar
-    /// beside a one-worker Envoy spends less CPU per check with 1 (no cross-thread wake-ups; BENCHMARKS.md).
-    #[serde(default)]
-    pub worker_threads: Option<usize>,
+    /// Threads that serve requests (tokio workers). Default 1: a check is a few tens of microseconds of
+    /// CPU, and one thread spends 10–20 % less per check than one per CPU, which wake each other across
+    /// CPUs (BENCHMARKS.md). Raise it where one core is not enough (a shared gateway, not a sidecar).
+    #[serde(default = "worker_threads")]
+    pub worker_threads: usize,
 }
 
 /// Whether decisions are enforced. A route overrides it with `portcullis.dry_run`.
@@ -78,6 +79,10 @@ fn audit_allow_sample() -> f64 {
     1.0
 }
 
+fn worker_threads() -> usize {
+    1
+}
+
 fn drain_delay() -> Duration {
     Duration::from_secs(5)
 }
@@ -101,8 +106,8 @@ impl ServerConfig {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             errors.push(format!("server.log_level: {:?} is not a log filter: {e}", self.log_level));
         }
-        if self.worker_threads == Some(0) {
-            errors.push("server.worker_threads: must be at least 1 (leave it out for one per CPU)".into());
+        if self.worker_threads == 0 {
+            errors.push("server.worker_threads: must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.audit_allow_sample) {
             errors.push(format!("server.audit_allow_sample: {} must be between 0.0 and 1.0", self.audit_allow_sample));

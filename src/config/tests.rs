@@ -252,10 +252,10 @@ fn audit_allow_sample_is_a_share() {
 }
 
 #[test]
-fn worker_threads_is_one_per_cpu_unless_set_and_never_zero() {
-    assert_eq!(Config::from_toml(&minimal()).unwrap().server.worker_threads, None);
-    let one = minimal().replace("[redis]", "worker_threads = 1\n\n[redis]");
-    assert_eq!(Config::from_toml(&one).unwrap().server.worker_threads, Some(1));
+fn worker_threads_is_one_unless_set_and_never_zero() {
+    assert_eq!(Config::from_toml(&minimal()).unwrap().server.worker_threads, 1);
+    let four = minimal().replace("[redis]", "worker_threads = 4\n\n[redis]");
+    assert_eq!(Config::from_toml(&four).unwrap().server.worker_threads, 4);
     let zero = minimal().replace("[redis]", "worker_threads = 0\n\n[redis]");
     assert!(Config::from_toml(&zero).unwrap_err().to_string().contains("server.worker_threads"));
 }
