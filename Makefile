@@ -26,6 +26,7 @@ lint: deps
 test: deps lint
 	$(CARGO) test --workspace --all-targets
 	STRICT_METRICS=1 scripts/validate-manifests.sh
+	d=$$(mktemp -d) && DEMO_ONESHOT=1 DEMO_DIR=$$d scripts/demo.sh && rm -rf $$d
 
 ## demo: Redis, the IdP, Envoy, an upstream and portcullis on free local ports; Ctrl-C stops everything.
 demo: deps

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make demo`: Redis, the OpenID provider (tests/idp), an upstream app, portcullis and Envoy on free local
 # ports; signs a user in through Envoy and shows what the upstream received. Ctrl-C stops everything.
-#   DEMO_ONESHOT=1  stop after showing the request (used by tests and CI)
+#   DEMO_ONESHOT=1  stop after showing the request, and fail unless the upstream got the identity and not the
+#                   session cookie (`make test` runs it so)
+#   DEMO_DIR        where configs, data and logs go (default .demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEMO=.demo
+DEMO="${DEMO_DIR:-.demo}"
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 pids=()
 cleanup() {
@@ -73,10 +75,15 @@ echo "== Without a session, an API call through Envoy:"
 curl -s -o /dev/null -w '   HTTP %{http_code}\n' -H 'accept: application/json' "$PUBLIC/api"
 echo "== A browser signs in as demo-user (Envoy -> portcullis -> IdP login -> callback -> the app)."
 echo "   What the upstream app received (identity headers set by portcullis, no session cookie):"
-python3 scripts/demo_helpers.py login "$PUBLIC/hello" demo-user | sed 's/^/   /'
+seen=$(python3 scripts/demo_helpers.py login "$PUBLIC/hello" demo-user)
+sed 's/^/   /' <<<"$seen"
 echo
 echo "Open $PUBLIC/ in a browser and sign in with any name (the IdP accepts any password)."
 echo "Metrics: http://127.0.0.1:$HTTP/metrics   Logs: $DEMO/*.log"
-if [ "${DEMO_ONESHOT:-}" = 1 ]; then exit 0; fi
+if [ "${DEMO_ONESHOT:-}" = 1 ]; then
+  grep -q '"x-auth-user-id": "demo-user"' <<<"$seen" || { echo "demo: the upstream got no identity (logs in $DEMO/)" >&2; exit 1; }
+  if grep -q GATEWAY_SESSION <<<"$seen"; then echo "demo: the session cookie reached the upstream" >&2; exit 1; fi
+  exit 0
+fi
 echo "Ctrl-C stops everything."
 wait
