@@ -1,21 +1,17 @@
 //! The audit line: the real binary (JSON logs), a real sign-in at the real IdP, then checks; every decision's
 //! line is read back from its log.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use serde_json::Value;
 
 use crate::harness::app::{request, Checked};
-use crate::harness::idp::{sign_in, IdpOptions, IdpServer, CLIENT_SECRET};
+use crate::harness::free_port;
+use crate::harness::idp::{sign_in, IdpOptions, IdpServer};
 use crate::harness::redis::RedisServer;
-use crate::harness::{eventually, free_port};
+use crate::served::{Config, Served};
 
 struct Running {
-    child: Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    served: Served,
     grpc: u16,
     base: String,
 }
@@ -23,9 +19,8 @@ struct Running {
 impl Running {
     /// Stops the binary and returns its audit lines.
     fn audit_lines(mut self) -> Vec<Value> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-        let log = std::fs::read_to_string(&self.log).unwrap();
+        self.served.terminate();
+        let log = self.served.log();
         log.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["target"] == "portcullis::audit")
@@ -37,51 +32,15 @@ async fn serve(redis: &RedisServer, idp_for: impl FnOnce(&str) -> IdpOptions, sa
     let (grpc, http) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{http}");
     let idp = IdpServer::start_with(idp_for(&base)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-http_addr = "127.0.0.1:{http}"
-public_url = "{base}"
-log_format = "json"
-audit_allow_sample = {sample}
-[redis]
-url = "{redis}"
-timeout = "5s"
-[session]
-cookie_secure = false
-encryption_keys = ["{key}"]
-[providers.corp]
-kind = "ping"
-issuer = "{issuer}"
-client_id = "portcullis"
-client_secret = "{CLIENT_SECRET}"
-"#,
-            redis = redis.url(),
-            key = portcullis::crypto::generate_key(),
-            issuer = idp.issuer()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("portcullis.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let ready = eventually(Duration::from_secs(20), async || {
-        reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready, "portcullis did not become ready");
-    (Running { child, log, _dir: dir, grpc, base }, idp)
+    let config = Config {
+        server: format!("log_format = \"json\"\naudit_allow_sample = {sample}"),
+        ..Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key())
+    };
+    let served = Served::spawn(grpc, http, &config.text(grpc, http), |c| {
+        c.env("RUST_LOG", "info");
+    });
+    assert!(served.wait_ready().await, "portcullis did not become ready");
+    (Running { served, grpc, base }, idp)
 }
 
 fn idp_options(base: &str) -> IdpOptions {

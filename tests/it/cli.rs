@@ -2,11 +2,7 @@
 
 use std::process::Command;
 
-fn portcullis() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    c.env_remove("PORTCULLIS_CONFIG");
-    c
-}
+use crate::served::{portcullis, Served};
 
 fn write(text: &str) -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().unwrap();
@@ -204,95 +200,6 @@ fn check_config_accepts_same_site_in_any_case() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("session.same_site"), "{err}");
-}
-
-/// `portcullis serve --config FILE` as an operator starts it, on free ports; killed when dropped.
-pub struct Served {
-    pub child: std::process::Child,
-    pub grpc: u16,
-    pub http: u16,
-    _config: tempfile::NamedTempFile,
-    /// Its stderr (the log).
-    log: tempfile::NamedTempFile,
-}
-
-impl Served {
-    /// `redis` is the body of the `[redis]` section; `server` adds keys to `[server]`.
-    fn start(redis: &str, server: &str) -> Self {
-        let key = portcullis::crypto::generate_key();
-        Self::with_config(|grpc, http| {
-            format!(
-                r#"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-http_addr = "127.0.0.1:{http}"
-public_url = "http://127.0.0.1:{http}"
-{server}
-[redis]
-{redis}
-[session]
-cookie_secure = false
-encryption_keys = ["{key}"]
-[providers.corp]
-kind = "oidc"
-issuer = "http://127.0.0.1:1"
-client_id = "portcullis"
-client_secret = "not-a-real-secret"
-"#
-            )
-        })
-    }
-
-    /// The config file `text(grpc_port, http_port)` makes for two free ports.
-    pub fn with_config(text: impl FnOnce(u16, u16) -> String) -> Self {
-        let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
-        let config = write(&text(grpc, http));
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = portcullis()
-            .args(["serve", "--config"])
-            .arg(config.path())
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, grpc, http, _config: config, log }
-    }
-
-    pub async fn readyz(&self) -> Option<u16> {
-        let url = format!("http://127.0.0.1:{}/readyz", self.http);
-        reqwest::get(url).await.map(|r| r.status().as_u16()).ok()
-    }
-
-    /// Readiness means Redis answered in the configured mode.
-    pub async fn wait_ready(&self) -> bool {
-        crate::harness::eventually(std::time::Duration::from_secs(20), async || self.readyz().await == Some(200)).await
-    }
-
-    /// What it logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// The config file it was started with (rewrite it, then SIGHUP, to reload).
-    pub fn config_path(&self) -> &std::path::Path {
-        self._config.path()
-    }
-
-    /// A Check through the gRPC listener.
-    pub async fn check(&self, headers: &[(&str, &str)]) -> u16 {
-        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-        let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{}", self.grpc)).await.unwrap();
-        let resp = client.check(crate::harness::app::request("GET", "/", headers)).await.unwrap().into_inner();
-        crate::harness::app::Checked(resp).status()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Each Redis mode from a config file through `serve`: ready, and a session lookup answers (an unknown

@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 
-use portcullis::config::Config;
+use portcullis::config::Config as Parsed;
 use portcullis::session::{NewSession, SessionStore};
 
-use crate::cli::Served;
 use crate::harness::free_port;
-use crate::harness::idp::{IdpServer, CLIENT_ID, CLIENT_SECRET};
+use crate::harness::idp::IdpServer;
 use crate::harness::redis::RedisServer;
+use crate::served::{Config, Served};
 
 const ROUNDS: usize = 1000;
 /// Checks on A that find the session cached, per round.
@@ -24,32 +24,13 @@ const ADMIN_TOKEN: &str = "client-cache-admin-token";
 
 /// A replica's config: the cache on, `max_staleness` so a cached check asks neither Redis nor the IdP.
 fn replica(grpc: u16, http: u16, admin: u16, redis: &str, issuer: &str, key: &str) -> String {
-    format!(
-        r#"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-http_addr = "127.0.0.1:{http}"
-public_url = "http://127.0.0.1:{http}"
-admin_addr = "127.0.0.1:{admin}"
-admin_token = "{ADMIN_TOKEN}"
-[redis]
-url = "{redis}"
-client_cache = true
-client_cache_ttl = "10m"
-[session]
-cookie_secure = false
-encryption_keys = ["{key}"]
-[revalidation]
-mode = "max_staleness"
-max_staleness = "10m"
-[providers.corp]
-kind = "oidc"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-introspection_auth = "client_secret_basic"
-"#
-    )
+    Config {
+        server: format!("admin_addr = \"127.0.0.1:{admin}\"\nadmin_token = \"{ADMIN_TOKEN}\""),
+        redis: format!("url = {redis:?}\nclient_cache = true\nclient_cache_ttl = \"10m\""),
+        tables: "[revalidation]\nmode = \"max_staleness\"\nmax_staleness = \"10m\"".into(),
+        ..Config::oidc(redis, issuer, format!("encryption_keys = [{key:?}]"))
+    }
+    .text(grpc, http)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +45,7 @@ async fn a_revoke_on_one_replica_clears_the_cache_of_another_1000_times() {
     assert!(b.wait_ready().await, "B not ready: {}", b.log());
 
     // Sessions are planted as a replica creates them, all holding one real login's tokens.
-    let cfg = Config::from_toml(&replica(1, 2, 3, &redis.url(), &idp.issuer(), &key)).unwrap();
+    let cfg = Parsed::from_toml(&replica(1, 2, 3, &redis.url(), &idp.issuer(), &key)).unwrap();
     let store = SessionStore::new(
         portcullis::store::Redis::connect(&cfg.redis).unwrap(),
         Arc::new(cfg.session.key_ring().unwrap()),

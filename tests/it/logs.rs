@@ -2,15 +2,13 @@
 //! a delegated token (exchanged and cached), a tampered cookie and a logout; then its log is searched for
 //! every secret the run produced.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
 use crate::harness::app::request;
+use crate::harness::free_port;
 use crate::harness::idp::{sign_in, IdpOptions, IdpServer, CLIENT_SECRET};
 use crate::harness::redis::RedisServer;
-use crate::harness::{eventually, free_port};
+use crate::served::{Config, Served};
 
 #[tokio::test]
 async fn no_token_cookie_or_session_id_reaches_the_logs_at_any_level() {
@@ -23,48 +21,11 @@ async fn no_token_cookie_or_session_id_reaches_the_logs_at_any_level() {
     })
     .await;
     let key = portcullis::crypto::generate_key();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-http_addr = "127.0.0.1:{http}"
-public_url = "{base}"
-log_format = "json"
-[redis]
-url = "{redis}"
-timeout = "5s"
-[session]
-cookie_secure = false
-encryption_keys = ["{key}"]
-[providers.corp]
-kind = "ping"
-issuer = "{issuer}"
-client_id = "portcullis"
-client_secret = "{CLIENT_SECRET}"
-"#,
-            redis = redis.url(),
-            issuer = idp.issuer()
-        ),
-    )
-    .unwrap();
-    let log_path = dir.path().join("portcullis.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let ready = eventually(Duration::from_secs(20), async || {
-        reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready, "portcullis did not become ready");
+    let config = Config { server: "log_format = \"json\"".into(), ..Config::ping(&redis.url(), &idp.issuer(), &key) };
+    let mut served = Served::spawn(grpc, http, &config.text(grpc, http), |c| {
+        c.env("RUST_LOG", "trace");
+    });
+    assert!(served.wait_ready().await, "portcullis did not become ready");
 
     // A full sign-in.
     let browser =
@@ -123,9 +84,8 @@ client_secret = "{CLIENT_SECRET}"
     let r = browser.post(format!("{base}/oauth2/logout")).header("origin", &base).send().await.unwrap();
     assert_eq!(r.status(), 302);
 
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    served.terminate();
+    let log = served.log();
     assert!(log.lines().count() > 10 && log.contains("\"level\":\"TRACE\""), "not at the most verbose level: {log}");
     assert!(log.contains("deny"), "the denies were logged");
     for s in &secrets {

@@ -26,5 +26,6 @@ mod reload;
 mod rolling_update;
 mod rollout;
 mod rotation;
+mod served;
 mod sessions;
 mod tracing;

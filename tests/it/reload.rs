@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::config::Config;
+use portcullis::config::Config as Parsed;
 use portcullis::session::{NewSession, SessionStore};
 
-use crate::cli::Served;
 use crate::harness::eventually;
 use crate::harness::idp::{IdpServer, CLIENT_ID, CLIENT_SECRET};
 use crate::harness::redis::RedisServer;
+use crate::served::{Config, Served};
 
 const WAIT: Duration = Duration::from_secs(10);
 const BASIC: &str = "introspection_auth = \"client_secret_basic\"";
@@ -46,35 +46,14 @@ fn list(keys: &[String]) -> String {
 }
 
 fn text(k: &Knobs, redis: &str, issuer: &str) -> String {
-    format!(
-        r#"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-http_addr = "127.0.0.1:{http}"
-public_url = "http://127.0.0.1:{http}"
-{server}
-[redis]
-url = "{redis}"
-[session]
-cookie_secure = false
-encryption_keys = [{enc}]
-decrypt_only_keys = [{dec}]
-[revalidation]
-{revalidation}
-[providers.corp]
-kind = "oidc"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-{secret}
-"#,
-        grpc = k.grpc,
-        http = k.http,
-        server = k.server,
-        enc = list(&k.encrypting),
-        dec = list(&k.decrypt_only),
-        secret = k.secret,
-        revalidation = k.revalidation,
-    )
+    let keys = format!("encryption_keys = [{}]\ndecrypt_only_keys = [{}]", list(&k.encrypting), list(&k.decrypt_only));
+    Config {
+        server: k.server.clone(),
+        tables: format!("[revalidation]\n{}", k.revalidation),
+        provider: format!("kind = \"oidc\"\nissuer = {issuer:?}\nclient_id = {CLIENT_ID:?}\n{}", k.secret),
+        ..Config::oidc(redis, issuer, keys)
+    }
+    .text(k.grpc, k.http)
 }
 
 impl Env {
@@ -119,7 +98,7 @@ impl Env {
             &self.redis.url(),
             &self.idp.issuer(),
         );
-        let cfg = Config::from_toml(&toml).unwrap();
+        let cfg = Parsed::from_toml(&toml).unwrap();
         let redis = portcullis::store::Redis::connect(&cfg.redis).unwrap();
         let store = SessionStore::new(redis, Arc::new(cfg.session.key_ring().unwrap()), &cfg.session);
         let tokens = self.idp.login(user).await;

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cli::Served;
 use crate::e2e::{browser, follow_login};
 use crate::harness::envoy::Envoy;
 use crate::harness::free_port;
-use crate::harness::idp::{IdpOptions, IdpServer, CLIENT_ID, CLIENT_SECRET};
+use crate::harness::idp::{IdpOptions, IdpServer};
 use crate::harness::redis::RedisServer;
 use crate::harness::upstream::Upstream;
+use crate::served::{Config, Served};
 
 /// One pod: its Envoy in front of its portcullis. Envoy drops first.
 struct Pod {
@@ -36,36 +36,12 @@ impl Cluster {
     async fn pod(&self, first: bool, encrypting: &[&str], decrypt_only: &[&str]) -> Pod {
         let list = |keys: &[&str]| keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ");
         let public = format!("http://127.0.0.1:{}", self.envoy_port);
-        let portcullis = Served::with_config(|grpc, http| {
-            format!(
-                r#"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-http_addr = "127.0.0.1:{http}"
-public_url = "{public}"
-drain_delay = "2s"
-shutdown_grace = "2s"
-[redis]
-url = "{redis}"
-[session]
-cookie_secure = false
-encryption_keys = [{enc}]
-decrypt_only_keys = [{dec}]
-[revalidation]
-mode = "max_staleness"
-max_staleness = "1s"
-[providers.corp]
-kind = "oidc"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-introspection_auth = "client_secret_basic"
-"#,
-                redis = self.redis.url(),
-                issuer = self.idp.issuer(),
-                enc = list(encrypting),
-                dec = list(decrypt_only),
-            )
+        let keys = format!("encryption_keys = [{}]\ndecrypt_only_keys = [{}]", list(encrypting), list(decrypt_only));
+        let portcullis = Served::config(&Config {
+            public_url: Some(public),
+            server: "drain_delay = \"2s\"\nshutdown_grace = \"2s\"".into(),
+            tables: "[revalidation]\nmode = \"max_staleness\"\nmax_staleness = \"1s\"".into(),
+            ..Config::oidc(&self.redis.url(), &self.idp.issuer(), keys)
         });
         assert!(portcullis.wait_ready().await, "a new pod's portcullis never became ready");
         let mut vars = vec![

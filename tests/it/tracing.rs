@@ -3,8 +3,7 @@
 //! opentelemetry-proto). A check carrying Envoy's `traceparent` joins that trace; nothing secret is in it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use crate::harness::app::{request, Checked};
 use crate::harness::idp::{sign_in, IdpOptions, IdpServer, CLIENT_SECRET};
 use crate::harness::redis::RedisServer;
 use crate::harness::{eventually, free_port};
+use crate::served::{Config, Served};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const ENVOY_SPAN: &str = "00f067aa0ba902b7";
@@ -91,10 +91,9 @@ fn attr(s: &Span, key: &str) -> Option<String> {
     s.attributes.iter().find(|kv| kv.key == key).and_then(|kv| text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
 }
 
-/// A `portcullis serve` with its config in a temp dir, its stderr in a file.
+/// A `portcullis serve` with the `OTEL_*` of `env` only, and the key it seals with.
 struct Serve {
-    child: Child,
-    dir: tempfile::TempDir,
+    served: Served,
     base: String,
     grpc: u16,
     key: String,
@@ -103,72 +102,38 @@ struct Serve {
 impl Serve {
     async fn start(redis: &RedisServer, idp: &IdpServer, http: u16, env: &[(&str, String)]) -> Self {
         let s = Self::spawn(redis, idp, http, env);
-        let ready = eventually(Duration::from_secs(20), async || {
-            reqwest::get(format!("{}/readyz", s.base)).await.is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        assert!(ready, "portcullis did not become ready: {}", s.log());
+        assert!(s.served.wait_ready().await, "portcullis did not become ready: {}", s.log());
         s
     }
 
     fn spawn(redis: &RedisServer, idp: &IdpServer, http: u16, env: &[(&str, String)]) -> Self {
         let grpc = free_port();
-        let base = format!("http://127.0.0.1:{http}");
         let key = portcullis::crypto::generate_key();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("portcullis.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-http_addr = "127.0.0.1:{http}"
-public_url = "{base}"
-drain_delay = "0s"
-shutdown_grace = "2s"
-[redis]
-url = "{redis}"
-timeout = "5s"
-[session]
-cookie_secure = false
-encryption_keys = ["{key}"]
-[providers.corp]
-kind = "ping"
-issuer = "{issuer}"
-client_id = "portcullis"
-client_secret = "{CLIENT_SECRET}"
-"#,
-                redis = redis.url(),
-                issuer = idp.issuer()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["serve", "--config"]).arg(&config);
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
-            cmd.env_remove(k);
-        }
-        let child = cmd
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log_path(dir.path())).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, dir, base, grpc, key }
+        let config = Config {
+            server: "drain_delay = \"0s\"\nshutdown_grace = \"2s\"".into(),
+            ..Config::ping(&redis.url(), &idp.issuer(), &key)
+        };
+        let served = Served::spawn(grpc, http, &config.text(grpc, http), |cmd| {
+            for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+                cmd.env_remove(k);
+            }
+            cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        });
+        Self { base: served.base(), served, grpc, key }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(log_path(self.dir.path())).unwrap_or_default()
+        self.served.log()
     }
 
     /// SIGTERM, then the exit status: the last spans are flushed on the way out. Waits without blocking
     /// the runtime, which also serves the receiver.
     async fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let exited = eventually(Duration::from_secs(20), async || self.child.try_wait().unwrap().is_some()).await;
+        let _ = Command::new("kill").args(["-TERM", &self.served.child.id().to_string()]).status();
+        let exited =
+            eventually(Duration::from_secs(20), async || self.served.child.try_wait().unwrap().is_some()).await;
         assert!(exited, "portcullis did not stop: {}", self.log());
-        let status = self.child.wait().unwrap();
+        let status = self.served.child.wait().unwrap();
         (status, self.log())
     }
 }
@@ -193,10 +158,6 @@ fn stored_secrets(redis: &RedisServer, key: &str, session_id: &str, idp: &IdpSer
         out.push(sealed.clone());
     }
     out
-}
-
-fn log_path(dir: &Path) -> PathBuf {
-    dir.join("portcullis.log")
 }
 
 async fn idp_for(http: u16) -> IdpServer {
@@ -469,9 +430,9 @@ async fn without_otel_variables_nothing_is_exported_and_a_dead_collector_breaks_
     // A protocol portcullis cannot speak is refused by name, not silently ignored.
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_string())];
     let mut s = Serve::spawn(&redis, &idp, http, &env);
-    let exited = eventually(Duration::from_secs(20), async || s.child.try_wait().unwrap().is_some()).await;
+    let exited = eventually(Duration::from_secs(20), async || s.served.child.try_wait().unwrap().is_some()).await;
     assert!(exited, "serve started with a protocol it cannot speak: {}", s.log());
-    let status = s.child.wait().unwrap();
+    let status = s.served.child.wait().unwrap();
     assert!(!status.success());
     assert!(s.log().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "the refusal names the variable: {}", s.log());
 }
