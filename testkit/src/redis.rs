@@ -78,6 +78,13 @@ impl RedisServer {
             .collect()
     }
 
+    /// [`Self::commandstats`] without the test's own commands (`PING`, `CONFIG RESETSTAT`, `INFO`): what the
+    /// code under test ran since the last reset (`INFO commandstats` counts the commands a script runs too).
+    pub fn executed(&self) -> std::collections::BTreeMap<String, u64> {
+        let ours = ["ping", "config|resetstat", "info"];
+        self.commandstats().into_iter().filter(|(k, _)| !ours.contains(&k.as_str())).collect()
+    }
+
     pub fn reset_stats(&self) {
         redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(&mut self.conn()).expect("RESETSTAT");
     }

@@ -171,12 +171,6 @@ async fn sliding_expiry_moves_only_when_due() {
     app.shutdown().await;
 }
 
-/// Redis's own count (`INFO commandstats` counts the commands a script runs too), minus the test's own.
-fn executed(redis: &RedisServer) -> std::collections::BTreeMap<String, u64> {
-    let ours = ["ping", "config|resetstat", "info"];
-    redis.commandstats().into_iter().filter(|(k, _)| !ours.contains(&k.as_str())).collect()
-}
-
 #[tokio::test]
 async fn exactly_one_redis_command_per_check() {
     let (redis, app, _v) = setup("slide_after = \"60s\"").await;
@@ -188,7 +182,7 @@ async fn exactly_one_redis_command_per_check() {
         assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
     }
     let five: std::collections::BTreeMap<String, u64> = [("hgetall".to_string(), 5)].into();
-    assert_eq!(executed(&redis), five, "steady state: one plain HGETALL per check, nothing else");
+    assert_eq!(redis.executed(), five, "steady state: one plain HGETALL per check, nothing else");
 
     // A due slide is the one rare second call: the same HGETALL, then the slide script on the same key.
     let mut s = s;
@@ -196,7 +190,7 @@ async fn exactly_one_redis_command_per_check() {
     app.server.authorizer.store().write(&s).await.unwrap();
     redis.reset_stats();
     assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
-    let stats = executed(&redis);
+    let stats = redis.executed();
     assert_eq!(stats.get("hgetall"), Some(&1), "{stats:?}");
     assert_eq!(stats.get("hset"), Some(&1), "{stats:?}");
     assert_eq!(stats.get("expire"), Some(&1), "{stats:?}");
@@ -206,7 +200,7 @@ async fn exactly_one_redis_command_per_check() {
     // Slid: the next check is back to one command.
     redis.reset_stats();
     assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
-    assert_eq!(executed(&redis), [("hgetall".to_string(), 1)].into());
+    assert_eq!(redis.executed(), [("hgetall".to_string(), 1)].into());
     app.shutdown().await;
 }
 
@@ -247,14 +241,14 @@ async fn max_staleness_cached_checks_read_only_the_small_fields_and_still_see_a_
     let c = cookie(&app, &value);
     redis.reset_stats();
     assert_eq!(app.check(request("GET", "/", &[("cookie", &c)])).await.status(), 200);
-    assert_eq!(executed(&redis), [("hgetall".to_string(), 1)].into(), "first sight: the whole session");
+    assert_eq!(redis.executed(), [("hgetall".to_string(), 1)].into(), "first sight: the whole session");
     redis.reset_stats();
     for _ in 0..5 {
         let r = app.check(request("GET", "/", &[("cookie", &c)])).await;
         assert_eq!(r.status(), 200, "{r:?}");
         assert_eq!(r.upstream_headers(&[]).get("x-auth-email").map(String::as_str), Some("alice@example.com"));
     }
-    assert_eq!(executed(&redis), [("hmget".to_string(), 5)].into(), "remembered: the small fields, no tokens");
+    assert_eq!(redis.executed(), [("hmget".to_string(), 5)].into(), "remembered: the small fields, no tokens");
     assert_eq!(v.calls(), 1);
 
     // Logout or revoke on any replica deletes the key: the very next check sees it, cache or not.
