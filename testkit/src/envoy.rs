@@ -72,6 +72,19 @@ pub struct Envoy {
     dir: tempfile::TempDir,
 }
 
+/// The `vars` for a portcullis on loopback at these gRPC and HTTP ports in front of the upstream at
+/// `upstream`: the six addresses every test's Envoy is started with.
+pub fn vars(grpc: u16, http: u16, upstream: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
+        ("PORTCULLIS_GRPC_PORT", grpc.to_string()),
+        ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
+        ("PORTCULLIS_HTTP_PORT", http.to_string()),
+        ("UPSTREAM_HOST", "127.0.0.1".into()),
+        ("UPSTREAM_PORT", upstream.to_string()),
+    ]
+}
+
 impl Envoy {
     /// Starts Envoy with the shipped config; `vars` names the portcullis and upstream addresses
     /// (PORTCULLIS_GRPC_PORT, PORTCULLIS_HTTP_PORT, UPSTREAM_PORT, ...). Listeners bind loopback only.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::app::{config, StaticValidator, TestApp};
-use crate::harness::envoy::Envoy;
+use crate::harness::envoy::{self, Envoy};
 use crate::harness::redis::RedisServer;
 use crate::harness::upstream::{Echo, Upstream};
 
@@ -29,18 +29,8 @@ impl Stack {
         let validator = StaticValidator::new();
         let app = TestApp::with_validator(config(&redis.url(), ""), validator.clone()).await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::shipped(
-            &[
-                ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
-                ("PORTCULLIS_GRPC_PORT", app.server.grpc_addr.port().to_string()),
-                ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
-                ("PORTCULLIS_HTTP_PORT", app.server.http_addr.port().to_string()),
-                ("UPSTREAM_HOST", "127.0.0.1".into()),
-                ("UPSTREAM_PORT", upstream.addr.port().to_string()),
-            ],
-            edit,
-        )
-        .await;
+        let vars = envoy::vars(app.server.grpc_addr.port(), app.server.http_addr.port(), upstream.addr.port());
+        let envoy = Envoy::shipped(&vars, edit).await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))

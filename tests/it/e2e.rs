@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::header::LOCATION;
 
 use crate::harness::app::{config, TestApp};
-use crate::harness::envoy::Envoy;
+use crate::harness::envoy::{self, Envoy};
 use crate::harness::free_port;
 use crate::harness::idp::{provider_toml, IdpM2m, IdpOptions, IdpServer};
 use crate::harness::redis::RedisServer;
@@ -59,19 +59,9 @@ impl Stack {
         configure(&mut cfg);
         let app = TestApp::configured(cfg, IdpM2m::new(&idp)).await;
         let upstream = Upstream::start().await;
-        let envoy = Envoy::shipped(
-            &[
-                ("ENVOY_LISTEN_PORT", envoy_port.to_string()),
-                ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
-                ("PORTCULLIS_GRPC_PORT", app.server.grpc_addr.port().to_string()),
-                ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
-                ("PORTCULLIS_HTTP_PORT", app.server.http_addr.port().to_string()),
-                ("UPSTREAM_HOST", "127.0.0.1".into()),
-                ("UPSTREAM_PORT", upstream.addr.port().to_string()),
-            ],
-            edit,
-        )
-        .await;
+        let mut vars = envoy::vars(app.server.grpc_addr.port(), app.server.http_addr.port(), upstream.addr.port());
+        vars.push(("ENVOY_LISTEN_PORT", envoy_port.to_string()));
+        let envoy = Envoy::shipped(&vars, edit).await;
         Self { envoy, upstream, app, idp, redis, public }
     }
 }

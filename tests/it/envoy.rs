@@ -8,7 +8,7 @@ use reqwest::header::HeaderMap;
 use serde_json::json;
 
 use crate::harness::app::{config, StaticValidator, TestApp};
-use crate::harness::envoy::Envoy;
+use crate::harness::envoy::{self, Envoy};
 use crate::harness::redis::RedisServer;
 use crate::harness::upstream::{Echo, Upstream};
 
@@ -44,15 +44,7 @@ impl Stack {
             OAuth2Route::Portcullis => app.server.http_addr.port(),
             OAuth2Route::Echo => upstream.addr.port(),
         };
-        let envoy = Envoy::start(&[
-            ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
-            ("PORTCULLIS_GRPC_PORT", app.server.grpc_addr.port().to_string()),
-            ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
-            ("PORTCULLIS_HTTP_PORT", oauth2_port.to_string()),
-            ("UPSTREAM_HOST", "127.0.0.1".into()),
-            ("UPSTREAM_PORT", upstream.addr.port().to_string()),
-        ])
-        .await;
+        let envoy = Envoy::start(&envoy::vars(app.server.grpc_addr.port(), oauth2_port, upstream.addr.port())).await;
         eprintln!("envoy ready after {:?}", envoy.ready_after);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -44,14 +44,7 @@ impl Cluster {
             ..Config::oidc(&self.redis.url(), &self.idp.issuer(), keys)
         });
         assert!(portcullis.wait_ready().await, "a new pod's portcullis never became ready");
-        let mut vars = vec![
-            ("PORTCULLIS_GRPC_HOST", "127.0.0.1".to_string()),
-            ("PORTCULLIS_GRPC_PORT", portcullis.grpc.to_string()),
-            ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
-            ("PORTCULLIS_HTTP_PORT", portcullis.http.to_string()),
-            ("UPSTREAM_HOST", "127.0.0.1".into()),
-            ("UPSTREAM_PORT", self.upstream.addr.port().to_string()),
-        ];
+        let mut vars = crate::harness::envoy::vars(portcullis.grpc, portcullis.http, self.upstream.addr.port());
         if first {
             vars.push(("ENVOY_LISTEN_PORT", self.envoy_port.to_string()));
         }

@@ -239,15 +239,8 @@ async fn a_check_with_a_traceparent_joins_envoys_trace_and_carries_no_secret() {
     let traceparent = format!("00-{TRACE_ID}-{ENVOY_SPAN}-01");
     // Through the shipped Envoy, as a browser request: its traceparent reaches the Check among the headers.
     let upstream = crate::harness::upstream::Upstream::start().await;
-    let envoy = crate::harness::envoy::Envoy::start(&[
-        ("PORTCULLIS_GRPC_HOST", "127.0.0.1".into()),
-        ("PORTCULLIS_GRPC_PORT", s.grpc.to_string()),
-        ("PORTCULLIS_HTTP_HOST", "127.0.0.1".into()),
-        ("PORTCULLIS_HTTP_PORT", http.to_string()),
-        ("UPSTREAM_HOST", "127.0.0.1".into()),
-        ("UPSTREAM_PORT", upstream.addr.port().to_string()),
-    ])
-    .await;
+    let envoy =
+        crate::harness::envoy::Envoy::start(&crate::harness::envoy::vars(s.grpc, http, upstream.addr.port())).await;
     let r = reqwest::Client::new()
         .get(envoy.url("/x"))
         .header("accept", "application/json")
