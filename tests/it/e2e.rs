@@ -109,12 +109,7 @@ fn absolute(base: &str, loc: &str) -> String {
 #[tokio::test]
 async fn a_browser_logs_in_through_envoy_and_reaches_the_upstream_as_itself() {
     let s = Stack::start().await;
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (browser, _) = browser();
     let html = |url: String| browser.get(url).header("accept", "text/html");
 
     // Not logged in: the page redirects to the login route, an API call is 401.
@@ -175,12 +170,7 @@ pub async fn follow_login(browser: &reqwest::Client, mut next: String, login: &s
 #[tokio::test]
 async fn an_email_the_idp_has_not_verified_never_reaches_the_upstream() {
     let s = Stack::start().await;
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (browser, _) = browser();
     let page = follow_login(&browser, format!("{}/oauth2/login?rd=/home", s.public), "unverified-mallory").await;
     assert_eq!(page.header("x-auth-user-id"), Some("unverified-mallory"));
     assert_eq!(page.header("x-auth-email"), None, "an unverified email is withheld");
