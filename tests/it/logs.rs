@@ -59,26 +59,13 @@ async fn no_token_cookie_or_session_id_reaches_the_logs_at_any_level() {
     assert_eq!(delegated[0], delegated[1]);
 
     // The secrets of this run, read before logout deletes them.
+    // The session's tokens and the shared M2M token, sealed and opened; the delegated token and its sealed copy.
+    let mut secrets = vec![value.clone(), session_id.clone(), CLIENT_SECRET.to_string()];
+    secrets.extend(crate::tracing::stored_secrets(&redis, &key, &session_id, &idp));
+    secrets.push(delegated[0].clone());
     let stored: std::collections::HashMap<String, String> =
         redis::cmd("HGETALL").arg(format!("session:{session_id}")).query(&mut redis.conn()).unwrap();
-    let ring = portcullis::crypto::KeyRing::parse(&[key]).unwrap();
-    let mut secrets = vec![value.clone(), session_id.clone(), CLIENT_SECRET.to_string()];
-    for field in ["idToken", "accessToken", "refreshToken"] {
-        let sealed = stored.get(field).unwrap_or_else(|| panic!("{field} stored"));
-        secrets.push(sealed.clone());
-        secrets.push(ring.decrypt(&session_id, field, sealed).unwrap());
-    }
-    secrets.push(delegated[0].clone());
     let sealed = stored.iter().find(|(k, _)| k.starts_with("dlg:")).map(|(_, v)| v.clone()).expect("dlg field");
-    secrets.push(sealed);
-    let m2m_key = portcullis::keys::m2m_token(
-        "corp",
-        &portcullis::m2m::shared::slot(&idp.issuer(), crate::harness::idp::CLIENT_ID, None),
-    );
-    let m2m: String = redis::cmd("GET").arg(&m2m_key).query(&mut redis.conn()).unwrap();
-    let m2m: serde_json::Value = serde_json::from_str(&m2m).unwrap();
-    let sealed = m2m["accessToken"].as_str().unwrap().to_string();
-    secrets.push(ring.decrypt(&m2m_key, "accessToken", &sealed).unwrap());
     secrets.push(sealed);
 
     let r = browser.post(format!("{base}/oauth2/logout")).header("origin", &base).send().await.unwrap();

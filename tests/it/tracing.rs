@@ -140,7 +140,7 @@ impl Serve {
 
 /// What Redis holds for this run: the session's tokens (sealed and opened; the ID token last but one) and
 /// the shared M2M token (sealed and opened).
-fn stored_secrets(redis: &RedisServer, key: &str, session_id: &str, idp: &IdpServer) -> Vec<String> {
+pub fn stored_secrets(redis: &RedisServer, key: &str, session_id: &str, idp: &IdpServer) -> Vec<String> {
     let ring = portcullis::crypto::KeyRing::parse(&[key.to_string()]).unwrap();
     let m2m_key = portcullis::keys::m2m_token(
         "corp",
