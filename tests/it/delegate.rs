@@ -19,6 +19,7 @@ use crate::harness::eventually;
 use crate::harness::idp::{provider_toml, start_app, IdpM2m, IdpServer, CLIENT_ID, CLIENT_SECRET, TENANT};
 use crate::harness::redis::RedisServer;
 use crate::idp::plant;
+use crate::served;
 
 const EXCHANGE: &str = "/token:urn:ietf:params:oauth:grant-type:token-exchange";
 const REFRESH: &str = "/token:refresh_token";
@@ -182,18 +183,8 @@ async fn an_audience_route_gets_a_token_for_that_audience_and_admin_counts_witho
 
     // The CLI reads the same report from Redis with the same key ring.
     let key = secrecy::ExposeSecret::expose_secret(&e.cfg.session.encryption_keys[0]).to_string();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    let toml = format!(
-        "[server]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npublic_url = \"http://x\"\n\
-         [redis]\nurl = \"{}\"\n[session]\nencryption_keys = [\"{key}\"]\n",
-        e.redis.url()
-    );
-    std::fs::write(file.path(), toml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["delegations", "--config"])
-        .arg(file.path())
-        .output()
-        .unwrap();
+    let file = served::file(&served::minimal(&e.redis.url(), &format!("encryption_keys = [\"{key}\"]")));
+    let out = served::portcullis().args(["delegations", "--config"]).arg(file.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!stdout.contains(&token), "never a token: {stdout}");

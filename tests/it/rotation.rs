@@ -89,12 +89,7 @@ async fn a_session_for_a_provider_this_replica_lacks_is_503_and_kept() {
 #[test]
 fn a_rotation_without_an_encrypting_key_or_with_a_repeated_kid_is_refused() {
     let key = portcullis::crypto::generate_key();
-    let text = |session: &str| {
-        format!(
-            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npublic_url = \"http://x\"\n\
-             [redis]\nurl = \"redis://127.0.0.1:1\"\n[session]\n{session}\n"
-        )
-    };
+    let text = |session: &str| crate::served::minimal("redis://127.0.0.1:1", session);
     let both = portcullis::config::Config::from_toml(&text(&format!(
         "encryption_keys = [\"{key}\"]\ndecrypt_only_keys = [\"{key}\"]"
     )));

@@ -14,6 +14,22 @@ pub fn portcullis() -> Command {
     c
 }
 
+/// The smallest config the offline subcommands (`sessions`, `delegations`) read: listeners on port 0, no
+/// provider; `session` is the `[session]` body.
+pub fn minimal(redis_url: &str, session: &str) -> String {
+    format!(
+        "[server]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npublic_url = \"http://x\"\n\
+         [redis]\nurl = \"{redis_url}\"\n[session]\n{session}\n"
+    )
+}
+
+/// `text` in a temp file, removed when dropped.
+pub fn file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
 /// A config file's sections. `[server]` always has the two listeners on the ports it is started with;
 /// each field is TOML lines for its section, so a test adds keys where they belong.
 #[derive(Clone, Default)]
@@ -131,8 +147,7 @@ impl Served {
 
     /// `text` on these ports; `env` sets the process's environment (`RUST_LOG` is unset unless it sets it).
     pub fn spawn(grpc: u16, http: u16, text: &str, env: impl FnOnce(&mut Command)) -> Self {
-        let config = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(config.path(), text).unwrap();
+        let config = file(text);
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = portcullis();
         cmd.args(["serve", "--config"]).arg(config.path()).env_remove("RUST_LOG");

@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use crate::harness::app::{config_with_keys, request, StaticValidator, TestApp};
 use crate::harness::redis::RedisServer;
+use crate::served;
 
 fn cookie(app: &TestApp, v: &str) -> String {
     format!("{}={v}", app.cookie_name())
@@ -20,23 +21,9 @@ async fn cli_revoke_ends_every_session_of_that_user_and_no_other() {
     let (a2, _) = app.login("alice", json!({})).await;
     let (b1, _) = app.login("bob", json!({})).await;
 
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        format!(
-            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npublic_url = \"http://x\"\n\
-             [redis]\nurl = \"{}\"\n[session]\nencryption_keys = [\"{key}\"]\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
+    let file = served::file(&served::minimal(&redis.url(), &format!("encryption_keys = [\"{key}\"]")));
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(args)
-            .arg("--config")
-            .arg(file.path())
-            .output()
-            .unwrap();
+        let out = served::portcullis().args(args).arg("--config").arg(file.path()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
