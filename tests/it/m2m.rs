@@ -527,44 +527,22 @@ async fn status_forced_refresh_and_forget() {
 async fn cli_m2m_refresh_and_status() {
     let redis = RedisServer::start();
     let (server, ep) = idp(vec![token(3600)]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("portcullis.toml");
-    let text = format!(
-        r#"
-[server]
-grpc_addr = "127.0.0.1:9001"
-http_addr = "127.0.0.1:9002"
-public_url = "https://app.example.com"
-
-[redis]
-url = "{}"
-
-[session]
-cookie_secure = false
-encryption_keys = ["{}"]
-
-[providers.corp]
-kind = "oidc"
-issuer = "{}"
-token_endpoint = "{}/token"
-client_id = "gateway"
-client_secret = "gateway-secret"
-"#,
-        redis.url(),
-        portcullis::crypto::generate_key(),
-        server.uri(),
-        server.uri()
-    );
-    std::fs::write(&file, text).unwrap();
+    let text = crate::served::Config {
+        public_url: Some("https://app.example.com".into()),
+        redis: format!("url = {:?}", redis.url()),
+        session: format!("encryption_keys = [{:?}]", portcullis::crypto::generate_key()),
+        provider: format!(
+            "kind = \"oidc\"\nissuer = {uri:?}\ntoken_endpoint = \"{uri}/token\"\nclient_id = \"gateway\"\n\
+             client_secret = \"gateway-secret\"",
+            uri = server.uri()
+        ),
+        ..Default::default()
+    }
+    .text(9001, 9002);
+    let file = std::sync::Arc::new(crate::served::file(&text));
     let run = move |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["m2m"])
-            .args(args)
-            .arg("--config")
-            .arg(&file)
-            .env_remove("PORTCULLIS_CONFIG")
-            .output()
-            .unwrap();
+        let out =
+            crate::served::portcullis().args(["m2m"]).args(args).arg("--config").arg(file.path()).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
     };
 
