@@ -149,21 +149,19 @@ impl Authorizer {
             return Err(Deny::UnknownSession);
         }
         let id = cookie::session_id(value);
-        // `max_staleness`: a session whose identity is remembered is read without its tokens. A delegating
-        // route needs the delegated tokens, which come with the whole hash.
-        let remembered = match input.context_extensions.contains_key(crate::delegate::DELEGATE) {
-            true => None,
-            false => self.validators.iter().find_map(|(p, v)| Some((p.as_str(), v.remembered(&id)?))),
-        };
-        let mut session = self.load(&id, remembered.is_some()).await?;
+        // `max_staleness`: a session whose identity is remembered is read without its tokens, unless the route
+        // delegates (the delegated tokens come with the whole hash).
+        let remembered = self.validators.iter().find_map(|(p, v)| Some((p.as_str(), v.remembered(&id)?)));
+        let delegating = input.context_extensions.contains_key(crate::delegate::DELEGATE);
+        let mut session = self.load(&id, remembered.is_some() && !delegating).await?;
         let identity = match remembered {
             Some((provider, identity)) if provider == session.provider => Some(identity),
-            Some(_) => {
-                // Remembered under another provider than the session now names: read it all, ask its own.
+            Some(_) if session.small => {
+                // Remembered under another provider than the session names: read it all, ask its own.
                 session = self.load(&id, false).await?;
                 None
             }
-            None => None,
+            _ => None,
         };
         *who = Some(Who { user_id: session.user_id.clone(), provider: session.provider.clone() });
         match self.check_session(&session, identity, input, now).await {
@@ -311,7 +309,7 @@ impl Authorizer {
         all.contains(&name.as_str()) || identity_prefix(&all).is_some_and(|p| name.starts_with(p))
     }
 
-    /// `remembered`: the identity `max_staleness` still holds for this session, looked up before it was read.
+    /// `remembered`: the identity `max_staleness` still holds for this session, looked up once, before the read.
     async fn check_session(
         &self,
         s: &Session,
@@ -336,7 +334,7 @@ impl Authorizer {
             tracing::warn!(session = cookie::short(&s.id), provider = %s.provider, "session names an unconfigured provider");
             Deny::UnknownProvider
         })?;
-        if let Some(identity) = remembered.or_else(|| validator.remembered(&s.id)) {
+        if let Some(identity) = remembered {
             // `max_staleness` within its window: the tokens are not needed, so they stay sealed.
             return Ok(Passed { identity, tokens: None, refreshed: false });
         }
