@@ -37,7 +37,7 @@ pub struct RedisConfig {
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Serve the Check's session read (`HGETALL session:{id}`) from an in-process cache that Redis keeps
+    /// Serve the Check's session read (`HGETALL session:{id}`, or its `HMGET`) from an in-process cache that Redis keeps
     /// fresh with RESP3 `CLIENT TRACKING` invalidations. Off by default: an invalidation is read
     /// asynchronously, so a revoke can race a check (SECURITY.md "Known limits").
     pub client_cache: bool,

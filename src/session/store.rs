@@ -1,9 +1,11 @@
 //! Sessions in Redis: `session:{id}` hashes, the `user_sessions:{userId}` and `idp_sessions:{provider}:{sid}`
 //! indexes, and token encryption on the way in and out.
 //!
-//! The Check hot path costs one command: [`SessionStore::load`] is a plain `HGETALL`. Only when the last
-//! slide is older than `slide_after` does a check make a second call, [`SessionStore::slide`], a small
-//! script on the one key (Redis Cluster safe) that moves `lastAccess` and the TTL.
+//! The Check hot path costs one command: [`SessionStore::load`] is a plain `HGETALL`, or
+//! [`SessionStore::load_small`] an `HMGET` of the unsealed fields when `max_staleness` remembers the
+//! identity. Only when the last slide is older than `slide_after` does a check make a second call,
+//! [`SessionStore::slide`], a small script on the one key (Redis Cluster safe) that moves `lastAccess` and
+//! the TTL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -385,7 +387,6 @@ impl SessionStore {
     }
 }
 
-/// An `HGETALL` reply (RESP2 array or RESP3 map) as text pairs; anything else is [`Corrupt`].
 /// One reply value as text; bytes that are not UTF-8 are garbage.
 fn text(v: redis::Value) -> Result<String, Corrupt> {
     match v {
@@ -395,6 +396,7 @@ fn text(v: redis::Value) -> Result<String, Corrupt> {
     }
 }
 
+/// An `HGETALL` reply (RESP2 array or RESP3 map) as text pairs; anything else is [`Corrupt`].
 fn text_pairs(v: redis::Value) -> Result<HashMap<String, String>, Corrupt> {
     use redis::Value;
     match v {
