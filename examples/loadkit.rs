@@ -10,7 +10,12 @@
 //!       10,000-session mix)
 //!   loadkit ceiling PORT
 //!       a do-nothing `envoy.service.auth.v3.Authorization` gRPC server on 127.0.0.1:PORT that allows every
-//!       Check with no I/O: the ceiling of the ext_authz design, swapped in for portcullis on the authz cluster
+//!       Check with no I/O: the ceiling of the ext_authz design, swapped in for portcullis on the authz cluster.
+//!       Diagnostic variants, to split what an allow costs beyond it (load.sh `ceiling-*` cases):
+//!       CEILING_SHAPE=allow answers with the headers portcullis's allow carries (identity headers, removals,
+//!       the cookie rewrite, the security response headers); CEILING_REDIS=URL makes one `HMGET` per Check
+//!       on one multiplexed connection; CEILING_WORKERS=N runs N tokio workers (default: one per CPU; 1: the
+//!       current-thread scheduler, as `portcullis serve` runs by default)
 //!   loadkit introspect PORT
 //!       a fast RFC 7662 introspection responder on 127.0.0.1:PORT answering every POST `{"active":true,...}`,
 //!       so `every_request` is measured without the node IdP's own speed
@@ -31,7 +36,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction, HeaderValue,
+    HeaderValueOption, HttpResponse, OkHttpResponse,
 };
 use envoy_types::pb::google::rpc::Status;
 use portcullis::config::Config;
@@ -47,8 +53,21 @@ fn usage() -> ! {
     std::process::exit(64);
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Like `portcullis serve`'s `server.worker_threads`: 1 is the current-thread scheduler.
+    let mut rt = match std::env::var("CEILING_WORKERS").ok().and_then(|n| n.parse().ok()) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    rt.enable_all().build().expect("tokio runtime").block_on(run());
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("upstream") => upstream(port(&args)).await,
@@ -65,25 +84,82 @@ fn port(args: &[String]) -> u16 {
 }
 
 /// Allows everything, reads nothing: what Envoy + any ext_authz gRPC server costs at the least.
-struct Ceiling;
+/// The `CEILING_*` variants add one part of a real allow at a time (see the module doc).
+struct Ceiling {
+    shaped: bool,
+    redis: Option<redis::aio::MultiplexedConnection>,
+}
 
 #[tonic::async_trait]
 impl Authorization for Ceiling {
     async fn check(
         &self,
-        _request: tonic::Request<CheckRequest>,
+        request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        if let Some(mut redis) = self.redis.clone() {
+            let cookie = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref());
+            let cookie = cookie.and_then(|r| r.http.as_ref()).and_then(|h| h.headers.get("cookie"));
+            let key = format!("ceiling:{}", cookie.map_or(0, |c| c.len()));
+            let _: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(&key)
+                .arg(&["userId", "provider", "createdAt", "lastAccess", "expiresAt"])
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        }
+        let ok = if self.shaped { allow_shape() } else { OkHttpResponse::default() };
         Ok(tonic::Response::new(CheckResponse {
             status: Some(Status { code: 0, ..Default::default() }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            http_response: Some(HttpResponse::OkResponse(ok)),
             ..Default::default()
         }))
     }
 }
 
+/// The shape of portcullis's allow for the load's user: four identity headers set, the assertion, client
+/// and cookie headers removed, the four default security headers for the browser.
+fn allow_shape() -> OkHttpResponse {
+    #[allow(deprecated)]
+    fn header(key: &str, value: &str) -> HeaderValueOption {
+        HeaderValueOption {
+            header: Some(HeaderValue { key: key.into(), value: value.into(), ..Default::default() }),
+            append: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        }
+    }
+    OkHttpResponse {
+        headers: vec![
+            header("x-auth-user-id", "alice"),
+            header("x-auth-provider", "corp"),
+            header("x-auth-email", "alice@example.com"),
+            header("x-auth-name", "Alice Example"),
+        ],
+        headers_to_remove: vec!["x-auth-groups".into(), "x-auth-jwt".into(), "x-auth-client".into(), "cookie".into()],
+        response_headers_to_add: vec![
+            header("strict-transport-security", "max-age=31536000; includeSubDomains"),
+            header("x-content-type-options", "nosniff"),
+            header("x-frame-options", "DENY"),
+            header("referrer-policy", "no-referrer"),
+        ],
+        ..Default::default()
+    }
+}
+
 async fn ceiling(port: u16) {
+    let shaped = std::env::var("CEILING_SHAPE").is_ok_and(|v| v == "allow");
+    let redis = match std::env::var("CEILING_REDIS") {
+        Ok(url) => Some(
+            redis::Client::open(url)
+                .expect("CEILING_REDIS")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("CEILING_REDIS connection"),
+        ),
+        Err(_) => None,
+    };
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Ceiling))
+        .add_service(AuthorizationServer::new(Ceiling { shaped, redis }))
         .serve(([127, 0, 0, 1], port).into())
         .await
         .expect("ceiling gRPC server");

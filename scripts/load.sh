@@ -27,6 +27,8 @@
 #   PROFILE      cargo profile to build (default release)
 #   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,deny-unknown-session,
 #                max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache)
+#                diagnostics (not in the default): ceiling-1w (the current-thread scheduler), ceiling-shaped (the ceiling
+#                answering with an allow's headers), ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
@@ -233,7 +235,9 @@ start_portcullis() { # mode [introspection endpoint] [max_staleness]
     portcullis_pid=$!
     wait_http "http://127.0.0.1:$HTTP_PORT/readyz"
 }
-start_ceiling() { "$KIT" ceiling "$GRPC_PORT" >>"$work/ceiling.log" 2>&1 & portcullis_pid=$!; sleep 0.5; }
+start_ceiling() { # [VAR=value ...] for the diagnostic variants (loadkit's CEILING_*)
+    env "$@" "$KIT" ceiling "$GRPC_PORT" >>"$work/ceiling.log" 2>&1 & portcullis_pid=$!; sleep 0.5
+}
 stop_portcullis() { stop_pid "$portcullis_pid"; wait "$portcullis_pid" 2>/dev/null || true; portcullis_pid=""; }
 introspections() { curl -fsS "$ISSUER/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("/token/introspection", 0))'; }
 # Every session of a mix through one Check (all must answer 200), so the timed run sees the steady state.
@@ -341,6 +345,8 @@ to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v
 
 # Redis: commands executed (INFO commandstats, scripts' inner commands included) and CPU seconds (INFO cpu).
 redis_calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,]' '/^cmdstat_/ && !/cmdstat_info/ {n += $2} END {print n + 0}'; }
+# Reads of client sockets Redis made (INFO stats): below 1 per command when commands arrive pipelined.
+redis_reads() { redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | awk -F: '/^total_reads_processed:/ {print $2 + 0}'; }
 redis_cpu_us() { redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%d", s * 1e6}'; }
 # utime + stime of PID in µs (/proc/PID/stat fields 14 and 15, clock ticks).
 proc_cpu_us() { [[ -n "${1:-}" ]] || { echo 0; return; }; awk -v hz="$(getconf CLK_TCK)" '{printf "%d", ($14 + $15) * 1e6 / hz}' "/proc/$1/stat"; }
@@ -362,10 +368,10 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     [[ "$got" == "$want" ]] || die "$name: $url answered $got, expected $want (logs in $work)"
     local -x COOKIES="$cookies" COOKIE_NAME="$cookie_name"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$work/rotate.lua" "$url" >/dev/null
-    local before_idp rss_before out rps p50 p99 other rc0 rcpu0 pcpu0 xcpu0
+    local before_idp rss_before out rps p50 p99 other rc0 rrd0 rcpu0 pcpu0 xcpu0
     before_idp=$(introspections)
     redis-cli -p "$REDIS_PORT" config resetstat >/dev/null # commandstats of this run alone, kept in redis-NAME.txt
-    rc0=$(redis_calls); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid"); xcpu0=$(tree_cpu_us "$proxy")
+    rc0=$(redis_calls); rrd0=$(redis_reads); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid"); xcpu0=$(tree_cpu_us "$proxy")
     rss_before=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" "$url")
     echo "$out" >"$work/wrk-$name.txt"
@@ -378,6 +384,8 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     idp_calls=$(( $(introspections) - before_idp ))
     local rcmd rcpu pcpu xcpu per='BEGIN {printf "%.1f", (a - b) / n}'
     rcmd=$(awk -v a="$(redis_calls)" -v b="$rc0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b) / n}')
+    local rrd
+    rrd=$(awk -v a="$(redis_reads)" -v b="$rrd0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b) / n}')
     redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_' >"$work/redis-$name.txt" || true
     rcpu=$(awk -v a="$(redis_cpu_us)" -v b="$rcpu0" -v n="$reqs" "$per")
     pcpu=-
@@ -385,7 +393,7 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     xcpu=$(awk -v a="$(tree_cpu_us "$proxy")" -v b="$xcpu0" -v n="$reqs" "$per")
     local rss_after
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
-    results+=("$round|$name${tag:-}|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)")
+    results+=("$round|$name${tag:-}|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)|$rrd")
     log "round $round, $name${tag:-}: $rps req/s, p99 ${p99} ms"
     [[ -n "${PERF:-}" && $round == 1 && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name" "$url" "$cookies"
     return 0
@@ -451,6 +459,20 @@ one_round() {
         run_case ceiling "$ENVOY_URL/api/bench" "$work/no-cookies" 200
         stop_portcullis
     fi
+    # Diagnostics, not in the default CASES: the ceiling plus one part of a real allow, with the cookies of
+    # the max_staleness case, to split what an allow costs Envoy and the authz server beyond the ceiling.
+    local variant
+    for variant in "ceiling-1w CEILING_WORKERS=1" "ceiling-shaped CEILING_SHAPE=allow" \
+        "ceiling-redis CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
+        "ceiling-both CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
+        "ceiling-both-1w CEILING_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT"; do
+        read -r -a variant <<<"$variant"
+        want_case "${variant[0]}" || continue
+        log "${variant[0]}: loadkit ceiling with ${variant[*]:1}"
+        start_ceiling "${variant[@]:1}"
+        run_case "${variant[0]}" "$ENVOY_URL/api/bench" "$work/cookies" 200
+        stop_portcullis
+    done
     # With BIN_B or ENV_B, A and B both run the portcullis cases, in alternating order from round to round.
     local first=a build ab="${BIN_B:-}${ENV_B:-}"
     [[ -n "$ab" && $((round % 2)) == 0 ]] && first=b
@@ -486,7 +508,7 @@ printf '%s\n' "${results[@]}" >"$work/results"
 # Each round's rows against that round's baseline and ceiling; with ROUNDS > 1, the median of every ratio.
 python3 - "$work/results" "$ROUNDS" <<'PY'
 import statistics, sys
-keys = "round name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load".split()
+keys = "round name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load rrd".split()
 rows = [dict(zip(keys, l.rstrip("\n").split("|"))) for l in open(sys.argv[1]) if l.strip()]
 rounds = int(sys.argv[2])
 def num(v):
@@ -502,10 +524,10 @@ def ref(r, name, key):
     return other[key] if other else None
 def cpu_sum(r):  # proxy + authz server + Redis, µs per request
     return sum(num(r[k]) or 0 for k in ("rcpu", "pcpu", "xcpu"))
-line = ("{:>5} {:<21} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>5} {:>5} {:>8} {:>8}"
+line = ("{:>5} {:<21} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>5} {:>5} {:>5} {:>8} {:>8}"
         " {:>8} {:>6}")
 print(line.format("round", "case", "status", "req/s", "p50_ms", "p99_ms", "non-2xx", "rps/base", "p99/base", "rps/ceil",
-                  "p99/ceil", "IdP/req", "RSS b->a", "r.cmd", "r.us", "authz_us", "cpu/ceil", "proxy_us", "load1"))
+                  "p99/ceil", "IdP/req", "RSS b->a", "r.cmd", "r.rd", "r.us", "authz_us", "cpu/ceil", "proxy_us", "load1"))
 per = {}  # case -> one (rps/ceil, p99/ceil, cpu/ceil, authz_us, r.us, r.cmd) per round
 for r in rows:
     other = r["other"] if r["want"] == "200" else f"({r['other']})"  # 401/503 are the expected answers
@@ -517,7 +539,7 @@ for r in rows:
     print(line.format(r["round"], r["name"], r["want"], r["rps"], r["p50"], r["p99"], other,
                       fmt(ratio(r["rps"], ref(r, "baseline", "rps"))), fmt(ratio(r["p99"], ref(r, "baseline", "p99"))),
                       fmt(rc), fmt(pc), fmt((num(r["idp"]) or 0) / reqs if reqs else 0, 3), rss, r["rcmd"],
-                      r["rcpu"], r["pcpu"], fmt(cc), r["xcpu"], r["load"]))
+                      r["rrd"], r["rcpu"], r["pcpu"], fmt(cc), r["xcpu"], r["load"]))
     per.setdefault(r["name"], []).append((rc, pc, cc, num(r["pcpu"]), num(r["rcpu"]), num(r["rcmd"])))
 def spread(vals):
     vals = [v for v in vals if v is not None]
@@ -540,4 +562,5 @@ for rnd in sorted({r["round"] for r in rows}, key=int):
               f" ({fmt(cpu_sum(ap) / cpu_sum(ms))} x; steadier than req/s on a shared machine)")
 PY
 echo "authz_us: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
+echo "r.rd: reads of client sockets Redis made per request: below 1 when concurrent checks' commands arrive in one write"
 echo "proxy_us: CPU of the proxy per request: Envoy, or for apache all of Apache's processes (its auth included)"
