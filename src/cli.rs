@@ -243,7 +243,10 @@ fn inject(mode: crate::inject::Mode, input: &ManifestInput) -> ExitCode {
 enum Rt {
     /// One thread: the command-line tools.
     Tool,
-    /// Multi-threaded, with this many workers (default: one per CPU).
+    /// With this many workers (default: one per CPU). One worker is tokio's current-thread scheduler: its
+    /// run queue is first in, first out, so the checks that are ready all reach their Redis read before the
+    /// connection's writer runs and their commands leave in one write. The multi-threaded scheduler runs a
+    /// woken task next (its LIFO slot): the writer ran after every check and sent each command on its own.
     Server(Option<usize>),
 }
 
@@ -251,6 +254,7 @@ enum Rt {
 fn run(kind: Rt, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let server = matches!(kind, Rt::Server(_));
     let rt = match kind {
+        Rt::Server(Some(1)) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         Rt::Server(workers) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = workers {

@@ -41,9 +41,10 @@ pub struct ServerConfig {
     /// Share of allows that get an audit line (0.0 ..= 1.0); denies always do.
     #[serde(default = "audit_allow_sample")]
     pub audit_allow_sample: f64,
-    /// Threads that serve requests (tokio workers). Default 1: a check is a few tens of microseconds of
-    /// CPU, and one thread spends 10–20 % less per check than one per CPU, which wake each other across
-    /// CPUs (BENCHMARKS.md). Raise it where one core is not enough (a shared gateway, not a sidecar).
+    /// Threads that serve requests. Default 1, tokio's current-thread scheduler: a check is a few tens of
+    /// microseconds of CPU, and on one thread the Redis reads of the checks that are ready leave in one
+    /// write (a third of the CPU per check of the multi-threaded scheduler, BENCHMARKS.md). Above 1, tokio's
+    /// multi-threaded scheduler with that many workers, where one core is not enough (a shared gateway).
     #[serde(default = "worker_threads")]
     pub worker_threads: usize,
 }
