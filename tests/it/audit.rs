@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::harness::app::{request, Checked};
 use crate::harness::free_port;
-use crate::harness::idp::{sign_in, IdpOptions, IdpServer};
+use crate::harness::idp::{IdpOptions, IdpServer};
 use crate::harness::redis::RedisServer;
 use crate::served::{Config, Served};
 
@@ -49,13 +49,7 @@ fn idp_options(base: &str) -> IdpOptions {
 
 /// Signs `user` in and returns the session cookie header.
 async fn session_cookie(r: &Running, idp: &IdpServer, user: &str) -> String {
-    let browser =
-        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap();
-    let callback = sign_in(&browser, &r.base, &idp.issuer(), user, "/", |_| {}).await;
-    let resp = browser.get(&callback).send().await.unwrap();
-    assert_eq!(resp.status(), 302);
-    let set = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
-    set.split(';').next().unwrap().to_string()
+    crate::served::sign_in_at(&r.base, idp, user).await
 }
 
 #[tokio::test]

@@ -269,3 +269,49 @@ async fn sigterm_drains_before_it_stops() {
     assert!(exit.success(), "{exit:?}");
     assert!(sent.elapsed() >= std::time::Duration::from_secs(3), "stopped before drain_delay: {:?}", sent.elapsed());
 }
+
+/// `server.worker_threads` = 1 (the default: tokio's current-thread scheduler) and 2 (the multi-threaded
+/// one), each started from a config file: 64 concurrent checks of a signed-in session all pass with its
+/// identity, a check without a cookie is 401, and the session's deletion is seen by the next check.
+#[tokio::test]
+async fn serve_answers_concurrent_checks_on_one_worker_or_several() {
+    use crate::harness::app::{request, Checked};
+    use crate::harness::idp::{IdpOptions, IdpServer};
+    use crate::harness::redis::RedisServer;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    for workers in [1, 2] {
+        let redis = RedisServer::start();
+        let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
+        let callback = format!("http://127.0.0.1:{http}/oauth2/callback");
+        let idp =
+            IdpServer::start_with(IdpOptions { backchannel_logout_uri: None, redirect_uris: vec![callback] }).await;
+        let config = crate::served::Config {
+            server: format!("worker_threads = {workers}"),
+            ..crate::served::Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key())
+        };
+        let served = Served::spawn(grpc, http, &config.text(grpc, http), |_| {});
+        assert!(served.wait_ready().await, "worker_threads = {workers}: not ready\n{}", served.log());
+        let cookie = served.sign_in(&idp, "alice").await;
+
+        let client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+        let checks = (0..64).map(|_| {
+            let (mut client, cookie) = (client.clone(), cookie.clone());
+            async move { Checked(client.check(request("GET", "/", &[("cookie", &cookie)])).await.unwrap().into_inner()) }
+        });
+        let answers = tokio::time::timeout(std::time::Duration::from_secs(30), futures::future::join_all(checks)).await;
+        for answer in
+            answers.unwrap_or_else(|_| panic!("worker_threads = {workers}: 64 checks still unanswered after 30 s"))
+        {
+            assert_eq!(answer.status(), 200, "worker_threads = {workers}");
+            assert_eq!(answer.header("x-auth-user-id").as_deref(), Some("alice"), "worker_threads = {workers}");
+        }
+        assert_eq!(served.check(&[]).await, 401, "worker_threads = {workers}");
+
+        let mut conn = redis.conn();
+        let sessions: Vec<String> = redis::cmd("KEYS").arg("session:*").query(&mut conn).unwrap();
+        assert_eq!(sessions.len(), 1, "one session signed in");
+        let _: () = redis::cmd("DEL").arg(&sessions).query(&mut conn).unwrap();
+        assert_eq!(served.check(&[("cookie", &cookie)]).await, 401, "worker_threads = {workers}: a deleted session");
+    }
+}

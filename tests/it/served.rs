@@ -118,6 +118,18 @@ cookie_secure = false
     }
 }
 
+/// Signs `user` in at `idp` through the login routes at `base` and returns the session cookie as a `cookie`
+/// header value.
+pub async fn sign_in_at(base: &str, idp: &crate::harness::idp::IdpServer, user: &str) -> String {
+    let browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().unwrap();
+    let callback = crate::harness::idp::sign_in(&browser, base, &idp.issuer(), user, "/", |_| {}).await;
+    let resp = browser.get(&callback).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let set = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    set.split(';').next().unwrap().to_string()
+}
+
 /// A running `portcullis serve`.
 pub struct Served {
     pub child: std::process::Child,
@@ -185,6 +197,12 @@ impl Served {
     /// The config file it was started with (rewrite it, then SIGHUP, to reload).
     pub fn config_path(&self) -> &std::path::Path {
         self._config.path()
+    }
+
+    /// Signs `user` in at `idp` through this replica's login routes (its `public_url` is its own HTTP
+    /// listener) and returns the session cookie as a `cookie` header value.
+    pub async fn sign_in(&self, idp: &crate::harness::idp::IdpServer, user: &str) -> String {
+        sign_in_at(&self.base(), idp, user).await
     }
 
     /// A Check through the gRPC listener.
