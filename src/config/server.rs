@@ -43,7 +43,7 @@ pub struct ServerConfig {
     pub audit_allow_sample: f64,
     /// Threads that serve requests. Default 1, tokio's current-thread scheduler: a check is a few tens of
     /// microseconds of CPU, and on one thread the Redis reads of the checks that are ready leave in one
-    /// write (a third of the CPU per check of the multi-threaded scheduler, BENCHMARKS.md). Above 1, tokio's
+    /// write (a third less CPU per check than on the multi-threaded scheduler, BENCHMARKS.md). Above 1, tokio's
     /// multi-threaded scheduler with that many workers, where one core is not enough (a shared gateway).
     #[serde(default = "worker_threads")]
     pub worker_threads: usize,
