@@ -84,17 +84,23 @@ impl std::fmt::Debug for Tokens {
 pub struct Corrupt(pub &'static str);
 
 impl Session {
-    pub fn from_hash(id: String, h: HashMap<String, String>) -> Result<Self, Corrupt> {
-        Self::parse(id, h, false)
+    pub fn from_hash(id: String, mut h: HashMap<String, String>) -> Result<Self, Corrupt> {
+        let mut s = Self::parse(id, |k| h.remove(k), false)?;
+        let prefix = crate::keys::DELEGATED_FIELD_PREFIX;
+        s.delegated = h.into_iter().filter(|(k, v)| k.starts_with(prefix) && !v.is_empty()).collect();
+        Ok(s)
     }
 
-    /// A session read as [`field::SMALL`] (no tokens): the same rules for every field it holds.
-    pub fn from_small(id: String, h: HashMap<String, String>) -> Result<Self, Corrupt> {
-        Self::parse(id, h, true)
+    /// A session read as [`field::SMALL`] (no tokens), its values in that order (`None`: Redis had none):
+    /// the same rules for every field it holds, without building a map on every cached check.
+    pub fn from_small(id: String, mut values: Vec<Option<String>>) -> Result<Self, Corrupt> {
+        let at = |k: &str| field::SMALL.iter().position(|f| *f == k);
+        Self::parse(id, |k| at(k).and_then(|i| values.get_mut(i)).and_then(Option::take), true)
     }
 
-    fn parse(id: String, mut h: HashMap<String, String>, small: bool) -> Result<Self, Corrupt> {
-        let mut text = |k: &'static str| h.remove(k).filter(|v| !v.is_empty()).ok_or(Corrupt(k));
+    /// `take` hands over a field's value once (`None` when absent); an empty value counts as absent.
+    fn parse(id: String, mut take: impl FnMut(&'static str) -> Option<String>, small: bool) -> Result<Self, Corrupt> {
+        let mut text = |k: &'static str| take(k).filter(|v| !v.is_empty()).ok_or(Corrupt(k));
         let user_id = text(field::USER_ID)?;
         let provider = text(field::PROVIDER)?;
         let (id_token, access_token) = match small {
@@ -112,8 +118,6 @@ impl Session {
             Err(_) => created_at,
         };
         let mac = text(field::MAC).ok();
-        let prefix = crate::keys::DELEGATED_FIELD_PREFIX;
-        let delegated = h.into_iter().filter(|(k, v)| k.starts_with(prefix) && !v.is_empty()).collect();
         Ok(Self {
             id,
             user_id,
@@ -128,7 +132,7 @@ impl Session {
             client_fingerprint,
             last_token_update,
             mac,
-            delegated,
+            delegated: Vec::new(),
             small,
         })
     }

@@ -145,16 +145,14 @@ impl SessionStore {
         if values.len() != field::SMALL.len() {
             return Err(Corrupt("<reply>").into());
         }
-        let mut hash = HashMap::with_capacity(values.len());
-        for (name, v) in field::SMALL.into_iter().zip(values) {
-            if v != redis::Value::Nil {
-                hash.insert(name.to_string(), text(v)?);
-            }
-        }
-        if hash.is_empty() {
+        let values = values
+            .into_iter()
+            .map(|v| if v == redis::Value::Nil { Ok(None) } else { text(v).map(Some) })
+            .collect::<Result<Vec<_>, _>>()?;
+        if values.iter().all(Option::is_none) {
             return Ok(None);
         }
-        Ok(Some(Session::from_small(id.to_string(), hash)?))
+        Ok(Some(Session::from_small(id.to_string(), values)?))
     }
 
     /// The check's one read of a session key (from the client cache when it is on); a key of another type
