@@ -8,7 +8,7 @@ use crate::harness::app::{request, Checked};
 use crate::harness::free_port;
 use crate::harness::idp::{IdpOptions, IdpServer};
 use crate::harness::redis::RedisServer;
-use crate::served::{Config, Served};
+use crate::served::{sign_in_at, Config, Served};
 
 struct Running {
     served: Served,
@@ -47,16 +47,11 @@ fn idp_options(base: &str) -> IdpOptions {
     IdpOptions { backchannel_logout_uri: None, redirect_uris: vec![format!("{base}/oauth2/callback")] }
 }
 
-/// Signs `user` in and returns the session cookie header.
-async fn session_cookie(r: &Running, idp: &IdpServer, user: &str) -> String {
-    crate::served::sign_in_at(&r.base, idp, user).await
-}
-
 #[tokio::test]
 async fn every_decision_gets_one_audit_line_without_query_or_secrets() {
     let redis = RedisServer::start();
     let (r, idp) = serve(&redis, idp_options, "1.0").await;
-    let cookie = session_cookie(&r, &idp, "alice").await;
+    let cookie = sign_in_at(&r.base, &idp, "alice").await;
     let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", r.grpc)).await.unwrap();
     let mut check = async |method: &str, path: &str, headers: &[(&str, &str)]| {
         Checked(grpc.check(request(method, path, headers)).await.unwrap().into_inner()).status()
@@ -99,7 +94,7 @@ async fn every_decision_gets_one_audit_line_without_query_or_secrets() {
 async fn sampling_drops_allows_but_never_denies() {
     let redis = RedisServer::start();
     let (r, idp) = serve(&redis, idp_options, "0.0").await;
-    let cookie = session_cookie(&r, &idp, "bob").await;
+    let cookie = sign_in_at(&r.base, &idp, "bob").await;
     let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", r.grpc)).await.unwrap();
     for i in 0..5 {
         let id = format!("allow-{i}");
