@@ -108,7 +108,7 @@ impl Authorizer {
     /// Adds the signed assertion to an allow when `[assertion]` is on; a signing failure fails closed.
     pub(crate) async fn assert(&self, mut a: Allowed, input: &CheckInput<'_>, now: i64) -> Result<Allowed, Deny> {
         if let Some(asserter) = &self.asserter {
-            let aud = asserter.audience(input.context_extensions.get(crate::assertion::AUDIENCE).map(String::as_str));
+            let aud = asserter.audience(input.extension(crate::assertion::AUDIENCE));
             match asserter.assertion(&a, aud, now).await {
                 Ok(t) => a.assertion = Some(t),
                 Err(e) => {
@@ -128,7 +128,7 @@ impl Authorizer {
     /// Applies the request flow of the design, steps 2 to 6. `who` is filled in once a session is found, so
     /// that a deny can be attributed too.
     pub async fn decide(&self, input: &CheckInput<'_>, now: i64, who: &mut Option<Who>) -> Result<Allowed, Deny> {
-        if let Some(name) = input.headers.keys().find(|n| self.smuggles_identity(n)) {
+        if let Some(name) = input.headers.iter().map(|(n, _)| n).find(|n| self.smuggles_identity(n)) {
             tracing::warn!(header = %name, "client sent a header that reads as an identity header");
             return Err(Deny::IdentityHeader);
         }
@@ -152,7 +152,7 @@ impl Authorizer {
         // `max_staleness`: a session whose identity is remembered is read without its tokens, unless the route
         // delegates (the delegated tokens come with the whole hash).
         let remembered = self.validators.iter().find_map(|(p, v)| Some((p.as_str(), v.remembered(&id)?)));
-        let delegating = input.context_extensions.contains_key(crate::delegate::DELEGATE);
+        let delegating = input.extension(crate::delegate::DELEGATE).is_some();
         let mut session = self.load(&id, remembered.is_some() && !delegating).await?;
         let identity = match remembered {
             Some((provider, identity)) if provider == session.provider => Some(identity),
@@ -179,7 +179,7 @@ impl Authorizer {
                 if !required.is_empty() && !passed.identity.groups.iter().any(|g| required.contains(&g.as_str())) {
                     return Err(Deny::Forbidden);
                 }
-                let delegated = match input.context_extensions.get(crate::delegate::DELEGATE) {
+                let delegated = match input.extension(crate::delegate::DELEGATE) {
                     None => None,
                     Some(target) => Some(self.delegate(&session, &passed, target, now).await?),
                 };
@@ -281,7 +281,7 @@ impl Authorizer {
         if !input.bearer_scopes().iter().all(|s| p.scopes.iter().any(|have| have == s)) {
             return Err(Deny::BearerScope);
         }
-        if input.context_extensions.contains_key(crate::delegate::DELEGATE) {
+        if input.extension(crate::delegate::DELEGATE).is_some() {
             // Delegated tokens are cached per session; a bearer request has none.
             tracing::info!(path = %input.path, "a bearer request on a delegating route: refused");
             return Err(Deny::DelegationRefused);

@@ -1,26 +1,30 @@
 //! The `envoy.service.auth.v3.Authorization` gRPC service, with the check metrics and the audit line.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{audit, metrics, response, Authorizer, CheckInput, Deny};
+use super::{audit, metrics, response, wire, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
     /// One Check, end to end: read, decide, answer, count, log; traced as `portcullis.check`, a child of
     /// the W3C `traceparent` among the request's HTTP headers.
     pub async fn check(&self, req: &CheckRequest, now: i64) -> CheckResponse {
-        self.check_under(req, None, now).await
+        self.check_input(CheckInput::from_request(req), None, now).await
     }
 
-    /// [`Authorizer::check`], with the gRPC call's metadata: when Envoy's own tracing is on, its ext_authz
-    /// span travels there and is the closer parent; the HTTP headers' `traceparent` is the fallback.
-    pub async fn check_under(
+    /// [`Authorizer::check`] of what the request holds (`None`: malformed), with the gRPC call's metadata:
+    /// when Envoy's own tracing is on, its ext_authz span travels there and is the closer parent; the HTTP
+    /// headers' `traceparent` is the fallback.
+    pub async fn check_input(
         &self,
-        req: &CheckRequest,
+        input: Option<CheckInput<'_>>,
         metadata: Option<&(dyn crate::otel::Headers + Sync)>,
         now: i64,
     ) -> CheckResponse {
@@ -33,10 +37,9 @@ impl Authorizer {
             dry_run = tracing::field::Empty,
         );
         let started = Instant::now();
-        let input = CheckInput::from_request(req);
         match (metadata, &input) {
             (Some(m), _) if m.get("traceparent").is_some() => crate::otel::adopt_parent(&span, m),
-            (_, Some(i)) => crate::otel::adopt_parent(&span, i.headers.as_ref()),
+            (_, Some(i)) => crate::otel::adopt_parent(&span, i),
             _ => {}
         }
         self.check_traced(input, started, now).instrument(span).await
@@ -90,20 +93,59 @@ impl Authorizer {
 /// it loaded, the next Check sees the new one. Loading is lock-free.
 pub type LiveAuthorizer = Arc<arc_swap::ArcSwap<Authorizer>>;
 
-/// The tonic service over the live [`Authorizer`].
+/// The tonic service over the live [`Authorizer`]: envoy-types' generated server, but decoding the
+/// request with [`wire`] (what the decision reads, without copies) instead of envoy-types' `CheckRequest`.
+#[derive(Clone)]
 pub struct AuthzService(pub LiveAuthorizer);
 
 impl AuthzService {
-    pub fn server(authz: LiveAuthorizer) -> AuthorizationServer<Self> {
-        AuthorizationServer::new(Self(authz))
+    pub fn server(authz: LiveAuthorizer) -> Self {
+        Self(authz)
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for AuthzService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+impl tonic::server::NamedService for AuthzService {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+impl<B> Service<http::Request<B>> for AuthzService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/envoy.service.auth.v3.Authorization/Check" {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let check = Check(self.0.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<CheckResponse, wire::CheckRequest>::default();
+            Ok(tonic::server::Grpc::new(codec).unary(check, req).await)
+        })
+    }
+}
+
+/// The `Check` method.
+struct Check(LiveAuthorizer);
+
+impl tonic::server::UnaryService<wire::CheckRequest> for Check {
+    type Response = CheckResponse;
+    type Future = BoxFuture<Response<CheckResponse>, Status>;
+
+    fn call(&mut self, request: Request<wire::CheckRequest>) -> Self::Future {
         let authz = self.0.load_full();
-        let resp = authz.check_under(request.get_ref(), Some(request.metadata()), crate::now()).await;
-        Ok(Response::new(resp))
+        Box::pin(async move {
+            let input = CheckInput::from_wire(request.get_ref());
+            let resp = authz.check_input(input, Some(request.metadata()), crate::now()).await;
+            Ok(Response::new(resp))
+        })
     }
 }

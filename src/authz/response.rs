@@ -145,7 +145,7 @@ pub fn deny(d: Deny, input: &CheckInput<'_>, s: &SessionConfig) -> CheckResponse
     if let Some(challenge) = a.www_authenticate {
         headers.push(header("www-authenticate", challenge));
     }
-    let scope = a.names_scope.zip(input.context_extensions.get(crate::delegate::DELEGATE));
+    let scope = a.names_scope.zip(input.extension(crate::delegate::DELEGATE));
     let (status, body) = if a.status == 401 && a.www_authenticate.is_none() && input.is_navigation() {
         let rd: String = url::form_urlencoded::byte_serialize(input.path.as_bytes()).collect();
         headers.push(header("location", format!("/oauth2/login?rd={rd}")));

@@ -484,6 +484,46 @@ async fn malformed_requests_are_denied_without_panic() {
     app.shutdown().await;
 }
 
+/// A Check as the service decodes it (`portcullis::authz::wire`), so a header can hold bytes envoy-types'
+/// `String`s cannot: what a broken or hostile client of the gRPC port could send.
+async fn raw_check(app: &TestApp, cookie: Vec<u8>) -> crate::harness::app::Checked {
+    use portcullis::authz::wire;
+    let http = wire::HttpRequest {
+        method: "GET".into(),
+        path: "/api/me".into(),
+        headers: vec![wire::Entry { key: "cookie".into(), value: cookie.into() }],
+        ..Default::default()
+    };
+    let request = wire::Request { http: Some(http) };
+    let req = wire::CheckRequest {
+        attributes: Some(wire::AttributeContext { request: Some(request), ..Default::default() }),
+    };
+    let url = format!("http://{}", app.server.grpc_addr);
+    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
+    let codec = tonic_prost::ProstCodec::default();
+    crate::harness::app::Checked(grpc.unary(tonic::Request::new(req), path, codec).await.unwrap().into_inner())
+}
+
+#[tokio::test]
+async fn a_header_that_is_not_utf8_is_a_bad_request() {
+    let (_redis, app, v) = setup("").await;
+    let (value, _) = app.login("alice", json!({})).await;
+    let good = cookie(&app, &value).into_bytes();
+    assert_eq!(raw_check(&app, good.clone()).await.status(), 200, "the same request with a valid cookie");
+    let calls = v.calls();
+    let mut bad = good;
+    bad.extend_from_slice(b"; theme=\xff\xfe");
+    let r = raw_check(&app, bad).await;
+    assert_eq!(r.status(), 400, "{r:?}");
+    assert_eq!(r.header("x-auth-user-id"), None);
+    assert_eq!(v.calls(), calls, "denied before any session was read or revalidated");
+    assert_eq!(app.check(request("GET", "/", API)).await.status(), 401, "the server is still serving");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_finishes_in_flight_checks() {
     let (_redis, app, v) = setup("").await;
