@@ -35,6 +35,7 @@
 #   ROUNDS       run every selected case this many times, alternating (default 1); the report gives each
 #                round's ratios against that round's own ceiling and, with ROUNDS > 1, the median of each
 #                ratio over the rounds: a single run's ratio moves by about +-0.1 on a shared 2-core VM
+#   ENVOY_CONFIG the Envoy config to render and run (default envoy/envoy.yaml), to measure an Envoy setting
 #   KEEP=1       keep the work directory (configs and logs) instead of deleting it
 #   BIN_DIR      use the portcullis and loadkit binaries in this directory instead of building them
 #   BIN_B        a directory with a second portcullis build: every round runs the portcullis cases with
@@ -218,7 +219,7 @@ LUA
 ENVOY_LISTEN_ADDR=127.0.0.1 ENVOY_LISTEN_PORT=$LISTEN_PORT ENVOY_OPS_ADDR=127.0.0.1 ENVOY_OPS_PORT=$OPS_PORT \
 ENVOY_ADMIN_ADDR=127.0.0.1 ENVOY_ADMIN_PORT=$ADMIN_PORT PORTCULLIS_GRPC_PORT=$GRPC_PORT \
 PORTCULLIS_HTTP_PORT=$UP_PORT UPSTREAM_PORT=$UP_PORT \
-    scripts/render-envoy.sh >"$work/envoy.yaml"
+    scripts/render-envoy.sh "${ENVOY_CONFIG:-envoy/envoy.yaml}" >"$work/envoy.yaml"
 "$ENVOY" -c "$work/envoy.yaml" --base-id "$ADMIN_PORT" --disable-hot-restart --concurrency "$ENVOY_CONCURRENCY" \
     --log-level warn >"$work/envoy.log" 2>&1 &
 envoy_pid=$!
