@@ -45,7 +45,7 @@
 #   PERF=PREFIX  also `perf record` portcullis (DWARF call graphs) for 5 s right after each PERF_CASES
 #                run (comma list, default max_staleness; any portcullis case: deny-no-cookie, max_staleness,
 #                max_staleness-10k, every_request, breaker_open): flat self time to PREFIX.CASE, time
-#                with callees by function to PREFIX.CASE.callers
+#                with callees by function to PREFIX.CASE.callers (B's runs: PREFIX.CASE@b)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -396,7 +396,7 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     results+=("$round|$name${tag:-}|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)|$rrd")
     log "round $round, $name${tag:-}: $rps req/s, p99 ${p99} ms"
-    [[ -n "${PERF:-}" && $round == 1 && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name" "$url" "$cookies"
+    [[ -n "${PERF:-}" && $round == 1 && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name${tag:-}" "$url" "$cookies"
     return 0
 }
 
