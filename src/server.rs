@@ -117,7 +117,7 @@ impl Server {
         let (reporter, health) = tonic_health::server::health_reporter();
         tasks.push(tokio::spawn(follow_redis(redis.clone(), reporter, draining.clone())));
 
-        let svc = AuthzService::server(live.clone());
+        let svc = AuthzService(live.clone());
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
             let r = tonic::transport::Server::builder()

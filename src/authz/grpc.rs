@@ -98,12 +98,6 @@ pub type LiveAuthorizer = Arc<arc_swap::ArcSwap<Authorizer>>;
 #[derive(Clone)]
 pub struct AuthzService(pub LiveAuthorizer);
 
-impl AuthzService {
-    pub fn server(authz: LiveAuthorizer) -> Self {
-        Self(authz)
-    }
-}
-
 impl tonic::server::NamedService for AuthzService {
     const NAME: &'static str = "envoy.service.auth.v3.Authorization";
 }
