@@ -21,9 +21,19 @@ pub struct Endpoints {
     pub authorization_endpoint: Option<String>,
     pub jwks_uri: String,
     pub token_endpoint: String,
-    pub introspection_endpoint: Option<String>,
+    /// Parsed once here: parsing it for every introspection cost an `every_request` check a few % of its CPU.
+    pub introspection_endpoint: Option<reqwest::Url>,
     pub revocation_endpoint: Option<String>,
     pub end_session_endpoint: Option<String>,
+}
+
+/// `introspection_endpoint` as a URL; one that is not is logged, and the provider then has none (its
+/// introspections are 503s, as a request to it would have failed).
+fn introspection_url(s: Option<String>) -> Option<reqwest::Url> {
+    let s = s?;
+    reqwest::Url::parse(&s)
+        .inspect_err(|e| tracing::warn!(url = %s, error = %e, "introspection_endpoint is not a URL: not used"))
+        .ok()
 }
 
 /// The parts of a discovery document we read.
@@ -132,7 +142,7 @@ impl Discovery {
                     authorization_endpoint: o.authorization_endpoint.clone(),
                     jwks_uri: jwks_uri.clone(),
                     token_endpoint: token_endpoint.clone(),
-                    introspection_endpoint: o.introspection_endpoint.clone(),
+                    introspection_endpoint: introspection_url(o.introspection_endpoint.clone()),
                     revocation_endpoint: o.revocation_endpoint.clone(),
                     end_session_endpoint: o.end_session_endpoint.clone(),
                 };
@@ -156,10 +166,23 @@ impl Discovery {
             authorization_endpoint: o.authorization_endpoint.clone().or(doc.authorization_endpoint),
             jwks_uri: o.jwks_uri.clone().unwrap_or(doc.jwks_uri),
             token_endpoint: o.token_endpoint.clone().unwrap_or(doc.token_endpoint),
-            introspection_endpoint: o.introspection_endpoint.clone().or(doc.introspection_endpoint),
+            introspection_endpoint: introspection_url(o.introspection_endpoint.clone().or(doc.introspection_endpoint)),
             revocation_endpoint: o.revocation_endpoint.clone().or(doc.revocation_endpoint),
             end_session_endpoint: o.end_session_endpoint.clone().or(doc.end_session_endpoint),
         });
         Ok((e, Some(until)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_introspection_endpoint_is_parsed_once_and_nonsense_is_none() {
+        let url = introspection_url(Some("https://idp.example/as/introspect.oauth2".into()));
+        assert_eq!(url.as_ref().map(reqwest::Url::as_str), Some("https://idp.example/as/introspect.oauth2"));
+        assert_eq!(introspection_url(Some("not a url".into())), None);
+        assert_eq!(introspection_url(None), None);
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn introspect(p: &Provider, token: &str) -> Result<Map<String, 
     let ep = p.discovery.endpoints(&p.http).await?;
     let url = ep
         .introspection_endpoint
-        .as_deref()
+        .clone()
         .ok_or_else(|| IdpError::Unavailable("the provider has no introspection endpoint".into()))?;
     let mut form = vec![("token", token.to_string()), ("token_type_hint", "access_token".to_string())];
     let req = p.http.client.post(url);
