@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+use envoy_types::ext_authz::v3::pb::CheckResponse;
 use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -13,15 +13,9 @@ use tracing::Instrument;
 use super::{audit, metrics, response, wire, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
-    /// One Check, end to end: read, decide, answer, count, log; traced as `portcullis.check`, a child of
-    /// the W3C `traceparent` among the request's HTTP headers.
-    pub async fn check(&self, req: &CheckRequest, now: i64) -> CheckResponse {
-        self.check_input(CheckInput::from_request(req), None, now).await
-    }
-
-    /// [`Authorizer::check`] of what the request holds (`None`: malformed), with the gRPC call's metadata:
-    /// when Envoy's own tracing is on, its ext_authz span travels there and is the closer parent; the HTTP
-    /// headers' `traceparent` is the fallback.
+    /// One Check of what the request holds (`None`: malformed), end to end: decide, answer, count, log;
+    /// traced as `portcullis.check`. When Envoy's own tracing is on, its ext_authz span travels in the gRPC
+    /// call's `metadata` and is the parent; else the W3C `traceparent` among the request's HTTP headers.
     pub async fn check_input(
         &self,
         input: Option<CheckInput<'_>>,
