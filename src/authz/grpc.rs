@@ -16,10 +16,10 @@ impl Authorizer {
     /// One Check of what the request holds (`None`: malformed), end to end: decide, answer, count, log;
     /// traced as `portcullis.check`. When Envoy's own tracing is on, its ext_authz span travels in the gRPC
     /// call's `metadata` and is the parent; else the W3C `traceparent` among the request's HTTP headers.
-    pub async fn check_input(
+    async fn check_input(
         &self,
         input: Option<CheckInput<'_>>,
-        metadata: Option<&(dyn crate::otel::Headers + Sync)>,
+        metadata: &(dyn crate::otel::Headers + Sync),
         now: i64,
     ) -> CheckResponse {
         let span = tracing::info_span!(
@@ -31,10 +31,10 @@ impl Authorizer {
             dry_run = tracing::field::Empty,
         );
         let started = Instant::now();
-        match (metadata, &input) {
-            (Some(m), _) if m.get("traceparent").is_some() => crate::otel::adopt_parent(&span, m),
-            (_, Some(i)) => crate::otel::adopt_parent(&span, i),
-            _ => {}
+        if metadata.get("traceparent").is_some() {
+            crate::otel::adopt_parent(&span, metadata);
+        } else if let Some(i) = &input {
+            crate::otel::adopt_parent(&span, i);
         }
         self.check_traced(input, started, now).instrument(span).await
     }
@@ -132,7 +132,7 @@ impl tonic::server::UnaryService<wire::CheckRequest> for Check {
         let authz = self.0.load_full();
         Box::pin(async move {
             let input = CheckInput::from_wire(request.get_ref());
-            let resp = authz.check_input(input, Some(request.metadata()), crate::now()).await;
+            let resp = authz.check_input(input, request.metadata(), crate::now()).await;
             Ok(Response::new(resp))
         })
     }
