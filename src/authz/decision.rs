@@ -69,8 +69,9 @@ pub struct Authorizer {
     pub(crate) session: SessionConfig,
     pub(crate) headers: HeadersConfig,
     pub(crate) asserter: Option<Arc<Asserter>>,
-    /// `[response_headers]` merged over the defaults: added to every OK answer unless the route opts out.
-    pub(crate) response_headers: Vec<(String, String)>,
+    /// The answers' header names, and `[response_headers]` merged over the defaults (added to every OK
+    /// answer unless the route opts out).
+    pub(crate) names: super::response::Names,
     /// `server.mode = "dry_run"`: routes without their own `portcullis.dry_run` only observe.
     pub(crate) dry_run: bool,
     pub(crate) audit_allow_sample: f64,
@@ -96,7 +97,7 @@ impl Authorizer {
             session: cfg.session.clone(),
             headers: cfg.headers.clone(),
             asserter,
-            response_headers: cfg.response_headers.effective(),
+            names: super::response::Names::new(&cfg.headers, cfg.response_headers.effective()),
             dry_run: cfg.server.mode == crate::config::Mode::DryRun,
             audit_allow_sample: cfg.server.audit_allow_sample,
             bearer,

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use envoy_types::ext_authz::v3::pb::CheckResponse;
 use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{audit, metrics, response, wire, Authorizer, CheckInput, Deny};
+use super::wire::{self, CheckResponse};
+use super::{audit, metrics, response, Authorizer, CheckInput, Deny};
 
 impl Authorizer {
     /// One Check of what the request holds (`None`: malformed), end to end: decide, answer, count, log;
@@ -50,17 +50,17 @@ impl Authorizer {
             Ok(a) => self.assert(a, &input, now).await,
             Err(d) => Err(d),
         };
-        let extra: &[(String, String)] = if input.security_headers() { &self.response_headers } else { &[] };
+        let security = input.security_headers();
         // Observed, not enforced: a dry-run route, unless the deny is one a dry run never lets through.
         let dry_run = input.dry_run(self.dry_run) && outcome.as_ref().err().is_none_or(|d| d.dry_runnable());
         let (decision, reason, resp) = match &outcome {
             Ok(a) => {
                 metrics::allowed(dry_run).increment(1);
-                ("allow", "ok", response::allow(a, &input, &self.headers, &self.session, extra))
+                ("allow", "ok", response::allow(a, &input, &self.names, &self.headers, &self.session, security))
             }
             Err(d) if dry_run => {
                 metrics::denied(*d, true).increment(1);
-                ("deny", d.reason(), response::pass(&input, &self.headers, &self.session, extra))
+                ("deny", d.reason(), response::pass(&input, &self.names, &self.session, security))
             }
             Err(d) => {
                 metrics::denied(*d, false).increment(1);
@@ -87,8 +87,9 @@ impl Authorizer {
 /// it loaded, the next Check sees the new one. Loading is lock-free.
 pub type LiveAuthorizer = Arc<arc_swap::ArcSwap<Authorizer>>;
 
-/// The tonic service over the live [`Authorizer`]: envoy-types' generated server, but decoding the
-/// request with [`wire`] (what the decision reads, without copies) instead of envoy-types' `CheckRequest`.
+/// The tonic service over the live [`Authorizer`]: envoy-types' generated server, but with [`wire`]'s
+/// messages (what the decision reads, without copies; an answer that copies no header name) instead of
+/// envoy-types'.
 #[derive(Clone)]
 pub struct AuthzService(pub LiveAuthorizer);
 

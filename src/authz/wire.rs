@@ -8,6 +8,10 @@
 //! the wire a repeated key/value message, and a `string` the same bytes as `bytes`, so each header is two
 //! `Bytes` slices of the received message: no copy, no hashing. UTF-8 is checked once, when
 //! [`super::CheckInput::from_wire`] reads them.
+//!
+//! The answer goes out the same way ([`CheckResponse`] and below): `bytes` where Envoy's messages have
+//! `string`, so a header name is a reference to the one made at start-up (or a static) instead of a new
+//! `String` per header per check, and a value the session already holds moves in without a copy.
 
 use bytes::Bytes;
 
@@ -77,4 +81,78 @@ pub struct HeaderValue {
     pub value: Bytes,
     #[prost(bytes = "bytes", tag = "3")]
     pub raw_value: Bytes,
+}
+
+/// `envoy.service.auth.v3.CheckResponse`: `status` and the OK or denied answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckResponse {
+    #[prost(message, optional, tag = "1")]
+    pub status: Option<Status>,
+    #[prost(oneof = "HttpResponse", tags = "2, 3")]
+    pub http_response: Option<HttpResponse>,
+}
+
+/// `google.rpc.Status`: the code and Envoy's log message (the deny reason).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Status {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub message: Bytes,
+}
+
+/// `CheckResponse.http_response`.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum HttpResponse {
+    #[prost(message, tag = "2")]
+    Denied(DeniedHttpResponse),
+    #[prost(message, tag = "3")]
+    Ok(OkHttpResponse),
+}
+
+/// `envoy.service.auth.v3.OkHttpResponse`: headers set and removed upstream, headers for the browser.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OkHttpResponse {
+    #[prost(message, repeated, tag = "2")]
+    pub headers: Vec<HeaderValueOption>,
+    #[prost(bytes = "bytes", repeated, tag = "5")]
+    pub headers_to_remove: Vec<Bytes>,
+    #[prost(message, repeated, tag = "6")]
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+}
+
+/// `envoy.service.auth.v3.DeniedHttpResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeniedHttpResponse {
+    #[prost(message, optional, tag = "1")]
+    pub status: Option<HttpStatus>,
+    #[prost(message, repeated, tag = "2")]
+    pub headers: Vec<HeaderValueOption>,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body: Bytes,
+}
+
+/// `envoy.type.v3.HttpStatus`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HttpStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+}
+
+/// `envoy.config.core.v3.HeaderValueOption`: the header, the deprecated `append` and `append_action`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeaderValueOption {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<HeaderValue>,
+    #[prost(message, optional, tag = "2")]
+    pub append: Option<BoolValue>,
+    #[prost(int32, tag = "3")]
+    pub append_action: i32,
+}
+
+/// `google.protobuf.BoolValue`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BoolValue {
+    #[prost(bool, tag = "1")]
+    pub value: bool,
 }
