@@ -13,7 +13,8 @@
 //!       Check with no I/O: the ceiling of the ext_authz design, swapped in for portcullis on the authz cluster.
 //!       Diagnostic variants, to split what an allow costs beyond it (load.sh `ceiling-*` cases):
 //!       CEILING_SHAPE=allow answers with the headers portcullis's allow carries (identity headers, removals,
-//!       the cookie rewrite, the security response headers); CEILING_REDIS=URL makes one `HMGET` per Check
+//!       the cookie rewrite, the security response headers), or one part of them: `set`, `remove`,
+//!       `response` (a comma list); CEILING_REDIS=URL makes one `HMGET` per Check
 //!       on one multiplexed connection; CEILING_WORKERS=N runs N tokio workers (default: one per CPU; 1: the
 //!       current-thread scheduler, as `portcullis serve` runs by default)
 //!   loadkit introspect PORT
@@ -86,7 +87,8 @@ fn port(args: &[String]) -> u16 {
 /// Allows everything, reads nothing: what Envoy + any ext_authz gRPC server costs at the least.
 /// The `CEILING_*` variants add one part of a real allow at a time (see the module doc).
 struct Ceiling {
-    shaped: bool,
+    /// The parts of an allow's shape to answer with (`CEILING_SHAPE`).
+    shape: String,
     redis: Option<redis::aio::MultiplexedConnection>,
 }
 
@@ -107,7 +109,7 @@ impl Authorization for Ceiling {
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         }
-        let ok = if self.shaped { allow_shape() } else { OkHttpResponse::default() };
+        let ok = allow_shape(&self.shape);
         Ok(tonic::Response::new(CheckResponse {
             status: Some(Status { code: 0, ..Default::default() }),
             http_response: Some(HttpResponse::OkResponse(ok)),
@@ -116,9 +118,11 @@ impl Authorization for Ceiling {
     }
 }
 
-/// The shape of portcullis's allow for the load's user: four identity headers set, the assertion, client
-/// and cookie headers removed, the four default security headers for the browser.
-fn allow_shape() -> OkHttpResponse {
+/// The shape of portcullis's allow for the load's user, or the parts of it `shape` names (`allow`: all):
+/// `set` four identity headers, `remove` the absent claims', the assertion's, client and cookie headers,
+/// `response` the four default security headers for the browser.
+fn allow_shape(shape: &str) -> OkHttpResponse {
+    let part = |p: &str| shape.split(',').any(|s| s == p || s == "allow");
     #[allow(deprecated)]
     fn header(key: &str, value: &str) -> HeaderValueOption {
         HeaderValueOption {
@@ -128,7 +132,7 @@ fn allow_shape() -> OkHttpResponse {
             ..Default::default()
         }
     }
-    OkHttpResponse {
+    let mut ok = OkHttpResponse {
         headers: vec![
             header("x-auth-user-id", "alice"),
             header("x-auth-provider", "corp"),
@@ -143,11 +147,21 @@ fn allow_shape() -> OkHttpResponse {
             header("referrer-policy", "no-referrer"),
         ],
         ..Default::default()
+    };
+    if !part("set") {
+        ok.headers.clear();
     }
+    if !part("remove") {
+        ok.headers_to_remove.clear();
+    }
+    if !part("response") {
+        ok.response_headers_to_add.clear();
+    }
+    ok
 }
 
 async fn ceiling(port: u16) {
-    let shaped = std::env::var("CEILING_SHAPE").is_ok_and(|v| v == "allow");
+    let shape = std::env::var("CEILING_SHAPE").unwrap_or_default();
     let redis = match std::env::var("CEILING_REDIS") {
         Ok(url) => Some(
             redis::Client::open(url)
@@ -159,7 +173,7 @@ async fn ceiling(port: u16) {
         Err(_) => None,
     };
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Ceiling { shaped, redis }))
+        .add_service(AuthorizationServer::new(Ceiling { shape, redis }))
         .serve(([127, 0, 0, 1], port).into())
         .await
         .expect("ceiling gRPC server");

@@ -28,7 +28,9 @@
 #   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,deny-unknown-session,
 #                max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache)
 #                diagnostics (not in the default): ceiling-1w (the current-thread scheduler), ceiling-shaped (the ceiling
-#                answering with an allow's headers), ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w
+#                answering with an allow's headers), ceiling-cookie, -set, -remove, -response (the max_staleness
+#                cookies, answered with no part or one part of that shape: what each costs Envoy),
+#                ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
@@ -464,6 +466,8 @@ one_round() {
     # the max_staleness case, to split what an allow costs Envoy and the authz server beyond the ceiling.
     local variant
     for variant in "ceiling-1w CEILING_WORKERS=1" "ceiling-shaped CEILING_SHAPE=allow" \
+        "ceiling-cookie CEILING_SHAPE=none" "ceiling-set CEILING_SHAPE=set" "ceiling-remove CEILING_SHAPE=remove" \
+        "ceiling-response CEILING_SHAPE=response" \
         "ceiling-redis CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both-1w CEILING_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT"; do
