@@ -48,6 +48,9 @@
 #                run (comma list, default max_staleness; any portcullis case: deny-no-cookie, max_staleness,
 #                max_staleness-10k, every_request, breaker_open): flat self time to PREFIX.CASE, time
 #                with callees by function to PREFIX.CASE.callers (B's runs: PREFIX.CASE@b)
+#   SYSCALLS=1   also count the authz server's syscalls during each timed run (perf's syscall tracepoints,
+#                exact where CPU time is noisy) and log them per request: "round N, CASE: syscalls per
+#                request: writev 0.08 ..."
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -66,6 +69,9 @@ MIX2_STALENESS="${MIX2_STALENESS:-10m}"
 PERF_CASES="${PERF_CASES:-max_staleness}"
 ROUNDS="${ROUNDS:-1}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "load: ROUNDS must be a positive number" >&2; exit 1; }
+# What SYSCALLS counts: the socket and wake-up calls of a Check (writes to Envoy and Redis, reads, waits).
+SYSCALL_EVENTS=$(printf 'syscalls:sys_enter_%s,' writev write sendto sendmsg read recvfrom epoll_wait futex)
+SYSCALL_EVENTS=${SYSCALL_EVENTS%,}
 want_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")"
@@ -376,6 +382,13 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     redis-cli -p "$REDIS_PORT" config resetstat >/dev/null # commandstats of this run alone, kept in redis-NAME.txt
     rc0=$(redis_calls); rrd0=$(redis_reads); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid"); xcpu0=$(tree_cpu_us "$proxy")
     rss_before=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
+    local sys_pid=""
+    if [[ -n "${SYSCALLS:-}" && -n "$portcullis_pid" ]]; then
+        command -v perf >/dev/null || die "SYSCALLS is set but perf is missing: apt-get install linux-perf"
+        perf stat -x, -e "$SYSCALL_EVENTS" -p "$portcullis_pid" -o "$work/syscalls-$name${tag:-}.csv" \
+            -- sleep "$DURATION" >/dev/null 2>&1 &
+        sys_pid=$!
+    fi
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/rotate.lua" "$url")
     echo "$out" >"$work/wrk-$name.txt"
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -398,6 +411,12 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     results+=("$round|$name${tag:-}|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)|$rrd")
     log "round $round, $name${tag:-}: $rps req/s, p99 ${p99} ms"
+    if [[ -n "$sys_pid" ]]; then
+        wait "$sys_pid" || true
+        log "round $round, $name${tag:-}: syscalls per request: $(awk -F, -v n="$reqs" '
+            $3 ~ /^syscalls:sys_enter_/ { e = $3; sub(/^syscalls:sys_enter_/, "", e); printf "%s %.2f, ", e, $1 / n; t += $1 }
+            END { printf "all %.2f", t / n }' "$work/syscalls-$name${tag:-}.csv")"
+    fi
     [[ -n "${PERF:-}" && $round == 1 && ",$PERF_CASES," == *",$name,"* && -n "$portcullis_pid" ]] && profile "$name${tag:-}" "$url" "$cookies"
     return 0
 }
