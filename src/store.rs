@@ -6,20 +6,18 @@
 //! round trips of the Check hot path; a multiplexed connection needs no checkout. Every call carries a
 //! timeout, and every failure is counted in `portcullis_redis_errors_total`.
 //!
-//! With `redis.client_cache`, one more connection speaks RESP3 with `CLIENT TRACKING ON OPTIN`: the only
-//! command that opts in, the Check's session read ([`Redis::query_cached`]), goes through it and is answered
-//! from redis-rs's LRU until Redis pushes an invalidation for the key. Every other command keeps the RESP2
-//! pool and its reply shapes.
+//! With `redis.client_cache`, one more connection speaks RESP3 with `CLIENT TRACKING ON`: only the Check's
+//! session read ([`Redis::query_cached`]) goes through it ([`client_cache`]). Every other command keeps the
+//! RESP2 pool and its reply shapes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::caching::{CacheConfig, CacheMode};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, CommandCacheConfig, FromRedisValue, Pipeline, ProtocolVersion, RedisFuture, ScriptInvocation, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
@@ -27,12 +25,18 @@ use secrecy::ExposeSecret;
 
 use crate::config::{RedisConfig, RedisMode};
 
+mod client_cache;
+use client_cache::ClientCache;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis timed out")]
     Timeout,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The client cache could not confirm that a cached read is still current (its barrier failed).
+    #[error("redis client cache: freshness not confirmed")]
+    Unconfirmed,
 }
 
 /// Shared handle to Redis. Cheap to clone.
@@ -62,14 +66,8 @@ enum Backend {
 struct Inner {
     backend: Backend,
     timeout: Duration,
-    /// The RESP3 tracking connection, with `redis.client_cache` (standalone only).
-    cached: Option<Cached>,
-}
-
-struct Cached {
-    conn: ConnectionManager,
-    /// Per-command opt-in carrying `redis.client_cache_ttl`.
-    opt_in: CommandCacheConfig,
+    /// `redis.client_cache` (standalone only).
+    cached: Option<ClientCache>,
 }
 
 /// One connection for one call.
@@ -147,7 +145,7 @@ impl Redis {
                     .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
                 if cfg.client_cache {
-                    cached = Some(tracking_connection(client, mcfg, cfg)?);
+                    cached = Some(ClientCache::new(&client, cfg)?);
                 }
                 Backend::Standalone { conns, next: AtomicUsize::new(0) }
             }
@@ -187,6 +185,7 @@ impl Redis {
         let Backend::Sentinel { master, .. } = &self.inner.backend else { return };
         let failover = match e {
             StoreError::Timeout => true,
+            StoreError::Unconfirmed => false,
             StoreError::Redis(r) => {
                 r.is_io_error()
                     || r.is_connection_dropped()
@@ -238,17 +237,12 @@ impl Redis {
         .await
     }
 
-    /// Runs a read that may be answered from the client cache (`redis.client_cache`); without it, the same
-    /// as [`Redis::query`]. Only for a single-key read whose staleness is bounded by invalidations: the
-    /// reply is RESP3 (a hash is a `Value::Map`).
-    pub async fn query_cached<T: FromRedisValue>(&self, mut cmd: Cmd) -> Result<T, StoreError> {
-        let Some(cached) = &self.inner.cached else { return self.query(&cmd).await };
-        cmd.set_cache_config(cached.opt_in.clone());
-        self.timed(async {
-            let mut c = cached.conn.clone();
-            Ok(cmd.query_async(&mut c).await?)
-        })
-        .await
+    /// Runs `cmd`, a read of `key` alone, from the client cache when it is on (`redis.client_cache`,
+    /// [`client_cache`]); without it, the same as [`Redis::query`]. With it the reply is RESP3 (a hash is a
+    /// `Value::Map`).
+    pub async fn query_cached(&self, key: &str, cmd: &Cmd) -> Result<Value, StoreError> {
+        let Some(cached) = &self.inner.cached else { return self.query(cmd).await };
+        self.timed(cached.read(key.as_bytes(), cmd)).await
     }
 
     /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.
@@ -281,25 +275,6 @@ fn manager_config(cfg: &RedisConfig) -> ConnectionManagerConfig {
         .set_response_timeout(Some(cfg.timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1))
-}
-
-/// One lazily connected RESP3 connection with `CLIENT TRACKING ON OPTIN` and its LRU. redis-rs starts a
-/// new cache epoch on every reconnect, so nothing cached before a dropped connection (whose invalidations
-/// were lost) is served after it.
-fn tracking_connection(
-    client: redis::Client,
-    mcfg: ConnectionManagerConfig,
-    cfg: &RedisConfig,
-) -> Result<Cached, StoreError> {
-    let info = client.get_connection_info().clone();
-    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(resp3))?;
-    let size = std::num::NonZeroUsize::new(cfg.client_cache_size).unwrap_or(std::num::NonZeroUsize::MIN);
-    let cache =
-        CacheConfig::new().set_mode(CacheMode::OptIn).set_size(size).set_default_client_ttl(cfg.client_cache_ttl);
-    let conn = ConnectionManager::new_lazy_with_config(client, mcfg.set_cache_config(cache))?;
-    let opt_in = CommandCacheConfig::new().set_enable_cache(true).set_client_side_ttl(cfg.client_cache_ttl);
-    Ok(Cached { conn, opt_in })
 }
 
 fn with_credentials(url: &str, cfg: &RedisConfig) -> String {

@@ -126,9 +126,10 @@ impl SessionStore {
     /// the session, or `None` when there is none. A key
     /// of another type or bytes that are not text are [`Corrupt`], so the caller denies and deletes.
     pub async fn load(&self, id: &str) -> Result<Option<Session>, LoadError> {
+        let key = session_key(id);
         let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(session_key(id));
-        let hash = text_pairs(self.read(cmd).await?)?;
+        cmd.arg(&key);
+        let hash = text_pairs(self.read(&key, cmd).await?)?;
         if hash.is_empty() {
             return Ok(None);
         }
@@ -139,9 +140,10 @@ impl SessionStore {
     /// is already remembered (`max_staleness`). The sealed tokens are most of a session's bytes; Redis,
     /// the socket and the parser skip them. Same answers: `None` for no session, [`Corrupt`] for garbage.
     pub async fn load_small(&self, id: &str) -> Result<Option<Session>, LoadError> {
+        let key = session_key(id);
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(session_key(id)).arg(&field::SMALL[..]);
-        let redis::Value::Array(values) = self.read(cmd).await? else { return Err(Corrupt("<reply>").into()) };
+        cmd.arg(&key).arg(&field::SMALL[..]);
+        let redis::Value::Array(values) = self.read(&key, cmd).await? else { return Err(Corrupt("<reply>").into()) };
         if values.len() != field::SMALL.len() {
             return Err(Corrupt("<reply>").into());
         }
@@ -157,8 +159,8 @@ impl SessionStore {
 
     /// The check's one read of a session key (from the client cache when it is on); a key of another type
     /// is [`Corrupt`].
-    async fn read(&self, cmd: redis::Cmd) -> Result<redis::Value, LoadError> {
-        match self.redis.query_cached::<redis::Value>(cmd).await {
+    async fn read(&self, key: &str, cmd: redis::Cmd) -> Result<redis::Value, LoadError> {
+        match self.redis.query_cached(key, &cmd).await {
             Ok(v) => Ok(v),
             Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => Err(Corrupt("<type>").into()),
             Err(e) => Err(e.into()),

@@ -1,0 +1,246 @@
+//! `redis.client_cache`: the Check's session read answered from memory, never older than the check.
+//!
+//! One RESP3 connection with `CLIENT TRACKING ON` does the cached reads; Redis then pushes an
+//! invalidation on that same connection whenever any client changes (or expires, or flushes) a key it
+//! read. redis-rs hands each push to [`Entries::on_push`] inside the connection's read loop, so a push
+//! is applied before any reply that came after it on the socket is handed over.
+//!
+//! That order is the whole guarantee. A hit is served only after a `PING` sent after the check began has
+//! come back on the tracking connection (the barrier): a write Redis acknowledged before the check began
+//! queued its invalidation ahead of that PONG, so a logout or revoke on any replica is seen by the very
+//! next check. Checks that wait at the same time share one `PING`: Redis runs one command per batch of
+//! checks instead of one per check, and the reply carries no session. A barrier that fails (timeout,
+//! dropped connection) fails the check as any Redis failure does: 503, never an answer from memory.
+//!
+//! A miss reads through the tracking connection and keeps the reply only if no invalidation was applied
+//! while it was in flight: a push read between the reply and the store would otherwise be lost, and a
+//! revoked session kept.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Cmd, ProtocolVersion, PushInfo, PushKind, Value};
+
+use super::StoreError;
+use crate::config::RedisConfig;
+
+pub(super) struct ClientCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    entries: Arc<Entries>,
+    /// The tracking connection; `None` until first use and after it failed.
+    conn: ArcSwapOption<MultiplexedConnection>,
+    connecting: tokio::sync::Mutex<()>,
+    timeout: Duration,
+    /// Barrier `PING`s sent, and the latest that came back or failed (by number). One in flight at a time.
+    sent: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    in_flight: tokio::sync::Mutex<()>,
+}
+
+impl ClientCache {
+    pub(super) fn new(client: &redis::Client, cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let info = client.get_connection_info().clone();
+        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let entries = Arc::new(Entries::new(cfg.client_cache_size, cfg.client_cache_ttl));
+        let pushed = entries.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_push_sender(move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+                pushed.on_push(info);
+                Ok(())
+            });
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                config,
+                entries,
+                conn: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+                timeout: cfg.timeout,
+                sent: AtomicU64::new(0),
+                done: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                in_flight: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// `cmd` reads `key` only. From memory once the barrier has passed; otherwise from Redis, kept for the
+    /// next check unless an invalidation crossed it.
+    pub(super) async fn read(&self, key: &[u8], cmd: &Cmd) -> Result<Value, StoreError> {
+        let s = &self.shared;
+        let packed = cmd.get_packed_command();
+        if s.entries.get(key, &packed).is_some() {
+            self.barrier().await?;
+            if let Some(hit) = s.entries.get(key, &packed) {
+                return Ok(hit.value.clone());
+            }
+        }
+        let epoch = s.entries.epoch();
+        let mut conn = s.connection().await?;
+        let value: Value = cmd.query_async(&mut conn).await.map_err(|e| s.failed_with(e))?;
+        s.entries.keep(epoch, key, packed, &value);
+        Ok(value)
+    }
+
+    /// Returns once a `PING` sent after this call began has come back, so every invalidation queued before
+    /// then has been applied. Waiters queue on `in_flight`; whoever finds no `PING` that covers it sends
+    /// one, and everyone who arrived while it was out shares the next.
+    async fn barrier(&self) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let need = s.sent.load(SeqCst) + 1;
+        let _turn = s.in_flight.lock().await;
+        if s.done.load(SeqCst) >= need {
+            return Ok(());
+        }
+        if s.failed.load(SeqCst) >= need {
+            return Err(StoreError::Unconfirmed);
+        }
+        let number = s.sent.fetch_add(1, SeqCst) + 1;
+        // Its own task: a waiter dropped mid-PING (its check timed out or was cancelled) must not leave
+        // the outcome unrecorded.
+        let shared = s.clone();
+        tokio::spawn(async move { shared.ping(number).await }).await.unwrap_or(Err(StoreError::Unconfirmed))
+    }
+}
+
+impl Shared {
+    async fn ping(&self, number: u64) -> Result<(), StoreError> {
+        let pong = tokio::time::timeout(self.timeout, async {
+            let mut conn = self.connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| self.failed_with(e))
+        })
+        .await
+        .unwrap_or(Err(StoreError::Timeout));
+        match pong {
+            Ok(()) => self.done.fetch_max(number, SeqCst),
+            Err(_) => {
+                // A hung connection may never deliver the pushes it holds: start over on a new one.
+                self.reset();
+                self.failed.fetch_max(number, SeqCst)
+            }
+        };
+        pong
+    }
+
+    /// The tracking connection, made (with `CLIENT TRACKING ON`) by one caller when there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let mut conn = self.client.get_multiplexed_async_connection_with_config(&self.config).await?;
+        redis::cmd("CLIENT").arg("TRACKING").arg("ON").query_async::<()>(&mut conn).await?;
+        // Nothing read on an earlier connection is kept: its invalidations stopped with it.
+        self.entries.clear();
+        self.conn.store(Some(Arc::new(conn.clone())));
+        tracing::info!("redis client cache: tracking connection up");
+        Ok(conn)
+    }
+
+    /// After a failed call: a lost connection is dropped (and the cache with it); a command error is not.
+    fn failed_with(&self, e: redis::RedisError) -> StoreError {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error() {
+            self.reset();
+        }
+        e.into()
+    }
+
+    fn reset(&self) {
+        self.conn.store(None);
+        self.entries.clear();
+    }
+}
+
+/// The cached replies, one per key: the command that read it (a session is read whole or without its
+/// tokens) and when.
+struct Entries {
+    map: quick_cache::sync::Cache<Vec<u8>, Arc<Entry>>,
+    ttl: Duration,
+    /// Moved by every invalidation, under `writes`: a miss keeps its reply only if it did not move.
+    epoch: AtomicU64,
+    writes: Mutex<()>,
+}
+
+struct Entry {
+    cmd: Vec<u8>,
+    value: Value,
+    at: Instant,
+}
+
+impl Entries {
+    fn new(size: usize, ttl: Duration) -> Self {
+        Self { map: quick_cache::sync::Cache::new(size.max(1)), ttl, epoch: AtomicU64::new(0), writes: Mutex::new(()) }
+    }
+
+    fn get(&self, key: &[u8], cmd: &[u8]) -> Option<Arc<Entry>> {
+        self.map.get(key).filter(|e| e.cmd == cmd && e.at.elapsed() < self.ttl)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(SeqCst)
+    }
+
+    fn keep(&self, epoch: u64, key: &[u8], cmd: Vec<u8>, value: &Value) {
+        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch.load(SeqCst) == epoch {
+            self.map.insert(key.to_vec(), Arc::new(Entry { cmd, value: value.clone(), at: Instant::now() }));
+        }
+    }
+
+    /// Runs in the tracking connection's read loop. An invalidation names the keys, or none (`FLUSHALL`,
+    /// or Redis dropping its tracking table): then everything goes, as it does with the connection.
+    fn on_push(&self, info: PushInfo) {
+        match info.kind {
+            PushKind::Invalidate => {
+                let keys = match info.data.first() {
+                    Some(Value::Array(keys)) => keys
+                        .iter()
+                        .map(|k| match k {
+                            Value::BulkString(k) => Some(k.as_slice()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<_>>>(),
+                    _ => None,
+                };
+                match keys {
+                    Some(keys) => self.forget(&keys),
+                    None => self.clear(),
+                }
+            }
+            PushKind::Disconnection => self.clear(),
+            _ => {}
+        }
+    }
+
+    fn forget(&self, keys: &[&[u8]]) {
+        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, SeqCst);
+        for k in keys {
+            self.map.remove(*k);
+        }
+    }
+
+    fn clear(&self) {
+        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, SeqCst);
+        self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;
