@@ -34,9 +34,6 @@ pub enum StoreError {
     Timeout,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The client cache could not confirm that a cached read is still current (its barrier failed).
-    #[error("redis client cache: freshness not confirmed")]
-    Unconfirmed,
 }
 
 /// Shared handle to Redis. Cheap to clone.
@@ -185,7 +182,6 @@ impl Redis {
         let Backend::Sentinel { master, .. } = &self.inner.backend else { return };
         let failover = match e {
             StoreError::Timeout => true,
-            StoreError::Unconfirmed => false,
             StoreError::Redis(r) => {
                 r.is_io_error()
                     || r.is_connection_dropped()
@@ -199,7 +195,17 @@ impl Redis {
         }
     }
 
+    /// Runs `fut` within `redis.timeout`, observed.
     async fn timed<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let timeout = self.inner.timeout;
+        self.observed(async move { tokio::time::timeout(timeout, fut).await.unwrap_or(Err(StoreError::Timeout)) }).await
+    }
+
+    /// A span, and a log line and `portcullis_redis_errors_total` for a failure.
+    async fn observed<T, F>(&self, fut: F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
@@ -215,10 +221,7 @@ impl Redis {
                 error = tracing::field::Empty
             )
         };
-        let out = match tokio::time::timeout(self.inner.timeout, fut).instrument(span.clone()).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout),
-        };
+        let out = fut.instrument(span.clone()).await;
         if let Err(e) = &out {
             span.record("error", true);
             metrics::counter!("portcullis_redis_errors_total").increment(1);
@@ -242,7 +245,7 @@ impl Redis {
     /// `Value::Map`).
     pub async fn query_cached(&self, key: &str, cmd: &Cmd) -> Result<Value, StoreError> {
         let Some(cached) = &self.inner.cached else { return self.query(cmd).await };
-        self.timed(cached.read(key.as_bytes(), cmd)).await
+        self.observed(cached.read(key.as_bytes(), cmd)).await
     }
 
     /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.

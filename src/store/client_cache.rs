@@ -5,12 +5,14 @@
 //! read. redis-rs hands each push to [`Entries::on_push`] inside the connection's read loop, so a push
 //! is applied before any reply that came after it on the socket is handed over.
 //!
-//! That order is the whole guarantee. A hit is served only after a `PING` sent after the check began has
-//! come back on the tracking connection (the barrier): a write Redis acknowledged before the check began
-//! queued its invalidation ahead of that PONG, so a logout or revoke on any replica is seen by the very
-//! next check. Checks that wait at the same time share one `PING`: Redis runs one command per batch of
-//! checks instead of one per check, and the reply carries no session. A barrier that fails (timeout,
-//! dropped connection) fails the check as any Redis failure does: 503, never an answer from memory.
+//! That order is the whole guarantee. A hit is served only after the check's own `PING` has come back on
+//! the tracking connection (the barrier): a write Redis acknowledged before the check began queued its
+//! invalidation ahead of that PONG, so a logout or revoke on any replica is seen by the very next check.
+//! The round trip stays; what the cache saves is Redis's work (a `PING` instead of a hash read) and the
+//! reply's bytes. Concurrent checks' PINGs leave in one write, as their reads would. A barrier that fails
+//! (timeout, dropped connection) fails the check as any Redis failure does: 503, never an answer from
+//! memory. (A `PING` shared by the checks waiting at the same time was tried and cost portcullis more CPU
+//! than it saved Redis: BENCHMARKS.md.)
 //!
 //! A miss reads through the tracking connection and keeps the reply only if no invalidation was applied
 //! while it was in flight: a push read between the reply and the store would otherwise be lost, and a
@@ -28,10 +30,6 @@ use super::StoreError;
 use crate::config::RedisConfig;
 
 pub(super) struct ClientCache {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
     client: redis::Client,
     config: AsyncConnectionConfig,
     entries: Arc<Entries>,
@@ -39,11 +37,6 @@ struct Shared {
     conn: ArcSwapOption<MultiplexedConnection>,
     connecting: tokio::sync::Mutex<()>,
     timeout: Duration,
-    /// Barrier `PING`s sent, and the latest that came back or failed (by number). One in flight at a time.
-    sent: AtomicU64,
-    done: AtomicU64,
-    failed: AtomicU64,
-    in_flight: tokio::sync::Mutex<()>,
 }
 
 impl ClientCache {
@@ -53,85 +46,61 @@ impl ClientCache {
         let client = redis::Client::open(info.set_redis_settings(resp3))?;
         let entries = Arc::new(Entries::new(cfg.client_cache_size, cfg.client_cache_ttl));
         let pushed = entries.clone();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_push_sender(move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+        let config = AsyncConnectionConfig::new().set_connection_timeout(Some(cfg.connect_timeout)).set_push_sender(
+            move |info: PushInfo| -> Result<(), std::convert::Infallible> {
                 pushed.on_push(info);
                 Ok(())
-            });
+            },
+        );
         Ok(Self {
-            shared: Arc::new(Shared {
-                client,
-                config,
-                entries,
-                conn: ArcSwapOption::empty(),
-                connecting: tokio::sync::Mutex::new(()),
-                timeout: cfg.timeout,
-                sent: AtomicU64::new(0),
-                done: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-                in_flight: tokio::sync::Mutex::new(()),
-            }),
+            client,
+            config,
+            entries,
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            timeout: cfg.timeout,
         })
     }
 
     /// `cmd` reads `key` only. From memory once the barrier has passed; otherwise from Redis, kept for the
-    /// next check unless an invalidation crossed it.
+    /// next check unless an invalidation crossed it. Bounded by `redis.timeout` (the caller adds none).
     pub(super) async fn read(&self, key: &[u8], cmd: &Cmd) -> Result<Value, StoreError> {
-        let s = &self.shared;
         let packed = cmd.get_packed_command();
-        if s.entries.get(key, &packed).is_some() {
-            self.barrier().await?;
-            if let Some(hit) = s.entries.get(key, &packed) {
+        if self.entries.get(key, &packed).is_some() {
+            self.call::<()>(&redis::cmd("PING")).await?;
+            if let Some(hit) = self.entries.get(key, &packed) {
                 return Ok(hit.value.clone());
             }
         }
-        let epoch = s.entries.epoch();
-        let mut conn = s.connection().await?;
-        let value: Value = cmd.query_async(&mut conn).await.map_err(|e| s.failed_with(e))?;
-        s.entries.keep(epoch, key, packed, &value);
+        let epoch = self.entries.epoch();
+        let value: Value = self.call(cmd).await?;
+        self.entries.keep(epoch, key, packed, &value);
         Ok(value)
     }
 
-    /// Returns once a `PING` sent after this call began has come back, so every invalidation queued before
-    /// then has been applied. Waiters queue on `in_flight`; whoever finds no `PING` that covers it sends
-    /// one, and everyone who arrived while it was out shares the next.
-    async fn barrier(&self) -> Result<(), StoreError> {
-        let s = &self.shared;
-        let need = s.sent.load(SeqCst) + 1;
-        let _turn = s.in_flight.lock().await;
-        if s.done.load(SeqCst) >= need {
-            return Ok(());
-        }
-        if s.failed.load(SeqCst) >= need {
-            return Err(StoreError::Unconfirmed);
-        }
-        let number = s.sent.fetch_add(1, SeqCst) + 1;
-        // Its own task: a waiter dropped mid-PING (its check timed out or was cancelled) must not leave
-        // the outcome unrecorded.
-        let shared = s.clone();
-        tokio::spawn(async move { shared.ping(number).await }).await.unwrap_or(Err(StoreError::Unconfirmed))
-    }
-}
-
-impl Shared {
-    async fn ping(&self, number: u64) -> Result<(), StoreError> {
-        let pong = tokio::time::timeout(self.timeout, async {
+    /// One command on the tracking connection. A lost connection is dropped, and the cache with it; so is
+    /// one that does not answer in time, which may never deliver the pushes it holds. A command error
+    /// (`WRONGTYPE`) is neither.
+    async fn call<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let answer = tokio::time::timeout(self.timeout, async {
             let mut conn = self.connection().await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| self.failed_with(e))
+            Ok(cmd.query_async(&mut conn).await?)
         })
         .await
         .unwrap_or(Err(StoreError::Timeout));
-        match pong {
-            Ok(()) => self.done.fetch_max(number, SeqCst),
-            Err(_) => {
-                // A hung connection may never deliver the pushes it holds: start over on a new one.
-                self.reset();
-                self.failed.fetch_max(number, SeqCst)
+        if let Err(e) = &answer {
+            let lost = match e {
+                StoreError::Timeout => true,
+                StoreError::Redis(e) => {
+                    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+                }
+            };
+            if lost {
+                self.conn.store(None);
+                self.entries.clear();
             }
-        };
-        pong
+        }
+        answer
     }
 
     /// The tracking connection, made (with `CLIENT TRACKING ON`) by one caller when there is none.
@@ -150,19 +119,6 @@ impl Shared {
         self.conn.store(Some(Arc::new(conn.clone())));
         tracing::info!("redis client cache: tracking connection up");
         Ok(conn)
-    }
-
-    /// After a failed call: a lost connection is dropped (and the cache with it); a command error is not.
-    fn failed_with(&self, e: redis::RedisError) -> StoreError {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error() {
-            self.reset();
-        }
-        e.into()
-    }
-
-    fn reset(&self) {
-        self.conn.store(None);
-        self.entries.clear();
     }
 }
 
