@@ -37,14 +37,14 @@ pub struct RedisConfig {
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Serve the Check's session read (`HGETALL session:{id}`, or its `HMGET`) from an in-process cache that Redis keeps
-    /// fresh with RESP3 `CLIENT TRACKING` invalidations. Off by default: an invalidation is read
-    /// asynchronously, so a revoke can race a check (SECURITY.md "Known limits").
+    /// Serve the Check's session read (`HGETALL session:{id}`, or its `HMGET`) from an in-process cache that
+    /// Redis keeps fresh with RESP3 `CLIENT TRACKING` invalidations, each hit confirmed by a `PING`
+    /// (`store::client_cache`). Off by default: it saves Redis work, not a round trip.
     pub client_cache: bool,
-    /// Most sessions the client cache holds (LRU).
+    /// Most sessions the client cache holds.
     pub client_cache_size: usize,
-    /// Longest a cached session read is trusted without asking Redis: the bound on staleness if an
-    /// invalidation is missed (redis-rs stores a reply after its reader may already have handled the push).
+    /// Longest a session read is kept before it is read from Redis again. Freshness comes from the
+    /// invalidations and the barrier, not from this; a session checked less often than this gains nothing.
     #[serde(with = "humantime_serde")]
     pub client_cache_ttl: Duration,
 }
@@ -64,7 +64,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(2),
             client_cache: false,
             client_cache_size: 10_000,
-            client_cache_ttl: Duration::from_secs(1),
+            client_cache_ttl: Duration::from_secs(60),
         }
     }
 }
