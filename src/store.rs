@@ -266,9 +266,14 @@ impl Redis {
         .await
     }
 
-    /// Readiness probe.
+    /// Readiness probe: the pool answers, and with `redis.client_cache` the tracking connection does too (a
+    /// Redis before 6, or an ACL user without `CLIENT`, refuses it, and every check would be a 503).
     pub async fn ping(&self) -> bool {
-        self.query::<String>(&redis::cmd("PING")).await.is_ok()
+        let pool = self.query::<String>(&redis::cmd("PING")).await.is_ok();
+        match &self.inner.cached {
+            Some(cached) if pool => self.observed(cached.ping()).await.is_ok(),
+            _ => pool,
+        }
     }
 }
 

@@ -78,6 +78,11 @@ impl ClientCache {
         Ok(value)
     }
 
+    /// Readiness: the tracking connection is up (or can be made) and answers.
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.call(&redis::cmd("PING")).await
+    }
+
     /// One command on the tracking connection. A lost connection is dropped, and the cache with it; so is
     /// one that does not answer in time, which may never deliver the pushes it holds. A command error
     /// (`WRONGTYPE`) is neither.

@@ -153,3 +153,36 @@ async fn a_hung_or_restarted_redis_is_never_answered_from_the_cache() {
         a.log()
     );
 }
+
+/// A Redis user that may not run `CLIENT` (so no `CLIENT TRACKING`) would turn every check into a 503:
+/// the replica says so by staying unready, logs Redis's refusal, and recovers once the ACL allows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracking_connection_redis_refuses_keeps_the_replica_unready() {
+    let redis = RedisServer::start();
+    let idp = IdpServer::start().await;
+    let key = portcullis::crypto::generate_key();
+    let mut admin = redis.conn();
+    let acl = |rules: &[&str]| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("gateway").arg("on").arg(">gateway-pw").arg("~*").arg("&*").arg(rules);
+        cmd
+    };
+    let _: () = acl(&["+@all", "-client"]).query(&mut admin).unwrap();
+    let a = Served::with_config(|g, h| {
+        replica(g, h, free_port(), &redis.url(), &idp.issuer(), &key)
+            .replace("client_cache = true", "client_cache = true\nusername = \"gateway\"\npassword = \"gateway-pw\"")
+    });
+    let (store, tokens) = planter(&redis, &idp, &key).await;
+    let (cookie, _) = plant(&store, &tokens).await;
+
+    for _ in 0..20 {
+        assert_eq!(a.readyz().await, Some(503), "ready without a tracking connection: {}", a.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.check(&[("cookie", &cookie)]).await, 503);
+    assert!(a.log().contains("client|tracking"), "the log should carry Redis's refusal: {}", a.log());
+
+    let _: () = acl(&["+client"]).query(&mut admin).unwrap();
+    assert!(a.wait_ready().await, "ready once the ACL allows CLIENT: {}", a.log());
+    assert_eq!(a.check(&[("cookie", &cookie)]).await, 200, "{}", a.log());
+}
