@@ -13,6 +13,9 @@
 
 // Test code: a failed expectation is a panic with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The whole server runs inside this binary's own async fns: its futures nest deeper than the default
+// layout-depth limit (128) leaves room for in a fresh build (a clean-clone CI once failed on it).
+#![recursion_limit = "256"]
 
 use portcullis_testkit as harness;
 
