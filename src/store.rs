@@ -36,6 +36,22 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
 }
 
+impl StoreError {
+    /// The connection, not the command, failed (or did not answer in time): worth a new connection.
+    fn connection_lost(&self) -> bool {
+        match self {
+            StoreError::Timeout => true,
+            StoreError::Redis(r) => {
+                r.is_io_error()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+                    || r.is_timeout()
+                    || r.is_unrecoverable_error()
+            }
+        }
+    }
+}
+
 /// Shared handle to Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
@@ -180,17 +196,8 @@ impl Redis {
     /// After a failed call in Sentinel mode, forget the master unless the error was the command's own.
     async fn after_error(&self, e: &StoreError) {
         let Backend::Sentinel { master, .. } = &self.inner.backend else { return };
-        let failover = match e {
-            StoreError::Timeout => true,
-            StoreError::Redis(r) => {
-                r.is_io_error()
-                    || r.is_connection_dropped()
-                    || r.is_connection_refusal()
-                    || r.is_timeout()
-                    || r.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-            }
-        };
-        if failover {
+        let read_only = |r: &redis::RedisError| r.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if e.connection_lost() || matches!(e, StoreError::Redis(r) if read_only(r)) {
             *master.write().await = None;
         }
     }

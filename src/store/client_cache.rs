@@ -93,17 +93,9 @@ impl ClientCache {
         })
         .await
         .unwrap_or(Err(StoreError::Timeout));
-        if let Err(e) = &answer {
-            let lost = match e {
-                StoreError::Timeout => true,
-                StoreError::Redis(e) => {
-                    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
-                }
-            };
-            if lost {
-                self.conn.store(None);
-                self.entries.clear();
-            }
+        if answer.as_ref().is_err_and(StoreError::connection_lost) {
+            self.conn.store(None);
+            self.entries.clear();
         }
         answer
     }
@@ -148,6 +140,11 @@ impl Entries {
         Self { map: quick_cache::sync::Cache::new(size.max(1)), ttl, epoch: AtomicU64::new(0), writes: Mutex::new(()) }
     }
 
+    /// Serialises stores against invalidations (a poisoned lock guards no data: go on).
+    fn write(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get(&self, key: &[u8], cmd: &[u8]) -> Option<Arc<Entry>> {
         self.map.get(key).filter(|e| e.cmd == cmd && e.at.elapsed() < self.ttl)
     }
@@ -157,7 +154,7 @@ impl Entries {
     }
 
     fn keep(&self, epoch: u64, key: &[u8], cmd: Vec<u8>, value: &Value) {
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write();
         if self.epoch.load(SeqCst) == epoch {
             self.map.insert(key.to_vec(), Arc::new(Entry { cmd, value: value.clone(), at: Instant::now() }));
         }
@@ -189,7 +186,7 @@ impl Entries {
     }
 
     fn forget(&self, keys: &[&[u8]]) {
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write();
         self.epoch.fetch_add(1, SeqCst);
         for k in keys {
             self.map.remove(*k);
@@ -197,7 +194,7 @@ impl Entries {
     }
 
     fn clear(&self) {
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write();
         self.epoch.fetch_add(1, SeqCst);
         self.map.clear();
     }
