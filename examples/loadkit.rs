@@ -15,8 +15,7 @@
 //!       CEILING_SHAPE=allow answers with the headers portcullis's allow carries (identity headers, removals,
 //!       the cookie rewrite, the security response headers), or one part of them: `set`, `remove`,
 //!       `response` (a comma list); CEILING_REDIS=URL makes one `HMGET` per Check
-//!       on one multiplexed connection; CEILING_WORKERS=N runs N tokio workers (default: one per CPU; 1: the
-//!       current-thread scheduler, as `portcullis serve` runs by default)
+//!       on one multiplexed connection
 //!   loadkit introspect PORT
 //!       a fast RFC 7662 introspection responder on 127.0.0.1:PORT answering every POST `{"active":true,...}`,
 //!       so `every_request` is measured without the node IdP's own speed
@@ -25,7 +24,8 @@
 //!       every answer is EXPECT: the pre-warm pass that has every session of a mix checked once before the
 //!       timed run
 //!
-//! The login is the integration tests' own (`testkit`).
+//! LOADKIT_WORKERS=N runs any of them on N tokio workers (default: one per CPU; 1: the current-thread
+//! scheduler, as `portcullis serve` runs by default). The login is the integration tests' own (`testkit`).
 
 // Test code: a failed expectation is a panic with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -59,7 +59,7 @@ fn usage() -> ! {
 
 fn main() {
     // Like `portcullis serve`'s `server.worker_threads`: 1 is the current-thread scheduler.
-    let mut rt = match std::env::var("CEILING_WORKERS").ok().and_then(|n| n.parse().ok()) {
+    let mut rt = match std::env::var("LOADKIT_WORKERS").ok().and_then(|n| n.parse().ok()) {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();

@@ -142,7 +142,10 @@ if [[ -n "${BIN_DIR:-}" ]]; then
     [[ -x "$BIN" && -x "$KIT" ]] || die "BIN_DIR must hold portcullis and loadkit"
 else
     log "building portcullis and examples/loadkit ($PROFILE)"
-    cargo build --quiet --profile "$PROFILE" --bin portcullis --example loadkit
+    # Two builds: in one, the example's dev-dependencies lend their features to the binary too (reqwest's
+    # cookie layer, for one), and the load would measure a portcullis that is not the one `make build` ships.
+    cargo build --quiet --profile "$PROFILE" --bin portcullis
+    cargo build --quiet --profile "$PROFILE" --example loadkit
     dir="$root/target/$([[ "$PROFILE" == dev ]] && echo debug || echo "$PROFILE")"
     BIN="$dir/portcullis"
     KIT="$dir/examples/loadkit"
@@ -202,8 +205,10 @@ if want_case max_staleness-100k; then
     "$KIT" plant --config "$work/portcullis.toml" --issuer "$ISSUER" --count "$MIX2" --reuse >"$work/cookies-100k"
 fi
 INTRO_PORT=$(free_port); DEAD_PORT=$(free_port)
-"$KIT" introspect "$INTRO_PORT" >"$work/introspect.log" 2>&1 &
-pids+=($!)
+# On one thread, as portcullis runs: the responder stands in for the IdP and should cost the shared cores little.
+LOADKIT_WORKERS=1 "$KIT" introspect "$INTRO_PORT" >"$work/introspect.log" 2>&1 &
+intro_pid=$!
+pids+=("$intro_pid")
 wait_http "http://127.0.0.1:$INTRO_PORT/"
 : >"$work/no-cookies"
 # Well-formed session cookies (43 URL-safe characters) that name no session.
@@ -377,10 +382,11 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     [[ "$got" == "$want" ]] || die "$name: $url answered $got, expected $want (logs in $work)"
     local -x COOKIES="$cookies" COOKIE_NAME="$cookie_name"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$work/rotate.lua" "$url" >/dev/null
-    local before_idp rss_before out rps p50 p99 other rc0 rrd0 rcpu0 pcpu0 xcpu0
+    local before_idp rss_before out rps p50 p99 other rc0 rrd0 rcpu0 pcpu0 xcpu0 icpu0
     before_idp=$(introspections)
     redis-cli -p "$REDIS_PORT" config resetstat >/dev/null # commandstats of this run alone, kept in redis-NAME.txt
     rc0=$(redis_calls); rrd0=$(redis_reads); rcpu0=$(redis_cpu_us); pcpu0=$(proc_cpu_us "$portcullis_pid"); xcpu0=$(tree_cpu_us "$proxy")
+    icpu0=$(proc_cpu_us "$intro_pid")
     rss_before=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
     local sys_pid=""
     if [[ -n "${SYSCALLS:-}" && -n "$portcullis_pid" ]]; then
@@ -398,7 +404,7 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     local reqs idp_calls
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     idp_calls=$(( $(introspections) - before_idp ))
-    local rcmd rcpu pcpu xcpu per='BEGIN {printf "%.1f", (a - b) / n}'
+    local rcmd rcpu pcpu xcpu icpu per='BEGIN {printf "%.1f", (a - b) / n}'
     rcmd=$(awk -v a="$(redis_calls)" -v b="$rc0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b) / n}')
     local rrd
     rrd=$(awk -v a="$(redis_reads)" -v b="$rrd0" -v n="$reqs" 'BEGIN {printf "%.2f", (a - b) / n}')
@@ -407,9 +413,10 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
     pcpu=-
     [[ -n "$portcullis_pid" ]] && pcpu=$(awk -v a="$(proc_cpu_us "$portcullis_pid")" -v b="$pcpu0" -v n="$reqs" "$per")
     xcpu=$(awk -v a="$(tree_cpu_us "$proxy")" -v b="$xcpu0" -v n="$reqs" "$per")
+    icpu=$(awk -v a="$(proc_cpu_us "$intro_pid")" -v b="$icpu0" -v n="$reqs" "$per")
     local rss_after
     rss_after=$([[ -n "$portcullis_pid" ]] && rss_kb "$portcullis_pid" || echo -)
-    results+=("$round|$name${tag:-}|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)|$rrd")
+    results+=("$round|$name${tag:-}|$want|$rps|$p50|$p99|${other:-0}|$reqs|$idp_calls|$rss_before|$rss_after|$rcmd|$rcpu|$pcpu|$xcpu|$(cut -d' ' -f1 /proc/loadavg)|$rrd|$icpu")
     log "round $round, $name${tag:-}: $rps req/s, p99 ${p99} ms"
     if [[ -n "$sys_pid" ]]; then
         wait "$sys_pid" || true
@@ -484,12 +491,12 @@ one_round() {
     # Diagnostics, not in the default CASES: the ceiling plus one part of a real allow, with the cookies of
     # the max_staleness case, to split what an allow costs Envoy and the authz server beyond the ceiling.
     local variant
-    for variant in "ceiling-1w CEILING_WORKERS=1" "ceiling-shaped CEILING_SHAPE=allow" \
+    for variant in "ceiling-1w LOADKIT_WORKERS=1" "ceiling-shaped CEILING_SHAPE=allow" \
         "ceiling-cookie CEILING_SHAPE=none" "ceiling-set CEILING_SHAPE=set" "ceiling-remove CEILING_SHAPE=remove" \
         "ceiling-response CEILING_SHAPE=response" \
         "ceiling-redis CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
-        "ceiling-both-1w CEILING_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT"; do
+        "ceiling-both-1w LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT"; do
         read -r -a variant <<<"$variant"
         want_case "${variant[0]}" || continue
         log "${variant[0]}: loadkit ceiling with ${variant[*]:1}"
@@ -532,7 +539,7 @@ printf '%s\n' "${results[@]}" >"$work/results"
 # Each round's rows against that round's baseline and ceiling; with ROUNDS > 1, the median of every ratio.
 python3 - "$work/results" "$ROUNDS" <<'PY'
 import statistics, sys
-keys = "round name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load rrd".split()
+keys = "round name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load rrd icpu".split()
 rows = [dict(zip(keys, l.rstrip("\n").split("|"))) for l in open(sys.argv[1]) if l.strip()]
 rounds = int(sys.argv[2])
 def num(v):
@@ -549,9 +556,9 @@ def ref(r, name, key):
 def cpu_sum(r):  # proxy + authz server + Redis, µs per request
     return sum(num(r[k]) or 0 for k in ("rcpu", "pcpu", "xcpu"))
 line = ("{:>5} {:<21} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>5} {:>5} {:>5} {:>8} {:>8}"
-        " {:>8} {:>6}")
+        " {:>8} {:>7} {:>6}")
 print(line.format("round", "case", "status", "req/s", "p50_ms", "p99_ms", "non-2xx", "rps/base", "p99/base", "rps/ceil",
-                  "p99/ceil", "IdP/req", "RSS b->a", "r.cmd", "r.rd", "r.us", "authz_us", "cpu/ceil", "proxy_us", "load1"))
+                  "p99/ceil", "IdP/req", "RSS b->a", "r.cmd", "r.rd", "r.us", "authz_us", "cpu/ceil", "proxy_us", "idp_us", "load1"))
 per = {}  # case -> one (rps/ceil, p99/ceil, cpu/ceil, authz_us, r.us, r.cmd) per round
 for r in rows:
     other = r["other"] if r["want"] == "200" else f"({r['other']})"  # 401/503 are the expected answers
@@ -563,7 +570,7 @@ for r in rows:
     print(line.format(r["round"], r["name"], r["want"], r["rps"], r["p50"], r["p99"], other,
                       fmt(ratio(r["rps"], ref(r, "baseline", "rps"))), fmt(ratio(r["p99"], ref(r, "baseline", "p99"))),
                       fmt(rc), fmt(pc), fmt((num(r["idp"]) or 0) / reqs if reqs else 0, 3), rss, r["rcmd"],
-                      r["rrd"], r["rcpu"], r["pcpu"], fmt(cc), r["xcpu"], r["load"]))
+                      r["rrd"], r["rcpu"], r["pcpu"], fmt(cc), r["xcpu"], r["icpu"], r["load"]))
     per.setdefault(r["name"], []).append((rc, pc, cc, num(r["pcpu"]), num(r["rcpu"]), num(r["rcmd"])))
 def spread(vals):
     vals = [v for v in vals if v is not None]
@@ -577,14 +584,21 @@ if rounds > 1:
     for name, vals in per.items():
         print(mline.format(name, *(spread(col) for col in zip(*vals))))
 # The peer, round by round: portcullis (max_staleness) against Apache + mod_auth_openidc.
+peer = []
 for rnd in sorted({r["round"] for r in rows}, key=int):
     ms, ap = by.get((rnd, "max_staleness")), by.get((rnd, "apache"))
     if ms and ap:
+        peer.append((ratio(ms["rps"], ap["rps"]), ratio(ap["rps"], ref(ap, "ceiling", "rps")) and 1 / ratio(ap["rps"], ref(ap, "ceiling", "rps"))))
         print(f"round {rnd}: portcullis (max_staleness) / Apache + mod_auth_openidc: {fmt(ratio(ms['rps'], ap['rps']))} x"
               f" req/s (target >= 2.5), p99 {ms['p99']} ms vs {ap['p99']} ms; CPU per request, proxy + authz + Redis:"
               f" Envoy + portcullis {cpu_sum(ms):.1f} us, Apache {cpu_sum(ap):.1f} us"
               f" ({fmt(cpu_sum(ap) / cpu_sum(ms))} x; steadier than req/s on a shared machine)")
+if len(peer) > 1:
+    cols = list(zip(*peer))
+    print(f"median over {len(peer)} rounds: portcullis / Apache {spread(cols[0])} x req/s (target >= 2.5);"
+          f" the do-nothing ceiling / Apache {spread(cols[1])} x")
 PY
 echo "authz_us: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
 echo "r.rd: reads of client sockets Redis made per request: below 1 when concurrent checks' commands arrive in one write"
 echo "proxy_us: CPU of the proxy per request: Envoy, or for apache all of Apache's processes (its auth included)"
+echo "idp_us: CPU of the introspection responder (loadkit introspect, every_request's IdP) per request"
