@@ -155,10 +155,12 @@ impl Transport {
             SendError::CircuitOpen(e.to_string())
         })?;
         let started = Instant::now();
+        // One timer for the whole call, the body included: reqwest's own per-request timeout would arm a
+        // second one on every introspection.
         let res = tokio::time::timeout(self.timeout, async {
-            let resp = req.timeout(self.timeout).send().await?;
+            let mut resp = req.send().await?;
             let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
+            let headers = std::mem::take(resp.headers_mut());
             let body = read_limited(resp).await?;
             Ok::<_, reqwest::Error>((status, headers, body))
         })
