@@ -23,13 +23,20 @@ impl Default for ClaimNames {
 impl ClaimNames {
     /// Builds the identity for `user_id` from a claims object; absent or odd-typed claims stay absent.
     pub fn identity(&self, user_id: &str, claims: &Map<String, Value>) -> Identity {
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
-        let groups = match claims.get(&self.groups) {
+        self.identity_from(user_id, &[claims])
+    }
+
+    /// [`ClaimNames::identity`] from claim sets in order of precedence: each claim comes from the first set
+    /// that has it (the ID token's, then introspection's), read in place rather than merged into a copy.
+    pub fn identity_from(&self, user_id: &str, sources: &[&Map<String, Value>]) -> Identity {
+        let get = |k: &str| sources.iter().find_map(|m| m.get(k));
+        let text = |k: &str| get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
+        let groups = match get(&self.groups) {
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
             Some(Value::String(s)) => s.split([',', ' ']).filter(|g| !g.is_empty()).map(String::from).collect(),
             _ => Vec::new(),
         };
-        let unverified = claims.get("email_verified").and_then(Value::as_bool) == Some(false);
+        let unverified = get("email_verified").and_then(Value::as_bool) == Some(false);
         let email = if self.require_verified_email && unverified {
             tracing::debug!("email withheld: the IdP says it is not verified");
             None
@@ -64,5 +71,19 @@ mod tests {
         assert_eq!(names.identity("u", &claims(Value::Null)).email.as_deref(), Some("a@x"), "absent claim");
         let lax = ClaimNames { require_verified_email: false, ..ClaimNames::default() };
         assert_eq!(lax.identity("u", &claims(Value::Bool(false))).email.as_deref(), Some("a@x"));
+    }
+
+    #[test]
+    fn the_first_claim_set_that_has_a_claim_gives_it() {
+        let object = |v: Value| v.as_object().unwrap().clone();
+        let id_token = object(serde_json::json!({"email": "id@x", "name": "From Id"}));
+        let introspection = object(serde_json::json!({"email": "intro@x", "groups": ["ops"], "email_verified": false}));
+        let who = ClaimNames::default().identity_from("u", &[&id_token, &introspection]);
+        assert_eq!(who.email, None, "introspection's email_verified: false still withholds the email");
+        assert_eq!(who.name.as_deref(), Some("From Id"));
+        assert_eq!(who.groups, vec!["ops".to_string()], "a claim only the second set has");
+        let lax = ClaimNames { require_verified_email: false, ..ClaimNames::default() };
+        let who = lax.identity_from("u", &[&id_token, &introspection]);
+        assert_eq!(who.email.as_deref(), Some("id@x"), "the ID token's claim wins");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::provider::{merged, Provider};
+use super::provider::Provider;
 use super::transport::{Kind, Reply};
 use super::{refresh, IdpError, Validated, Validator};
 use crate::config::{ClientAuth, IntrospectionAuth};
@@ -49,8 +49,8 @@ impl Validator for OidcValidator {
         // whether the session lives is introspection's answer.
         let intro = self.introspect(&tokens.access_token).await?;
         if intro.get("active").and_then(Value::as_bool) == Some(true) {
-            let claims = merged(&id.claims, &intro);
-            return Ok(Validated { identity: self.p.claims.identity(&s.user_id, &claims), refreshed: None });
+            let identity = self.p.claims.identity_from(&s.user_id, &[&id.claims, &intro]);
+            return Ok(Validated { identity, refreshed: None });
         }
         if can_refresh {
             return self.refreshed(s, now).await;

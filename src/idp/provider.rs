@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
 use super::claims::ClaimNames;
 use super::discovery::Discovery;
 use super::id_token::{self, Expect, IdToken};
@@ -119,13 +117,4 @@ impl Provider {
 /// `application/x-www-form-urlencoded` of one value, as client_secret_basic requires.
 fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// `a` with the keys of `b` it lacks.
-pub fn merged(a: &Map<String, Value>, b: &Map<String, Value>) -> Map<String, Value> {
-    let mut m = a.clone();
-    for (k, v) in b {
-        m.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    m
 }
