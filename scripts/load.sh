@@ -592,7 +592,7 @@ peer = []
 for rnd in sorted({r["round"] for r in rows}, key=int):
     ms, ap = by.get((rnd, "max_staleness")), by.get((rnd, "apache"))
     if ms and ap:
-        peer.append((ratio(ms["rps"], ap["rps"]), ratio(ap["rps"], ref(ap, "ceiling", "rps")) and 1 / ratio(ap["rps"], ref(ap, "ceiling", "rps"))))
+        peer.append((ratio(ms["rps"], ap["rps"]), ratio(ref(ap, "ceiling", "rps"), ap["rps"])))
         print(f"round {rnd}: portcullis (max_staleness) / Apache + mod_auth_openidc: {fmt(ratio(ms['rps'], ap['rps']))} x"
               f" req/s (target >= 2.5), p99 {ms['p99']} ms vs {ap['p99']} ms; CPU per request, proxy + authz + Redis:"
               f" Envoy + portcullis {cpu_sum(ms):.1f} us, Apache {cpu_sum(ap):.1f} us"
