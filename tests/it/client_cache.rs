@@ -175,6 +175,9 @@ async fn a_tracking_connection_redis_refuses_keeps_the_replica_unready() {
     let (store, tokens) = planter(&redis, &idp, &key).await;
     let (cookie, _) = plant(&store, &tokens).await;
 
+    // The HTTP listener first (on a loaded machine the first probe can come before it is bound), then
+    // unready, probe after probe.
+    assert!(eventually(std::time::Duration::from_secs(20), async || a.readyz().await.is_some()).await, "{}", a.log());
     for _ in 0..20 {
         assert_eq!(a.readyz().await, Some(503), "ready without a tracking connection: {}", a.log());
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
