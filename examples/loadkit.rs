@@ -15,7 +15,10 @@
 //!       CEILING_SHAPE=allow answers with the headers portcullis's allow carries (identity headers, removals,
 //!       the cookie rewrite, the security response headers), or one part of them: `set`, `remove`,
 //!       `response` (a comma list); CEILING_REDIS=URL makes one `HMGET` per Check
-//!       on one multiplexed connection
+//!       on one multiplexed connection; CEILING_EVERY=INTROSPECTION_URL (with CEILING_REDIS) makes the I/O
+//!       an `every_request` Check cannot avoid instead: `HGETALL` of the Check's real session hash, then one
+//!       RFC 7662 POST (bearer-authenticated, a token-sized form) whose JSON reply is parsed: the floor of
+//!       `every_request` without its crypto, verification and decision
 //!   loadkit introspect PORT
 //!       a fast RFC 7662 introspection responder on 127.0.0.1:PORT answering every POST `{"active":true,...}`,
 //!       so `every_request` is measured without the node IdP's own speed
@@ -93,7 +96,13 @@ struct Ceiling {
     /// The parts of an allow's shape to answer with (`CEILING_SHAPE`).
     shape: String,
     redis: Option<redis::aio::MultiplexedConnection>,
+    /// `CEILING_EVERY`: the introspection endpoint, and the client every call shares.
+    every: Option<(reqwest::Url, reqwest::Client)>,
 }
+
+/// A stand-in access token of a real one's length (the test IdP's opaque tokens are 43 characters; a JWT
+/// access token would be longer, which only makes this floor lower).
+const TOKEN: &str = "k3ZtJ8cX0pQvR2sW5yU7aB9dE1fG4hI6jL8mN0oP2qS";
 
 #[tonic::async_trait]
 impl Authorization for Ceiling {
@@ -101,9 +110,33 @@ impl Authorization for Ceiling {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        if let Some(mut redis) = self.redis.clone() {
-            let cookie = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref());
-            let cookie = cookie.and_then(|r| r.http.as_ref()).and_then(|h| h.headers.get("cookie"));
+        let cookie = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref());
+        let cookie = cookie.and_then(|r| r.http.as_ref()).and_then(|h| h.headers.get("cookie"));
+        if let (Some(mut redis), Some((url, http))) = (self.redis.clone(), &self.every) {
+            let value = cookie.and_then(|c| portcullis::session::cookie::find(c, "GATEWAY_SESSION")).unwrap_or("");
+            let key = portcullis::keys::session(&portcullis::session::cookie::session_id(value));
+            let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            if hash.is_empty() {
+                return Err(tonic::Status::unauthenticated("no such session"));
+            }
+            let reply: serde_json::Map<String, serde_json::Value> = http
+                .post(url.clone())
+                .bearer_auth(TOKEN)
+                .form(&[("token", TOKEN), ("token_type_hint", "access_token")])
+                .send()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+                .json()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            if reply.get("active") != Some(&serde_json::Value::Bool(true)) {
+                return Err(tonic::Status::permission_denied("inactive"));
+            }
+        } else if let Some(mut redis) = self.redis.clone() {
             let key = format!("ceiling:{}", cookie.map_or(0, |c| c.len()));
             let _: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(&key)
@@ -175,8 +208,12 @@ async fn ceiling(port: u16) {
         ),
         Err(_) => None,
     };
+    let every = std::env::var("CEILING_EVERY").ok().map(|url| {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
+        (url.parse().expect("CEILING_EVERY"), http)
+    });
     tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Ceiling { shape, redis }))
+        .add_service(AuthorizationServer::new(Ceiling { shape, redis, every }))
         .serve(([127, 0, 0, 1], port).into())
         .await
         .expect("ceiling gRPC server");

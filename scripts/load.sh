@@ -34,7 +34,9 @@
 #                diagnostics (not in the default): ceiling-1w (the current-thread scheduler), ceiling-shaped (the ceiling
 #                answering with an allow's headers), ceiling-cookie, -set, -remove, -response (the max_staleness
 #                cookies, answered with no part or one part of that shape: what each costs Envoy),
-#                ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w
+#                ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w, ceiling-every (on one
+#                thread, as portcullis: an allow's headers, HGETALL of the Check's session and one introspection
+#                at the every_request responder per Check: the I/O every_request cannot avoid, its floor)
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
@@ -500,7 +502,8 @@ one_round() {
         "ceiling-response CEILING_SHAPE=response" \
         "ceiling-redis CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
-        "ceiling-both-1w LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT"; do
+        "ceiling-both-1w LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
+        "ceiling-every LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect"; do
         read -r -a variant <<<"$variant"
         want_case "${variant[0]}" || continue
         log "${variant[0]}: loadkit ceiling with ${variant[*]:1}"
