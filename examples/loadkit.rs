@@ -22,6 +22,10 @@
 //!   loadkit introspect PORT
 //!       a fast RFC 7662 introspection responder on 127.0.0.1:PORT answering every POST `{"active":true,...}`,
 //!       so `every_request` is measured without the node IdP's own speed
+//!   loadkit clients INTROSPECTION_URL [--count N] [--concurrency 32] [--only reqwest|hyper]
+//!       the introspection client alone: N introspections, CONCURRENCY at a time, with each client
+//!       CEILING_EVERY_CLIENT can name (reqwest, as portcullis uses it, and `hyper`), alternated over three
+//!       rounds; prints this process's CPU per introspection for each (no Envoy, no Check around it)
 //!   loadkit walk URL --cookies FILE [--name GATEWAY_SESSION] [--concurrency 32] [--expect 200]
 //!       sends one GET to URL per line of FILE (as the cookie NAME), CONCURRENCY at a time, and fails unless
 //!       every answer is EXPECT: the pre-warm pass that has every session of a mix checked once before the
@@ -82,6 +86,7 @@ async fn run() {
         Some("ceiling") => ceiling(port(&args)).await,
         Some("introspect") => introspect(port(&args)).await,
         Some("walk") => walk(&args[1..]).await,
+        Some("clients") => clients(&args[1..]).await,
         _ => usage(),
     }
 }
@@ -97,7 +102,62 @@ struct Ceiling {
     shape: String,
     redis: Option<redis::aio::MultiplexedConnection>,
     /// `CEILING_EVERY`: the introspection endpoint, and the client every call shares.
-    every: Option<(reqwest::Url, reqwest::Client)>,
+    every: Option<(reqwest::Url, Http)>,
+}
+
+/// The introspection's client: reqwest, as portcullis, or (`CEILING_EVERY_CLIENT=hyper`) hyper-util's own
+/// pooled client under it, without reqwest's layers (redirect and retry policies, URL re-parsing).
+#[allow(clippy::large_enum_variant)] // one per process
+enum Http {
+    Reqwest(reqwest::Client),
+    Hyper(
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+        hyper::Uri,
+    ),
+}
+
+impl Http {
+    /// The client `name`d (`hyper`, else reqwest) for `url`.
+    fn new(url: &str, name: &str) -> Self {
+        match name {
+            "hyper" => {
+                let builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                connector.set_nodelay(true);
+                Http::Hyper(builder.build(connector), url.parse().expect("URL"))
+            }
+            _ => {
+                let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build();
+                Http::Reqwest(http.expect("http client"))
+            }
+        }
+    }
+
+    /// One introspection POST; its JSON reply.
+    async fn introspect(&self, url: &reqwest::Url) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let form = [("token", TOKEN), ("token_type_hint", "access_token")];
+        match self {
+            Http::Reqwest(http) => {
+                let resp = http.post(url.clone()).bearer_auth(TOKEN).form(&form).send().await;
+                resp.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())
+            }
+            Http::Hyper(http, uri) => {
+                use http_body_util::BodyExt;
+                let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+                let req = hyper::Request::post(uri.clone())
+                    .header(hyper::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                    .header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .map_err(|e| e.to_string())?;
+                let resp = http.request(req).await.map_err(|e| e.to_string())?;
+                let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                serde_json::from_slice(&body).map_err(|e| e.to_string())
+            }
+        }
+    }
 }
 
 /// A stand-in access token of a real one's length (the test IdP's opaque tokens are 43 characters; a JWT
@@ -123,16 +183,7 @@ impl Authorization for Ceiling {
             if hash.is_empty() {
                 return Err(tonic::Status::unauthenticated("no such session"));
             }
-            let reply: serde_json::Map<String, serde_json::Value> = http
-                .post(url.clone())
-                .bearer_auth(TOKEN)
-                .form(&[("token", TOKEN), ("token_type_hint", "access_token")])
-                .send()
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-                .json()
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let reply = http.introspect(url).await.map_err(tonic::Status::unavailable)?;
             if reply.get("active") != Some(&serde_json::Value::Bool(true)) {
                 return Err(tonic::Status::permission_denied("inactive"));
             }
@@ -208,10 +259,9 @@ async fn ceiling(port: u16) {
         ),
         Err(_) => None,
     };
-    let every = std::env::var("CEILING_EVERY").ok().map(|url| {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
-        (url.parse().expect("CEILING_EVERY"), http)
-    });
+    let client = std::env::var("CEILING_EVERY_CLIENT").unwrap_or_default();
+    let every =
+        std::env::var("CEILING_EVERY").ok().map(|url| (url.parse().expect("CEILING_EVERY"), Http::new(&url, &client)));
     tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(Ceiling { shape, redis, every }))
         .serve(([127, 0, 0, 1], port).into())
@@ -236,6 +286,36 @@ async fn upstream(port: u16) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind upstream");
     let app = axum::Router::new().fallback(|| async { "ok" });
     axum::serve(listener, app).await.expect("upstream");
+}
+
+/// CPU time (user + system) this process has used, from /proc: clock ticks of 10 ms.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+async fn clients(args: &[String]) {
+    let url: reqwest::Url = args.first().unwrap_or_else(|| usage()).parse().expect("URL");
+    let count: usize = opt(args, "--count").and_then(|n| n.parse().ok()).unwrap_or(50_000);
+    let concurrency: usize = opt(args, "--concurrency").and_then(|n| n.parse().ok()).unwrap_or(32);
+    for round in 1..=3 {
+        let only = opt(args, "--only");
+        for name in ["reqwest", "hyper"].into_iter().filter(|n| only.as_deref().is_none_or(|o| o == *n)) {
+            let http = Http::new(url.as_str(), name);
+            let before = cpu_ticks();
+            let started = std::time::Instant::now();
+            let failed = futures::stream::iter(0..count)
+                .map(|_| http.introspect(&url))
+                .buffer_unordered(concurrency)
+                .filter(|r| std::future::ready(r.is_err()))
+                .count()
+                .await;
+            let us = (cpu_ticks() - before) as f64 * 10_000.0 / count as f64;
+            let rate = count as f64 / started.elapsed().as_secs_f64();
+            println!("round {round} {name:8} {us:6.1} us CPU per introspection  {rate:8.0} /s  failed {failed}");
+        }
+    }
 }
 
 /// The value after `--name` in `args`.

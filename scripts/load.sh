@@ -29,14 +29,17 @@
 #   shares the cores, so a ratio prices all the CPU a request costs. BENCHMARKS.md's earlier tables used
 #   THREADS=1 ENVOY_CONCURRENCY=1 (Envoy's one worker the busy core, portcullis beside it on the other).
 #   PROFILE      cargo profile to build (default release)
-#   CASES        comma list of cases to run (default all: baseline,ceiling,deny-no-cookie,deny-unknown-session,
-#                max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache)
+#   CASES        comma list of cases to run (default all: baseline,ceiling,ceiling-every,deny-no-cookie,
+#                deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,
+#                apache)
 #                diagnostics (not in the default): ceiling-1w (the current-thread scheduler), ceiling-shaped (the ceiling
 #                answering with an allow's headers), ceiling-cookie, -set, -remove, -response (the max_staleness
 #                cookies, answered with no part or one part of that shape: what each costs Envoy),
-#                ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w, ceiling-every (on one
-#                thread, as portcullis: an allow's headers, HGETALL of the Check's session and one introspection
-#                at the every_request responder per Check: the I/O every_request cannot avoid, its floor)
+#                ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w, ceiling-every-hyper (as
+#                ceiling-every, below, on hyper-util's client without reqwest's layers)
+#                ceiling-every (in the default): on one thread, as portcullis, an allow's headers, HGETALL of the
+#                Check's session and one introspection at the every_request responder per Check: the I/O
+#                every_request cannot avoid, its floor; the report divides every_request by it
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
@@ -68,7 +71,7 @@ THREADS="${THREADS:-2}"
 SESSIONS="${SESSIONS:-32}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-$(nproc)}"
 PROFILE="${PROFILE:-release}"
-CASES="${CASES:-baseline,ceiling,deny-no-cookie,deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache}"
+CASES="${CASES:-baseline,ceiling,ceiling-every,deny-no-cookie,deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache}"
 MIX="${MIX:-10000}"
 MIX2="${MIX2:-100000}"
 MIX2_STALENESS="${MIX2_STALENESS:-10m}"
@@ -503,7 +506,8 @@ one_round() {
         "ceiling-redis CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both-1w LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
-        "ceiling-every LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect"; do
+        "ceiling-every LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect" \
+        "ceiling-every-hyper LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect CEILING_EVERY_CLIENT=hyper"; do
         read -r -a variant <<<"$variant"
         want_case "${variant[0]}" || continue
         log "${variant[0]}: loadkit ceiling with ${variant[*]:1}"
@@ -600,6 +604,16 @@ for rnd in sorted({r["round"] for r in rows}, key=int):
               f" req/s (target >= 2.5), p99 {ms['p99']} ms vs {ap['p99']} ms; CPU per request, proxy + authz + Redis:"
               f" Envoy + portcullis {cpu_sum(ms):.1f} us, Apache {cpu_sum(ap):.1f} us"
               f" ({fmt(cpu_sum(ap) / cpu_sum(ms))} x; steadier than req/s on a shared machine)")
+# every_request against its floor (ceiling-every: the same Redis read and introspection on the ceiling).
+floor = []
+for rnd in sorted({r["round"] for r in rows}, key=int):
+    er, ce = by.get((rnd, "every_request")), by.get((rnd, "ceiling-every"))
+    if er and ce:
+        floor.append((ratio(er["rps"], ce["rps"]), ratio(er["pcpu"], ce["pcpu"])))
+if floor:
+    cols = list(zip(*floor))
+    print(f"every_request / its I/O floor (ceiling-every), over {len(floor)} rounds: req/s {spread(cols[0])} x,"
+          f" authz CPU per check {spread(cols[1])} x")
 if len(peer) > 1:
     cols = list(zip(*peer))
     print(f"median over {len(peer)} rounds: portcullis / Apache {spread(cols[0])} x req/s (target >= 2.5);"
