@@ -58,6 +58,7 @@ use portcullis::store::Redis;
 fn usage() -> ! {
     eprintln!(
         "usage: loadkit upstream PORT | loadkit ceiling PORT | loadkit introspect PORT\n       \
+         loadkit clients URL [--count N] [--concurrency N] [--only reqwest|hyper]\n       \
          loadkit plant --config FILE --issuer URL [--provider P] [--user U] [--count N] [--reuse]\n       \
          loadkit walk URL --cookies FILE [--name COOKIE] [--concurrency N] [--expect STATUS]"
     );
@@ -299,8 +300,8 @@ async fn clients(args: &[String]) {
     let url: reqwest::Url = args.first().unwrap_or_else(|| usage()).parse().expect("URL");
     let count: usize = opt(args, "--count").and_then(|n| n.parse().ok()).unwrap_or(50_000);
     let concurrency: usize = opt(args, "--concurrency").and_then(|n| n.parse().ok()).unwrap_or(32);
+    let only = opt(args, "--only");
     for round in 1..=3 {
-        let only = opt(args, "--only");
         for name in ["reqwest", "hyper"].into_iter().filter(|n| only.as_deref().is_none_or(|o| o == *n)) {
             let http = Http::new(url.as_str(), name);
             let before = cpu_ticks();
