@@ -57,6 +57,10 @@
 #                run (comma list, default max_staleness; any portcullis case: deny-no-cookie, max_staleness,
 #                max_staleness-10k, every_request, breaker_open): flat self time to PREFIX.CASE, time
 #                with callees by function to PREFIX.CASE.callers (B's runs: PREFIX.CASE@b)
+#   INSTR=1|PREFIX  after the rounds, count the instructions per check of the authz server under callgrind
+#                (valgrind): exact where CPU time is noisy, so an A/B of a few percent is visible (with BIN_B
+#                or ENV_B, both builds); INSTR_CASES (default ceiling,max_staleness,every_request), INSTR_CHECKS
+#                (default 2000); with a PREFIX, callgrind_annotate's inclusive tree per case to PREFIX.CASE
 #   SYSCALLS=1   also count the authz server's syscalls during each timed run (perf's syscall tracepoints,
 #                exact where CPU time is noisy) and log them per request: "round N, CASE: syscalls per
 #                request: writev 0.08 ..."
@@ -76,6 +80,7 @@ MIX="${MIX:-10000}"
 MIX2="${MIX2:-100000}"
 MIX2_STALENESS="${MIX2_STALENESS:-10m}"
 PERF_CASES="${PERF_CASES:-max_staleness}"
+INSTR_CASES="${INSTR_CASES:-ceiling,max_staleness,every_request}"
 ROUNDS="${ROUNDS:-1}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "load: ROUNDS must be a positive number" >&2; exit 1; }
 # What SYSCALLS counts: the socket and wake-up calls of a Check (writes to Envoy and Redis, reads, waits).
@@ -249,17 +254,21 @@ pids+=("$envoy_pid")
 wait_http "http://127.0.0.1:$ADMIN_PORT/ready"
 ENVOY_URL="http://127.0.0.1:$LISTEN_PORT"
 
+# A command prefix for the authz server: empty, or valgrind for the instruction counts (INSTR).
+WRAP=()
 start_portcullis() { # mode [introspection endpoint] [max_staleness]
     local env=(PORTCULLIS__REVALIDATION__MODE="$1")
     [[ -n "$tag" && -n "${ENV_B:-}" ]] && read -r -a b_env <<<"$ENV_B" && env+=("${b_env[@]}")
     [[ -n "${2:-}" ]] && env+=(PORTCULLIS__PROVIDERS__CORP__INTROSPECTION_ENDPOINT="$2")
     [[ "$1" == max_staleness ]] && env+=(PORTCULLIS__REVALIDATION__MAX_STALENESS="${3:-30s}")
-    env "${env[@]}" "$BIN" serve --config "$work/portcullis.toml" >>"$work/portcullis.log" 2>&1 &
+    env "${env[@]}" "${WRAP[@]}" "$BIN" serve --config "$work/portcullis.toml" >>"$work/portcullis.log" 2>&1 &
     portcullis_pid=$!
     wait_http "http://127.0.0.1:$HTTP_PORT/readyz"
 }
 start_ceiling() { # [VAR=value ...] for the diagnostic variants (loadkit's CEILING_*)
-    env "$@" "$KIT" ceiling "$GRPC_PORT" >>"$work/ceiling.log" 2>&1 & portcullis_pid=$!; sleep 0.5
+    env "$@" "${WRAP[@]}" "$KIT" ceiling "$GRPC_PORT" >>"$work/ceiling.log" 2>&1 & portcullis_pid=$!
+    for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$GRPC_PORT") 2>/dev/null && return 0; sleep 0.1; done
+    die "the ceiling did not listen on $GRPC_PORT (logs in $work)"
 }
 stop_portcullis() { stop_pid "$portcullis_pid"; wait "$portcullis_pid" 2>/dev/null || true; portcullis_pid=""; }
 introspections() { curl -fsS "$ISSUER/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("/token/introspection", 0))'; }
@@ -538,6 +547,51 @@ for round in $(seq "$ROUNDS"); do
     one_round
 done
 
+# --- instructions per check (INSTR) ------------------------------------------------------------------------
+# The authz server under callgrind, which counts the instructions it executes in user space: the same
+# binary and the same checks give nearly the same count whatever else the machine is doing, where its CPU
+# time moves by +-20 % on a shared VM. Counted from zero after a warm-up, over INSTR_CHECKS checks through
+# Envoy (loadkit walk, CONNECTIONS at a time); callgrind_annotate's inclusive tree to $INSTR.CASE.
+instr=()
+count_instructions() { # name start-command...
+    local name="$1"; shift
+    local out="$work/callgrind-$name"
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$out.%p" --dump-instr=no --compress-strings=no)
+    "$@"
+    WRAP=()
+    "$KIT" walk "$ENVOY_URL/api/bench" --cookies "$work/instr-warmup" --concurrency "$CONNECTIONS" 2>>"$work/walk.log" \
+        || die "instructions, $name: the warm-up did not answer 200 ($(tail -1 "$work/walk.log"))"
+    callgrind_control -z "$portcullis_pid" >/dev/null
+    "$KIT" walk "$ENVOY_URL/api/bench" --cookies "$work/instr-checks" --concurrency "$CONNECTIONS" 2>>"$work/walk.log" \
+        || die "instructions, $name: not every check answered 200 ($(tail -1 "$work/walk.log"))"
+    callgrind_control -d "$portcullis_pid" >/dev/null
+    local dump
+    dump=$(ls -t "$out.$portcullis_pid".* 2>/dev/null | head -1)
+    [[ -n "$dump" ]] || die "instructions, $name: callgrind wrote no dump (logs in $work)"
+    local ir
+    ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    instr+=("$name${tag:-}|$ir")
+    log "instructions, $name${tag:-}: $(awk -v i="$ir" -v n="$INSTR_CHECKS" 'BEGIN {printf "%.0f", i / n}') per check"
+    [[ "$INSTR" != 1 ]] && callgrind_annotate --inclusive=yes --threshold=99 "$dump" >"$INSTR.$name${tag:-}" 2>/dev/null
+    stop_portcullis
+}
+if [[ -n "${INSTR:-}" ]]; then
+    command -v valgrind >/dev/null || die "INSTR is set but valgrind is missing: apt-get install valgrind"
+    INSTR_CHECKS="${INSTR_CHECKS:-2000}"
+    # As many lines as checks, each a cookie of the rotation.
+    awk -v n=200 '{c[NR] = $0} END {for (i = 0; i < n; i++) print c[i % NR + 1]}' "$work/cookies" >"$work/instr-warmup"
+    awk -v n="$INSTR_CHECKS" '{c[NR] = $0} END {for (i = 0; i < n; i++) print c[i % NR + 1]}' "$work/cookies" >"$work/instr-checks"
+    log "instructions per check under callgrind: $INSTR_CHECKS checks after 200 (INSTR_CASES=$INSTR_CASES)"
+    [[ ",$INSTR_CASES," == *",ceiling,"* ]] && count_instructions ceiling start_ceiling
+    for build in a ${BIN_B:+b} ${ENV_B:+b}; do
+        if [[ $build == a ]]; then BIN="$BIN_A"; tag=""; else BIN="${BIN_B:+$BIN_B/portcullis}"; BIN="${BIN:-$BIN_A}"; tag="@b"; fi
+        [[ ",$INSTR_CASES," == *",max_staleness,"* ]] && count_instructions max_staleness start_portcullis max_staleness
+        [[ ",$INSTR_CASES," == *",every_request,"* ]] \
+            && count_instructions every_request start_portcullis every_request "http://127.0.0.1:$INTRO_PORT/introspect"
+    done
+    BIN="$BIN_A"; tag=""
+fi
+
 # --- report --------------------------------------------------------------------------------------------------
 echo
 echo "Through Envoy ($ENVOY_CONCURRENCY workers), wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $SESSIONS sessions rotated, $(nproc) cores"
@@ -619,6 +673,14 @@ if len(peer) > 1:
     print(f"median over {len(peer)} rounds: portcullis / Apache {spread(cols[0])} x req/s (target >= 2.5);"
           f" the do-nothing ceiling / Apache {spread(cols[1])} x")
 PY
+if [[ ${#instr[@]} -gt 0 ]]; then
+    echo
+    echo "instructions per check (callgrind, the authz server's user space, $INSTR_CHECKS checks after 200 through Envoy, $CONNECTIONS at a time):"
+    base=$(printf '%s\n' "${instr[@]}" | awk -F'|' '$1 == "ceiling" {print $2}')
+    for row in "${instr[@]}"; do
+        awk -F'|' -v n="$INSTR_CHECKS" -v b="${base:-0}" '{printf "  %-21s %9.0f", $1, $2 / n; if (b > 0) printf "  %5.2f x the ceiling", $2 / b; print ""}' <<<"$row"
+    done
+fi
 echo "authz_us: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
 echo "r.rd: reads of client sockets Redis made per request: below 1 when concurrent checks' commands arrive in one write"
 echo "proxy_us: CPU of the proxy per request: Envoy, or for apache all of Apache's processes (its auth included)"
