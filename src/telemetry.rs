@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::config::LogFormat;
 
 mod batch;
+mod json;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_REV: &str = env!("PORTCULLIS_GIT_REV");
@@ -61,7 +62,7 @@ fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::tra
     let fmt = if format == LogFormat::Text {
         fmt.with_filter(logs).boxed()
     } else {
-        fmt.json().flatten_event(true).with_filter(logs).boxed()
+        fmt.json().flatten_event(true).event_format(json::Lines::default()).with_filter(logs).boxed()
     };
     let spans = tracer.map(|t| {
         let only =
