@@ -59,8 +59,9 @@
 #                with callees by function to PREFIX.CASE.callers (B's runs: PREFIX.CASE@b)
 #   INSTR=1|PREFIX  after the rounds, count the instructions per check of the authz server under callgrind
 #                (valgrind): exact where CPU time is noisy, so an A/B of a few percent is visible (with BIN_B
-#                or ENV_B, both builds); INSTR_CASES (default ceiling,max_staleness,every_request), INSTR_CHECKS
-#                (default 2000); with a PREFIX, callgrind_annotate's inclusive tree per case to PREFIX.CASE
+#                or ENV_B, both builds); INSTR_CASES (default ceiling,ceiling-every,max_staleness,every_request),
+#                INSTR_CHECKS (default 2000); with a PREFIX, callgrind_annotate's inclusive tree per case to
+#                PREFIX.CASE
 #   SYSCALLS=1   also count the authz server's syscalls during each timed run (perf's syscall tracepoints,
 #                exact where CPU time is noisy) and log them per request: "round N, CASE: syscalls per
 #                request: writev 0.08 ..."
@@ -80,7 +81,7 @@ MIX="${MIX:-10000}"
 MIX2="${MIX2:-100000}"
 MIX2_STALENESS="${MIX2_STALENESS:-10m}"
 PERF_CASES="${PERF_CASES:-max_staleness}"
-INSTR_CASES="${INSTR_CASES:-ceiling,max_staleness,every_request}"
+INSTR_CASES="${INSTR_CASES:-ceiling,ceiling-every,max_staleness,every_request}"
 ROUNDS="${ROUNDS:-1}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "load: ROUNDS must be a positive number" >&2; exit 1; }
 # What SYSCALLS counts: the socket and wake-up calls of a Check (writes to Envoy and Redis, reads, waits).
@@ -576,13 +577,19 @@ count_instructions() { # name start-command...
     stop_portcullis
 }
 if [[ -n "${INSTR:-}" ]]; then
-    command -v valgrind >/dev/null || die "INSTR is set but valgrind is missing: apt-get install valgrind"
+    if ! command -v callgrind_control >/dev/null; then
+        [[ "$(id -u)" == 0 ]] || die "INSTR is set but valgrind is missing: sudo apt-get install valgrind"
+        log "installing valgrind"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+    fi
     INSTR_CHECKS="${INSTR_CHECKS:-2000}"
     # As many lines as checks, each a cookie of the rotation.
     awk -v n=200 '{c[NR] = $0} END {for (i = 0; i < n; i++) print c[i % NR + 1]}' "$work/cookies" >"$work/instr-warmup"
     awk -v n="$INSTR_CHECKS" '{c[NR] = $0} END {for (i = 0; i < n; i++) print c[i % NR + 1]}' "$work/cookies" >"$work/instr-checks"
     log "instructions per check under callgrind: $INSTR_CHECKS checks after 200 (INSTR_CASES=$INSTR_CASES)"
     [[ ",$INSTR_CASES," == *",ceiling,"* ]] && count_instructions ceiling start_ceiling
+    [[ ",$INSTR_CASES," == *",ceiling-every,"* ]] && count_instructions ceiling-every start_ceiling LOADKIT_WORKERS=1 \
+        CEILING_SHAPE=allow CEILING_REDIS="redis://127.0.0.1:$REDIS_PORT" CEILING_EVERY="http://127.0.0.1:$INTRO_PORT/introspect"
     for build in a ${BIN_B:+b} ${ENV_B:+b}; do
         if [[ $build == a ]]; then BIN="$BIN_A"; tag=""; else BIN="${BIN_B:+$BIN_B/portcullis}"; BIN="${BIN:-$BIN_A}"; tag="@b"; fi
         [[ ",$INSTR_CASES," == *",max_staleness,"* ]] && count_instructions max_staleness start_portcullis max_staleness
@@ -677,8 +684,13 @@ if [[ ${#instr[@]} -gt 0 ]]; then
     echo
     echo "instructions per check (callgrind, the authz server's user space, $INSTR_CHECKS checks after 200 through Envoy, $CONNECTIONS at a time):"
     base=$(printf '%s\n' "${instr[@]}" | awk -F'|' '$1 == "ceiling" {print $2}')
+    floor=$(printf '%s\n' "${instr[@]}" | awk -F'|' '$1 == "ceiling-every" {print $2}')
     for row in "${instr[@]}"; do
-        awk -F'|' -v n="$INSTR_CHECKS" -v b="${base:-0}" '{printf "  %-21s %9.0f", $1, $2 / n; if (b > 0) printf "  %5.2f x the ceiling", $2 / b; print ""}' <<<"$row"
+        awk -F'|' -v n="$INSTR_CHECKS" -v b="${base:-0}" -v f="${floor:-0}" '{
+            printf "  %-21s %9.0f", $1, $2 / n
+            if (b > 0) printf "  %5.2f x the ceiling", $2 / b
+            if (f > 0 && $1 ~ /^every_request/) printf ", %5.2f x its I/O floor (ceiling-every)", $2 / f
+            print ""}' <<<"$row"
     done
 fi
 echo "authz_us: CPU (utime+stime) of the authz server (portcullis or the ceiling) per request; x1000 for CPU per 1,000 checks"
