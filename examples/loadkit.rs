@@ -18,7 +18,9 @@
 //!       on one multiplexed connection; CEILING_EVERY=INTROSPECTION_URL (with CEILING_REDIS) makes the I/O
 //!       an `every_request` Check cannot avoid instead: `HGETALL` of the Check's real session hash, then one
 //!       RFC 7662 POST (bearer-authenticated, a token-sized form) whose JSON reply is parsed: the floor of
-//!       `every_request` without its crypto, verification and decision
+//!       `every_request` without its crypto, verification and decision; CEILING_IO=coalesced serves through
+//!       portcullis's own gRPC transport (`server::grpc_io`: Nagle off, one batch of answers in one write)
+//!       instead of tonic's default one
 //!   loadkit introspect PORT
 //!       a fast RFC 7662 introspection responder on 127.0.0.1:PORT answering every POST `{"active":true,...}`,
 //!       so `every_request` is measured without the node IdP's own speed
@@ -263,11 +265,15 @@ async fn ceiling(port: u16) {
     let client = std::env::var("CEILING_EVERY_CLIENT").unwrap_or_default();
     let every =
         std::env::var("CEILING_EVERY").ok().map(|url| (url.parse().expect("CEILING_EVERY"), Http::new(&url, &client)));
-    tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Ceiling { shape, redis, every }))
-        .serve(([127, 0, 0, 1], port).into())
-        .await
-        .expect("ceiling gRPC server");
+    let server =
+        tonic::transport::Server::builder().add_service(AuthorizationServer::new(Ceiling { shape, redis, every }));
+    let served = if std::env::var("CEILING_IO").as_deref() == Ok("coalesced") {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind ceiling");
+        server.serve_with_incoming(portcullis::server::grpc_io::incoming(listener)).await
+    } else {
+        server.serve(([127, 0, 0, 1], port).into()).await
+    };
+    served.expect("ceiling gRPC server");
 }
 
 async fn introspect(port: u16) {

@@ -37,9 +37,13 @@
 #                cookies, answered with no part or one part of that shape: what each costs Envoy),
 #                ceiling-redis (one HMGET per Check), ceiling-both, ceiling-both-1w, ceiling-every-hyper (as
 #                ceiling-every, below, on hyper-util's client without reqwest's layers)
-#                ceiling-every (in the default): on one thread, as portcullis, an allow's headers, HGETALL of the
-#                Check's session and one introspection at the every_request responder per Check: the I/O
-#                every_request cannot avoid, its floor; the report divides every_request by it
+#                ceiling-coalesced (a diagnostic): the ceiling served through portcullis's own gRPC transport
+#                (`server::grpc_io`: one batch of answers in one write) instead of tonic's default; the report
+#                also divides the portcullis cases by it (2026-12-07: no difference from the ceiling)
+#                ceiling-every (in the default): on one thread and portcullis's transport, as portcullis, an
+#                allow's headers, HGETALL of the Check's session and one introspection at the every_request
+#                responder per Check: the I/O every_request cannot avoid, its floor; the report divides
+#                every_request by it
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
@@ -59,9 +63,9 @@
 #                with callees by function to PREFIX.CASE.callers (B's runs: PREFIX.CASE@b)
 #   INSTR=1|PREFIX  after the rounds, count the instructions per check of the authz server under callgrind
 #                (valgrind): exact where CPU time is noisy, so an A/B of a few percent is visible (with BIN_B
-#                or ENV_B, both builds); INSTR_CASES (default ceiling,ceiling-every,max_staleness,every_request),
-#                INSTR_CHECKS (default 2000); with a PREFIX, callgrind_annotate's inclusive tree per case to
-#                PREFIX.CASE
+#                or ENV_B, both builds); INSTR_CASES (default ceiling,ceiling-every,max_staleness,every_request;
+#                also ceiling-coalesced), INSTR_CHECKS (default 2000); with a PREFIX, callgrind_annotate's
+#                inclusive tree per case to PREFIX.CASE
 #   SYSCALLS=1   also count the authz server's syscalls during each timed run (perf's syscall tracepoints,
 #                exact where CPU time is noisy) and log them per request: "round N, CASE: syscalls per
 #                request: writev 0.08 ..."
@@ -510,14 +514,15 @@ one_round() {
     # Diagnostics, not in the default CASES: the ceiling plus one part of a real allow, with the cookies of
     # the max_staleness case, to split what an allow costs Envoy and the authz server beyond the ceiling.
     local variant
-    for variant in "ceiling-1w LOADKIT_WORKERS=1" "ceiling-shaped CEILING_SHAPE=allow" \
+    for variant in "ceiling-coalesced CEILING_IO=coalesced" \
+        "ceiling-1w LOADKIT_WORKERS=1" "ceiling-shaped CEILING_SHAPE=allow" \
         "ceiling-cookie CEILING_SHAPE=none" "ceiling-set CEILING_SHAPE=set" "ceiling-remove CEILING_SHAPE=remove" \
         "ceiling-response CEILING_SHAPE=response" \
         "ceiling-redis CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both-1w LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
-        "ceiling-every LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect" \
-        "ceiling-every-hyper LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect CEILING_EVERY_CLIENT=hyper"; do
+        "ceiling-every LOADKIT_WORKERS=1 CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect" \
+        "ceiling-every-hyper LOADKIT_WORKERS=1 CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect CEILING_EVERY_CLIENT=hyper"; do
         read -r -a variant <<<"$variant"
         want_case "${variant[0]}" || continue
         log "${variant[0]}: loadkit ceiling with ${variant[*]:1}"
@@ -588,8 +593,9 @@ if [[ -n "${INSTR:-}" ]]; then
     awk -v n="$INSTR_CHECKS" '{c[NR] = $0} END {for (i = 0; i < n; i++) print c[i % NR + 1]}' "$work/cookies" >"$work/instr-checks"
     log "instructions per check under callgrind: $INSTR_CHECKS checks after 200 (INSTR_CASES=$INSTR_CASES)"
     [[ ",$INSTR_CASES," == *",ceiling,"* ]] && count_instructions ceiling start_ceiling
+    [[ ",$INSTR_CASES," == *",ceiling-coalesced,"* ]] && count_instructions ceiling-coalesced start_ceiling CEILING_IO=coalesced
     [[ ",$INSTR_CASES," == *",ceiling-every,"* ]] && count_instructions ceiling-every start_ceiling LOADKIT_WORKERS=1 \
-        CEILING_SHAPE=allow CEILING_REDIS="redis://127.0.0.1:$REDIS_PORT" CEILING_EVERY="http://127.0.0.1:$INTRO_PORT/introspect"
+        CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS="redis://127.0.0.1:$REDIS_PORT" CEILING_EVERY="http://127.0.0.1:$INTRO_PORT/introspect"
     for build in a ${BIN_B:+b} ${ENV_B:+b}; do
         if [[ $build == a ]]; then BIN="$BIN_A"; tag=""; else BIN="${BIN_B:+$BIN_B/portcullis}"; BIN="${BIN:-$BIN_A}"; tag="@b"; fi
         [[ ",$INSTR_CASES," == *",max_staleness,"* ]] && count_instructions max_staleness start_portcullis max_staleness
@@ -675,6 +681,16 @@ if floor:
     cols = list(zip(*floor))
     print(f"every_request / its I/O floor (ceiling-every), over {len(floor)} rounds: req/s {spread(cols[0])} x,"
           f" authz CPU per check {spread(cols[1])} x")
+# Against the ceiling served through portcullis's own transport (ceiling-coalesced): what portcullis's ratio owes
+# to its transport rather than to doing less.
+co = {}
+for r in rows:
+    c = ref(r, "ceiling-coalesced", "rps")
+    if c and r["name"] in ("ceiling", "max_staleness", "max_staleness-10k", "every_request", "ceiling-every"):
+        co.setdefault(r["name"], []).append(ratio(r["rps"], c))
+if co:
+    print("req/s against ceiling-coalesced (the ceiling on portcullis's gRPC transport), median [min..max]: "
+          + ", ".join(f"{k} {spread(v)}" for k, v in co.items()))
 if len(peer) > 1:
     cols = list(zip(*peer))
     print(f"median over {len(peer)} rounds: portcullis / Apache {spread(cols[0])} x req/s (target >= 2.5);"

@@ -25,7 +25,8 @@ use crate::providers::{M2mChoice, Providers};
 use crate::session::SessionStore;
 use crate::store::Redis;
 
-mod grpc_io;
+/// Public for the load kit's ceiling (`examples/loadkit.rs`), which can serve through the same transport.
+pub mod grpc_io;
 
 /// How often gRPC health follows Redis reachability.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
