@@ -615,7 +615,7 @@ if [[ -n "${rss_100k:-}" ]]; then
 fi
 printf '%s\n' "${results[@]}" >"$work/results"
 # Each round's rows against that round's baseline and ceiling; with ROUNDS > 1, the median of every ratio.
-python3 - "$work/results" "$ROUNDS" <<'PY'
+python3 - "$work/results" "$ROUNDS" "${rss_100k:+$((rss_100k / 1024))}" <<'PY'
 import statistics, sys
 keys = "round name want rps p50 p99 other reqs idp rb ra rcmd rcpu pcpu xcpu load rrd icpu".split()
 rows = [dict(zip(keys, l.rstrip("\n").split("|"))) for l in open(sys.argv[1]) if l.strip()]
@@ -695,6 +695,31 @@ if len(peer) > 1:
     cols = list(zip(*peer))
     print(f"median over {len(peer)} rounds: portcullis / Apache {spread(cols[0])} x req/s (target >= 2.5);"
           f" the do-nothing ceiling / Apache {spread(cols[1])} x")
+# Issue 11's targets, judged on the medians over the rounds (those whose cases ran).
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+def col(name, i):
+    return med([v[i] for v in per.get(name, [])])
+def p99_over(name, base):
+    return med([ratio(r["p99"], ref(r, base, "p99")) for r in rows if r["name"] == name])
+targets = [
+    ("max_staleness req/s >= 0.85 x the ceiling's", col("max_staleness", 0), ">=", 0.85),
+    ("max_staleness p99 <= 1.3 x the ceiling's", col("max_staleness", 1), "<=", 1.3),
+    ("portcullis CPU per check (max_staleness) <= 1.5 x the ceiling's", col("max_staleness", 2), "<=", 1.5),
+    ("portcullis (max_staleness) >= 2.5 x Apache + mod_auth_openidc req/s", med([p[0] for p in peer]), ">=", 2.5),
+    ("every_request req/s >= 0.6 x the ceiling's", col("every_request", 0), ">=", 0.6),
+    ("Redis CPU per check (max_staleness) <= 10 us", col("max_staleness", 4), "<=", 10),
+    ("Redis commands per check (max_staleness) <= 1", col("max_staleness", 5), "<=", 1),
+    ("breaker_open p99 <= 2 x deny-no-cookie's", p99_over("breaker_open", "deny-no-cookie"), "<=", 2),
+    ("deny-unknown-session p99 <= 2 x deny-no-cookie's", p99_over("deny-unknown-session", "deny-no-cookie"), "<=", 2),
+    ("RSS with the max_staleness-100k mix seen <= 64 MiB", num(sys.argv[3]) if len(sys.argv) > 3 else None, "<=", 64),
+]
+judged = [(label, v, v >= limit if op == ">=" else v <= limit) for label, v, op, limit in targets if v is not None]
+if judged:
+    print("\nissue 11's targets, on the medians over the rounds:")
+    for label, v, ok in judged:
+        print(f"  {'met    ' if ok else 'NOT MET'}  {label}: {v:.2f}")
 PY
 if [[ ${#instr[@]} -gt 0 ]]; then
     echo
