@@ -211,8 +211,7 @@ mod tests {
             Box::new(tracing_subscriber::registry().with(layer.with_timer(Fixed)))
         };
         tracing::subscriber::with_default(subscriber, events);
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        out
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
     }
 
     #[test]
