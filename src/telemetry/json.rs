@@ -211,7 +211,8 @@ mod tests {
             Box::new(tracing_subscriber::registry().with(layer.with_timer(Fixed)))
         };
         tracing::subscriber::with_default(subscriber, events);
-        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
     }
 
     #[test]
