@@ -22,7 +22,7 @@ type HmacSha256 = Hmac<Sha256>;
 const NONCE_LEN: usize = 12;
 const PREFIX: &str = "v1";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CryptoError {
     #[error("key entry {0}: expected `<kid>:<base64 of 32 bytes>`")]
     BadKey(usize),

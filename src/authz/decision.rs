@@ -48,7 +48,7 @@ pub struct Allowed {
 /// A session that passed every check, with what the delegation may need.
 struct Passed {
     identity: Identity,
-    /// The tokens in the clear, when the check opened them (not on a `max_staleness` hit).
+    /// The tokens in the clear when the check refreshed them; otherwise they stay sealed in the session.
     tokens: Option<Tokens>,
     /// The check refreshed the tokens: the loaded session no longer shows what Redis holds.
     refreshed: bool,
@@ -268,7 +268,7 @@ impl Authorizer {
             tracing::info!(provider = v.provider(), error = %e, "bearer token refused");
             match e {
                 IdpError::Unavailable(_) => Deny::IdpUnavailable,
-                IdpError::Revoked(_) | IdpError::Invalid(_) => Deny::BearerInvalid,
+                IdpError::Revoked(_) | IdpError::Invalid(_) | IdpError::Sealed(_) => Deny::BearerInvalid,
             }
         })?;
         *who = Some(Who { user_id: p.identity.user_id.clone(), provider: v.provider().to_string() });
@@ -348,13 +348,11 @@ impl Authorizer {
             // The IdP call would be refused: no decrypt, no key lookup, no M2M token for a 503.
             return Err(Deny::IdpUnavailable);
         }
-        let tokens = self.store.decrypt(s).map_err(|e| {
-            tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
-            crypto_deny(e)
-        })?;
+        // Only the ID token, which every validator verifies; the others are opened where they are used.
+        let id_token = self.store.open_id_token(s).map_err(|e| sealed_deny(s, e))?;
         let span =
             tracing::info_span!("portcullis.revalidate", provider = %s.provider, outcome = tracing::field::Empty);
-        let validated = validator.validate(s, &tokens, now).instrument(span.clone()).await;
+        let validated = validator.validate(s, &id_token, now).instrument(span.clone()).await;
         span.record(
             "outcome",
             match &validated {
@@ -362,19 +360,21 @@ impl Authorizer {
                 Err(IdpError::Revoked(_)) => "revoked",
                 Err(IdpError::Invalid(_)) => "invalid",
                 Err(IdpError::Unavailable(_)) => "unavailable",
+                Err(IdpError::Sealed(_)) => "sealed",
             },
         );
         match validated {
             Ok(v) => {
                 let refreshed = v.refreshed.is_some();
-                Ok(Passed { identity: v.identity, tokens: Some(v.refreshed.unwrap_or(tokens)), refreshed })
+                Ok(Passed { identity: v.identity, tokens: v.refreshed, refreshed })
             }
+            Err(IdpError::Sealed(e)) => Err(sealed_deny(s, e)),
             Err(e) => {
                 tracing::info!(session = cookie::short(&s.id), provider = %s.provider, error = %e, "revalidation failed");
                 Err(match e {
                     IdpError::Revoked(_) => Deny::Revoked,
                     IdpError::Invalid(_) => Deny::InvalidToken,
-                    IdpError::Unavailable(_) => Deny::IdpUnavailable,
+                    IdpError::Unavailable(_) | IdpError::Sealed(_) => Deny::IdpUnavailable,
                 })
             }
         }
@@ -387,6 +387,12 @@ impl Authorizer {
             Err(e) => tracing::warn!(session = cookie::short(&s.id), error = %e, "could not delete failed session"),
         }
     }
+}
+
+/// A stored token that does not open, logged.
+fn sealed_deny(s: &Session, e: CryptoError) -> Deny {
+    tracing::warn!(session = cookie::short(&s.id), error = %e, "session tokens do not decrypt");
+    crypto_deny(e)
 }
 
 /// A key this replica lacks is ours to fix (503, session kept); anything else is tampering.

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::{Identity, IdpError, Validated, Validator};
 use crate::config::{RevalidationConfig, RevalidationMode};
-use crate::session::{Session, Tokens};
+use crate::session::Session;
 
 /// Most sessions remembered in `max_staleness` mode.
 const MAX_CACHED: usize = 100_000;
@@ -147,9 +147,10 @@ impl Validator for Coalescing {
 
     /// One call per session id at a time; latecomers await the same result. A success is remembered by
     /// the call itself, once, even if every check waiting for it has gone.
-    async fn validate(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
+    async fn validate(&self, s: &Session, id_token: &str, now: i64) -> Result<Validated, IdpError> {
         let make = || {
-            let (inner, s, t, remembered) = (self.inner.clone(), s.clone(), tokens.clone(), self.remembered.clone());
+            let (inner, s, t, remembered) =
+                (self.inner.clone(), s.clone(), id_token.to_string(), self.remembered.clone());
             async move {
                 let r = inner.validate(&s, &t, now).await;
                 if let (Some(m), Ok(v)) = (&remembered, &r) {

@@ -11,7 +11,7 @@ use super::id_token::IdToken;
 use super::provider::Provider;
 use super::transport::{Kind, Reply};
 use super::{refresh, IdpError, Validated, Validator};
-use crate::session::{Session, Tokens};
+use crate::session::Session;
 
 const USER_CLAIM: &str = "oid";
 
@@ -79,10 +79,10 @@ impl EntraValidator {
 
 #[async_trait::async_trait]
 impl Validator for EntraValidator {
-    async fn validate(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
-        let id = self.p.verify_id_token(&tokens.id_token).await?;
+    async fn validate(&self, s: &Session, id_token: &str, now: i64) -> Result<Validated, IdpError> {
+        let id = self.p.verify_id_token(id_token).await?;
         self.check_token(&id, s)?;
-        let (id, refreshed) = if id.expired(now) && tokens.refresh_token.is_some() {
+        let (id, refreshed) = if id.expired(now) && s.refresh_token.is_some() {
             let r = refresh::refresh(&self.p, s, now, USER_CLAIM).await?;
             self.check_token(&r.id_token, s)?;
             (r.id_token, Some(r.tokens))

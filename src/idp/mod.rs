@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::crypto::CryptoError;
 use crate::session::{Session, Tokens};
 
 pub mod bearer;
@@ -58,12 +59,19 @@ pub enum IdpError {
     /// The IdP could not answer: down, timed out, circuit open, nonsense reply, M2M token unavailable.
     #[error("idp unavailable: {0}")]
     Unavailable(String),
+    /// A stored token the validator opened did not open: tampered (401, deleted) or sealed under a key this
+    /// replica lacks (503, kept), as when the check opens one.
+    #[error("stored token: {0}")]
+    Sealed(#[from] CryptoError),
 }
 
 /// Revalidates a session with its provider.
 #[async_trait::async_trait]
 pub trait Validator: Send + Sync {
-    async fn validate(&self, session: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError>;
+    /// `id_token`: the session's ID token, opened by the check (every provider verifies it). The other
+    /// tokens stay sealed in `session` until the validator needs one: the access token for introspection
+    /// ([`crate::session::SessionStore::open_access_token`]), the refresh token inside a refresh.
+    async fn validate(&self, session: &Session, id_token: &str, now: i64) -> Result<Validated, IdpError>;
 
     /// The identity of a success still good for this session id without asking anyone (`max_staleness`):
     /// the Check path then reads only the session's small fields and never opens its tokens. Most

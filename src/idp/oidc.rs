@@ -10,7 +10,7 @@ use super::provider::Provider;
 use super::transport::{Kind, Reply};
 use super::{refresh, IdpError, Validated, Validator};
 use crate::config::{ClientAuth, IntrospectionAuth};
-use crate::session::{Session, Tokens};
+use crate::session::Session;
 
 /// The claim that must equal the session's `userId`.
 const USER_CLAIM: &str = "sub";
@@ -36,18 +36,18 @@ impl OidcValidator {
 
 #[async_trait::async_trait]
 impl Validator for OidcValidator {
-    async fn validate(&self, s: &Session, tokens: &Tokens, now: i64) -> Result<Validated, IdpError> {
-        let id = self.p.verify_id_token(&tokens.id_token).await?;
+    async fn validate(&self, s: &Session, id_token: &str, now: i64) -> Result<Validated, IdpError> {
+        let id = self.p.verify_id_token(id_token).await?;
         if id.text(USER_CLAIM) != Some(s.user_id.as_str()) {
             return Err(IdpError::Invalid("id token names another user".into()));
         }
-        let can_refresh = tokens.refresh_token.is_some();
+        let can_refresh = s.refresh_token.is_some();
         if id.expired(now) && can_refresh {
             return self.refreshed(s, now).await;
         }
         // Without a refresh token an expired ID token is still the IdP's word on who the user is;
         // whether the session lives is introspection's answer.
-        let intro = self.introspect(&tokens.access_token).await?;
+        let intro = self.introspect(&self.p.store.open_access_token(s)?).await?;
         if intro.get("active").and_then(Value::as_bool) == Some(true) {
             let identity = self.p.claims.identity_from(&s.user_id, &[&id.claims, &intro]);
             return Ok(Validated { identity, refreshed: None });

@@ -87,7 +87,8 @@ async fn adopt(p: &Provider, seen: &Session, user_claim: &str) -> Result<Option<
     if current.id_token == seen.id_token && current.access_token == seen.access_token {
         return Ok(None);
     }
-    let tokens = p.store.decrypt(&current).map_err(|e| IdpError::Invalid(format!("refreshed tokens: {e}")))?;
+    // Sealed by another replica, maybe under a key this one does not have yet: 503, not a deleted session.
+    let tokens = p.store.decrypt(&current)?;
     let id_token = verify_for(p, &tokens.id_token, seen, user_claim).await?;
     Ok(Some(Refreshed { tokens, id_token }))
 }
@@ -101,7 +102,7 @@ async fn lead(p: &Provider, seen: &Session, now: i64, user_claim: &str) -> Resul
     if let Some(r) = adopt(p, seen, user_claim).await? {
         return Ok(r);
     }
-    let tokens = p.store.decrypt(seen).map_err(|e| IdpError::Invalid(format!("stored tokens: {e}")))?;
+    let tokens = p.store.decrypt(seen)?;
     let Some(refresh_token) = tokens.refresh_token.clone() else {
         return Err(IdpError::Revoked("no refresh token".into()));
     };

@@ -90,8 +90,8 @@ async fn end_session_url(s: &LoginState, session: &Session) -> Option<String> {
     let mut url = url::Url::parse(&provider.end_session_endpoint().await?).ok()?;
     {
         let mut q = url.query_pairs_mut();
-        if let Ok(tokens) = s.store.decrypt(session) {
-            q.append_pair("id_token_hint", &tokens.id_token);
+        if let Ok(id_token) = s.store.open_id_token(session) {
+            q.append_pair("id_token_hint", &id_token);
         }
         q.append_pair("client_id", &provider.client_id);
         if let Some(p) = &s.login.post_logout_redirect_uri {

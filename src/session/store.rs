@@ -247,6 +247,7 @@ impl SessionStore {
     }
 
     /// Opens the stored tokens. Any failure means tampering or a lost key: the caller denies and deletes.
+    /// A Check opens only what its validator uses: [`Self::open_id_token`], [`Self::open_access_token`].
     pub fn decrypt(&self, s: &Session) -> Result<Tokens, CryptoError> {
         let keys = self.keys.load();
         Ok(Tokens {
@@ -257,6 +258,16 @@ impl SessionStore {
                 None => None,
             },
         })
+    }
+
+    /// Opens the stored ID token alone (every validator verifies it).
+    pub fn open_id_token(&self, s: &Session) -> Result<String, CryptoError> {
+        self.keys.load().decrypt(&s.id, field::ID_TOKEN, &s.id_token)
+    }
+
+    /// Opens the stored access token alone (introspection needs it; Graph does not).
+    pub fn open_access_token(&self, s: &Session) -> Result<String, CryptoError> {
+        self.keys.load().decrypt(&s.id, field::ACCESS_TOKEN, &s.access_token)
     }
 
     /// Replaces the tokens after a refresh (last write wins). Returns false if the session is gone.

@@ -146,6 +146,42 @@ async fn expired_id_token_is_refreshed_and_the_session_updated() {
     e.app.shutdown().await;
 }
 
+/// A Check opens only the tokens its validator uses: the refresh token stays sealed until a refresh needs it,
+/// and a tampered one is found then (401, deleted, never sent to the IdP). A tampered access token is found
+/// by the introspection that needs it, before any IdP call.
+#[tokio::test]
+async fn a_stored_token_is_opened_only_when_the_check_uses_it() {
+    let e = setup("corp", "ping", "", "").await;
+    let tokens = e.idp.login("alice").await;
+    let at = tokens.access_token.clone();
+    let (cookie, s) = plant(&e.app, "corp", "alice", tokens).await;
+    // Another field's valid ciphertext: its AEAD binds it to `idToken`, so as a refresh token it cannot open.
+    let sealed_id = session_field(&e.redis, &s, "idToken").expect("idToken");
+    let key = format!("session:{}", s.id);
+    redis::cmd("HSET").arg(&key).arg("refreshToken").arg(&sealed_id).query::<()>(&mut e.redis.conn()).unwrap();
+
+    let r = check(&e.app, &cookie).await;
+    assert_eq!(r.status(), 200, "the refresh token is not needed while the access token is active: {r:?}");
+    assert_eq!(e.idp.count(INTROSPECTION).await, 1);
+
+    e.idp.revoke(&at).await;
+    let r = check(&e.app, &cookie).await;
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert_eq!(r.0.status.as_ref().map(|s| s.message.as_str()), Some("tampered"));
+    assert!(!e.redis.exists(&key), "a session whose refresh token does not open is deleted");
+    assert_eq!(e.idp.count(INTROSPECTION).await, 2);
+    assert_eq!(e.idp.count(REFRESH).await, 0, "nothing was sent to the token endpoint");
+
+    let (cookie, s) = plant(&e.app, "corp", "alice", e.idp.login("alice").await).await;
+    let key = format!("session:{}", s.id);
+    redis::cmd("HSET").arg(&key).arg("accessToken").arg(&sealed_id).query::<()>(&mut e.redis.conn()).unwrap();
+    let r = check(&e.app, &cookie).await;
+    assert_eq!(r.0.status.as_ref().map(|s| s.message.as_str()), Some("tampered"), "{r:?}");
+    assert!(!e.redis.exists(&key));
+    assert_eq!(e.idp.count(INTROSPECTION).await, 2, "a tampered access token is never introspected");
+    e.app.shutdown().await;
+}
+
 #[tokio::test]
 async fn twenty_concurrent_checks_on_two_instances_refresh_once() {
     let e = setup("corp", "ping", "", "").await;
@@ -464,11 +500,20 @@ async fn entra_revalidates_with_graph() {
     graph_user(&graph, "oid-dave", json!({"error": {"code": "Request_ResourceNotFound"}}), 404).await;
 
     // The user id is `oid`, not `sub`.
-    let (cookie, _) = plant(&e.app, "entra", "oid-carol", e.idp.login("carol").await).await;
+    let (cookie, s) = plant(&e.app, "entra", "oid-carol", e.idp.login("carol").await).await;
     let r = check(&e.app, &cookie).await;
     assert_eq!(r.status(), 200, "{r:?}");
     assert_eq!(r.header("x-auth-user-id").as_deref(), Some("oid-carol"));
     assert_eq!(r.header("x-auth-email").as_deref(), Some("carol@example.com"));
+    // Graph is asked about the user, not the user's access token: the check leaves it sealed.
+    let key = format!("session:{}", s.id);
+    redis::cmd("HSET").arg(&key).arg("accessToken").arg("v1.gone.AAAA").query::<()>(&mut e.redis.conn()).unwrap();
+    assert_eq!(check(&e.app, &cookie).await.status(), 200, "the access token was not opened");
+    // The ID token is opened on every check: the same edit there is refused.
+    redis::cmd("HSET").arg(&key).arg("idToken").arg("v1.gone.AAAA").query::<()>(&mut e.redis.conn()).unwrap();
+    let r = check(&e.app, &cookie).await;
+    assert_eq!(r.status(), 503, "a token sealed under a key this replica lacks: {r:?}");
+    assert_eq!(r.0.status.as_ref().map(|s| s.message.as_str()), Some("unknown_key"));
 
     for (user, why) in
         [("alice", "accountEnabled:false"), ("bob", "sessions revoked after login"), ("dave", "user gone")]
