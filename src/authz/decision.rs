@@ -1,5 +1,9 @@
 //! The decision itself: plain code over a [`CheckInput`] and `now`. Every way to fail is a [`Deny`];
 //! a session that fails a check is deleted before the deny goes out.
+//!
+//! The rare paths (bearer tokens, delegation, the assertion, the slide, deleting a session) are awaited
+//! boxed: an async fn's future is as large as its largest path, and every Check's future is built and
+//! moved into its box whole, so the common check would otherwise carry and copy their state too.
 
 use std::sync::Arc;
 
@@ -110,7 +114,7 @@ impl Authorizer {
     pub(crate) async fn assert(&self, mut a: Allowed, input: &CheckInput<'_>, now: i64) -> Result<Allowed, Deny> {
         if let Some(asserter) = &self.asserter {
             let aud = asserter.audience(input.extension(crate::assertion::AUDIENCE));
-            match asserter.assertion(&a, aud, now).await {
+            match Box::pin(asserter.assertion(&a, aud, now)).await {
                 Ok(t) => a.assertion = Some(t),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot sign the identity assertion");
@@ -141,7 +145,7 @@ impl Authorizer {
         let Some(value) = cookie::find(cookies, &self.session.cookie_name) else {
             return match (input.bearer_token(), &self.bearer) {
                 (Some(token), Some(v)) if input.bearer_allowed(self.bearer_everywhere) => {
-                    self.decide_bearer(v, token, input, now, who).await
+                    Box::pin(self.decide_bearer(v, token, input, now, who)).await
                 }
                 _ => Err(Deny::NoCookie),
             };
@@ -169,7 +173,7 @@ impl Authorizer {
             Ok(passed) => {
                 if self.store.slide_due(&session, now) {
                     // The rare second call; a session that could not slide is still valid for this request.
-                    if let Err(e) = self.store.slide(&session, now).await {
+                    if let Err(e) = Box::pin(self.store.slide(&session, now)).await {
                         tracing::warn!(session = cookie::short(&id), error = %e, "could not slide the idle expiry");
                     }
                 }
@@ -182,7 +186,7 @@ impl Authorizer {
                 }
                 let delegated = match input.extension(crate::delegate::DELEGATE) {
                     None => None,
-                    Some(target) => Some(self.delegate(&session, &passed, target, now).await?),
+                    Some(target) => Some(Box::pin(self.delegate(&session, &passed, target, now)).await?),
                 };
                 Ok(Allowed {
                     identity: passed.identity,
@@ -195,7 +199,7 @@ impl Authorizer {
             }
             Err(deny) => {
                 if deny.clears_cookie() {
-                    self.end(&session, deny).await;
+                    Box::pin(self.end(&session, deny)).await;
                 }
                 Err(deny)
             }
@@ -214,7 +218,7 @@ impl Authorizer {
             Err(LoadError::Store(_)) => Err(Deny::RedisUnavailable),
             Err(LoadError::Corrupt(e)) => {
                 tracing::warn!(session = cookie::short(id), error = %e, "corrupt session in redis");
-                if let Err(e) = self.store.delete_id(id).await {
+                if let Err(e) = Box::pin(self.store.delete_id(id)).await {
                     tracing::warn!(session = cookie::short(id), error = %e, "could not delete corrupt session");
                 }
                 Err(Deny::Corrupt)
@@ -249,7 +253,7 @@ impl Authorizer {
             DelegationError::UnknownProvider(_) => Deny::UnknownProvider,
         };
         if deny.clears_cookie() {
-            self.end(s, deny).await;
+            Box::pin(self.end(s, deny)).await;
         }
         Err(deny)
     }
