@@ -255,7 +255,8 @@ impl Redis {
     /// `Value::Map`).
     pub async fn query_cached(&self, key: &str, cmd: &Cmd) -> Result<Value, StoreError> {
         let Some(cached) = &self.inner.cached else { return self.query(cmd).await };
-        self.observed(cached.read(key.as_bytes(), cmd)).await
+        // Boxed: off by default, and every check's future would carry its state.
+        Box::pin(self.observed(cached.read(key.as_bytes(), cmd))).await
     }
 
     /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.

@@ -83,7 +83,7 @@ impl Validator for EntraValidator {
         let id = self.p.verify_id_token(id_token).await?;
         self.check_token(&id, s)?;
         let (id, refreshed) = if id.expired(now) && s.refresh_token.is_some() {
-            let r = refresh::refresh(&self.p, s, now, USER_CLAIM).await?;
+            let r = Box::pin(refresh::refresh(&self.p, s, now, USER_CLAIM)).await?;
             self.check_token(&r.id_token, s)?;
             (r.id_token, Some(r.tokens))
         } else {

@@ -28,8 +28,9 @@ impl OidcValidator {
         introspect(&self.p, token).await
     }
 
+    /// Boxed where it is awaited: a refresh is rare, and every revalidation's future would carry its state.
     async fn refreshed(&self, s: &Session, now: i64) -> Result<Validated, IdpError> {
-        let r = refresh::refresh(&self.p, s, now, USER_CLAIM).await?;
+        let r = Box::pin(refresh::refresh(&self.p, s, now, USER_CLAIM)).await?;
         Ok(Validated { identity: self.p.claims.identity(&s.user_id, &r.id_token.claims), refreshed: Some(r.tokens) })
     }
 }

@@ -75,7 +75,8 @@ impl Provider {
             return Ok(t);
         }
         let expect = Expect { issuer: &self.issuer, audience: &self.cfg.client_id };
-        let t = Arc::new(id_token::verify(token, &expect, &self.jwks, &self.http, &self.discovery).await?);
+        // Boxed: the first sight of a token (keys may be fetched) is rare; the check's future stays small.
+        let t = Arc::new(Box::pin(id_token::verify(token, &expect, &self.jwks, &self.http, &self.discovery)).await?);
         if let Some(keys) = keys {
             self.verified.insert(digest, t.clone(), keys, crate::now()).await;
         }
