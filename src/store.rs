@@ -172,25 +172,37 @@ impl Redis {
                 let i = next.fetch_add(1, Ordering::Relaxed) % conns.len();
                 Ok(Conn::Standalone(conns[i].clone()))
             }
-            Backend::Cluster { client, conn } => {
-                let c = conn.get_or_try_init(|| client.get_async_connection()).await?;
-                Ok(Conn::Cluster(c.clone()))
-            }
+            // Connecting is rare and its future large: boxed, so every command's future does not carry it.
+            Backend::Cluster { client, conn } => match conn.get() {
+                Some(c) => Ok(Conn::Cluster(c.clone())),
+                None => {
+                    Ok(Conn::Cluster(Box::pin(conn.get_or_try_init(|| client.get_async_connection())).await?.clone()))
+                }
+            },
             Backend::Sentinel { sentinel, master, config } => {
                 if let Some(m) = master.read().await.as_ref() {
                     return Ok(Conn::Standalone(m.clone()));
                 }
-                let mut slot = master.write().await;
-                if let Some(m) = slot.as_ref() {
-                    return Ok(Conn::Standalone(m.clone()));
-                }
-                let client = sentinel.lock().await.async_get_client().await?;
-                let m = ConnectionManager::new_with_config(client, config.clone()).await?;
-                *slot = Some(m.clone());
-                tracing::info!("redis master resolved through sentinel");
-                Ok(Conn::Standalone(m))
+                Box::pin(Self::resolve_master(sentinel, master, config)).await
             }
         }
+    }
+
+    /// Asks Sentinel for the master and connects to it, once for every caller waiting meanwhile.
+    async fn resolve_master(
+        sentinel: &tokio::sync::Mutex<SentinelClient>,
+        master: &tokio::sync::RwLock<Option<ConnectionManager>>,
+        config: &ConnectionManagerConfig,
+    ) -> Result<Conn, StoreError> {
+        let mut slot = master.write().await;
+        if let Some(m) = slot.as_ref() {
+            return Ok(Conn::Standalone(m.clone()));
+        }
+        let client = sentinel.lock().await.async_get_client().await?;
+        let m = ConnectionManager::new_with_config(client, config.clone()).await?;
+        *slot = Some(m.clone());
+        tracing::info!("redis master resolved through sentinel");
+        Ok(Conn::Standalone(m))
     }
 
     /// After a failed call in Sentinel mode, forget the master unless the error was the command's own.
