@@ -18,7 +18,9 @@
 //!       on one multiplexed connection; CEILING_EVERY=INTROSPECTION_URL (with CEILING_REDIS) makes the I/O
 //!       an `every_request` Check cannot avoid instead: `HGETALL` of the Check's real session hash, then one
 //!       RFC 7662 POST (bearer-authenticated, a token-sized form) whose JSON reply is parsed: the floor of
-//!       `every_request` without its crypto, verification and decision; CEILING_IO=coalesced serves through
+//!       `every_request` without its crypto, verification and decision; CEILING_SESSION=1 (with CEILING_REDIS)
+//!       reads what a cached `max_staleness` Check reads instead: `HMGET` of the Check's real session hash,
+//!       the fields without the tokens (the floor of `max_staleness`); CEILING_IO=coalesced serves through
 //!       portcullis's own gRPC transport (`server::grpc_io`: Nagle off, one batch of answers in one write)
 //!       instead of tonic's default one
 //!   loadkit introspect PORT
@@ -106,6 +108,8 @@ struct Ceiling {
     redis: Option<redis::aio::MultiplexedConnection>,
     /// `CEILING_EVERY`: the introspection endpoint, and the client every call shares.
     every: Option<(reqwest::Url, Http)>,
+    /// `CEILING_SESSION=1`: read the Check's own session as a cached check does.
+    session: bool,
 }
 
 /// The introspection's client: reqwest, as portcullis, or (`CEILING_EVERY_CLIENT=hyper`) hyper-util's own
@@ -175,9 +179,22 @@ impl Authorization for Ceiling {
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let cookie = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref());
         let cookie = cookie.and_then(|r| r.http.as_ref()).and_then(|h| h.headers.get("cookie"));
-        if let (Some(mut redis), Some((url, http))) = (self.redis.clone(), &self.every) {
+        let session_key = || {
             let value = cookie.and_then(|c| portcullis::session::cookie::find(c, "GATEWAY_SESSION")).unwrap_or("");
-            let key = portcullis::keys::session(&portcullis::session::cookie::session_id(value));
+            portcullis::keys::session(&portcullis::session::cookie::session_id(value))
+        };
+        if let (Some(mut redis), true) = (self.redis.clone(), self.session) {
+            let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(session_key())
+                .arg(&portcullis::session::model::field::SMALL[..])
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            if fields.iter().all(Option::is_none) {
+                return Err(tonic::Status::unauthenticated("no such session"));
+            }
+        } else if let (Some(mut redis), Some((url, http))) = (self.redis.clone(), &self.every) {
+            let key = session_key();
             let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
                 .arg(&key)
                 .query_async(&mut redis)
@@ -263,10 +280,15 @@ async fn ceiling(port: u16) {
         Err(_) => None,
     };
     let client = std::env::var("CEILING_EVERY_CLIENT").unwrap_or_default();
+    let session = std::env::var("CEILING_SESSION").as_deref() == Ok("1");
     let every =
         std::env::var("CEILING_EVERY").ok().map(|url| (url.parse().expect("CEILING_EVERY"), Http::new(&url, &client)));
-    let server =
-        tonic::transport::Server::builder().add_service(AuthorizationServer::new(Ceiling { shape, redis, every }));
+    let server = tonic::transport::Server::builder().add_service(AuthorizationServer::new(Ceiling {
+        shape,
+        redis,
+        every,
+        session,
+    }));
     let served = if std::env::var("CEILING_IO").as_deref() == Ok("coalesced") {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind ceiling");
         server.serve_with_incoming(portcullis::server::grpc_io::incoming(listener)).await

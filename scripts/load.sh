@@ -29,7 +29,7 @@
 #   shares the cores, so a ratio prices all the CPU a request costs. BENCHMARKS.md's earlier tables used
 #   THREADS=1 ENVOY_CONCURRENCY=1 (Envoy's one worker the busy core, portcullis beside it on the other).
 #   PROFILE      cargo profile to build (default release)
-#   CASES        comma list of cases to run (default all: baseline,ceiling,ceiling-every,deny-no-cookie,
+#   CASES        comma list of cases to run (default all: baseline,ceiling,ceiling-cached,ceiling-every,deny-no-cookie,
 #                deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,
 #                apache)
 #                diagnostics (not in the default): ceiling-1w (the current-thread scheduler), ceiling-shaped (the ceiling
@@ -44,6 +44,10 @@
 #                allow's headers, HGETALL of the Check's session and one introspection at the every_request
 #                responder per Check: the I/O every_request cannot avoid, its floor; the report divides
 #                every_request by it
+#                ceiling-cached (in the default): the same for max_staleness: one thread, portcullis's transport,
+#                an allow's headers and the HMGET of the Check's session that a cached Check makes (no
+#                decision, no MAC, no cache): the I/O and the answer max_staleness cannot avoid, its floor; the
+#                report divides max_staleness by it
 #   MIX          sessions of the max_staleness-10k mix (default 10000)
 #   MIX2         sessions of the max_staleness-100k memory case (default 100000); MIX2_STALENESS its
 #                max_staleness (default 10m, so every session walked is still cached when RSS is read)
@@ -60,10 +64,11 @@
 #   PERF=PREFIX  also `perf record` portcullis (DWARF call graphs) for 5 s right after each PERF_CASES
 #                run (comma list, default max_staleness; any portcullis case: deny-no-cookie, max_staleness,
 #                max_staleness-10k, every_request, breaker_open): flat self time to PREFIX.CASE, time
-#                with callees by function to PREFIX.CASE.callers (B's runs: PREFIX.CASE@b)
+#                with callees by function to PREFIX.CASE.callers, a flamegraph to PREFIX.CASE.svg (inferno,
+#                installed with cargo when missing; B's runs: PREFIX.CASE@b)
 #   INSTR=1|PREFIX  after the rounds, count the instructions per check of the authz server under callgrind
 #                (valgrind): exact where CPU time is noisy, so an A/B of a few percent is visible (with BIN_B
-#                or ENV_B, both builds); INSTR_CASES (default ceiling,ceiling-every,max_staleness,every_request;
+#                or ENV_B, both builds); INSTR_CASES (default ceiling,ceiling-cached,ceiling-every,max_staleness,every_request;
 #                also ceiling-coalesced), INSTR_CHECKS (default 2000); with a PREFIX, callgrind_annotate's
 #                inclusive tree per case to PREFIX.CASE
 #   SYSCALLS=1   also count the authz server's syscalls during each timed run (perf's syscall tracepoints,
@@ -80,12 +85,12 @@ THREADS="${THREADS:-2}"
 SESSIONS="${SESSIONS:-32}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-$(nproc)}"
 PROFILE="${PROFILE:-release}"
-CASES="${CASES:-baseline,ceiling,ceiling-every,deny-no-cookie,deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache}"
+CASES="${CASES:-baseline,ceiling,ceiling-cached,ceiling-every,deny-no-cookie,deny-unknown-session,max_staleness,max_staleness-10k,every_request,breaker_open,max_staleness-100k,apache}"
 MIX="${MIX:-10000}"
 MIX2="${MIX2:-100000}"
 MIX2_STALENESS="${MIX2_STALENESS:-10m}"
 PERF_CASES="${PERF_CASES:-max_staleness}"
-INSTR_CASES="${INSTR_CASES:-ceiling,ceiling-every,max_staleness,every_request}"
+INSTR_CASES="${INSTR_CASES:-ceiling,ceiling-cached,ceiling-every,max_staleness,every_request}"
 ROUNDS="${ROUNDS:-1}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "load: ROUNDS must be a positive number" >&2; exit 1; }
 # What SYSCALLS counts: the socket and wake-up calls of a Check (writes to Envoy and Redis, reads, waits).
@@ -141,6 +146,17 @@ if ! command -v wrk >/dev/null; then
     fi
 fi
 command -v redis-server >/dev/null || die "redis-server is missing: run scripts/ensure-deps.sh"
+if [[ -n "${PERF:-}" ]]; then
+    if ! command -v perf >/dev/null; then
+        [[ "$(id -u)" == 0 ]] || die "PERF is set but perf is missing: sudo apt-get install linux-perf"
+        log "installing perf"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
+    fi
+    if ! command -v inferno-flamegraph >/dev/null; then
+        log "installing inferno (the flamegraphs): cargo install inferno"
+        cargo install --locked --quiet inferno || die "PERF needs inferno's flamegraphs: cargo install inferno"
+    fi
+fi
 APACHE="${APACHE_BIN:-/usr/sbin/apache2}"
 APACHE_MODULES=/usr/lib/apache2/modules
 if want_case apache && ! [[ -x "$APACHE" && -f "$APACHE_MODULES/mod_auth_openidc.so" ]]; then
@@ -454,7 +470,6 @@ run_case() { # name url cookies-file expected-status [cookie name] [proxy pid]
 # perf record (DWARF call graphs) on portcullis under the same load as the case just run: flat self time
 # to $PERF.CASE, the same samples with their callees' time (children) to $PERF.CASE.callers.
 profile() { # name url cookies-file (COOKIES and COOKIE_NAME are exported by run_case)
-    command -v perf >/dev/null || die "PERF is set but perf is missing: apt-get install linux-perf"
     log "perf record on portcullis during a $1 run"
     perf record -F 997 --call-graph dwarf -o "$work/perf-$1.data" -p "$portcullis_pid" -- sleep 5 >/dev/null 2>&1 &
     local perf_pid=$!
@@ -462,6 +477,9 @@ profile() { # name url cookies-file (COOKIES and COOKIE_NAME are exported by run
     wait "$perf_pid" || true
     perf report -i "$work/perf-$1.data" --no-children --stdio -g none --percent-limit 0.5 >"$PERF.$1" 2>/dev/null || true
     perf report -i "$work/perf-$1.data" --children --stdio -g none --percent-limit 1 >"$PERF.$1.callers" 2>/dev/null || true
+    perf script -i "$work/perf-$1.data" 2>/dev/null | inferno-collapse-perf 2>/dev/null \
+        | inferno-flamegraph --title "portcullis, $1 (perf, $(date -u +%F))" >"$PERF.$1.svg" 2>/dev/null \
+        || log "perf: no flamegraph for $1"
 }
 
 # The portcullis cases, with $BIN; their names carry $tag ("@b" for BIN_B's build).
@@ -521,6 +539,7 @@ one_round() {
         "ceiling-redis CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
         "ceiling-both-1w LOADKIT_WORKERS=1 CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT" \
+        "ceiling-cached LOADKIT_WORKERS=1 CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_SESSION=1" \
         "ceiling-every LOADKIT_WORKERS=1 CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect" \
         "ceiling-every-hyper LOADKIT_WORKERS=1 CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS=redis://127.0.0.1:$REDIS_PORT CEILING_EVERY=http://127.0.0.1:$INTRO_PORT/introspect CEILING_EVERY_CLIENT=hyper"; do
         read -r -a variant <<<"$variant"
@@ -594,6 +613,8 @@ if [[ -n "${INSTR:-}" ]]; then
     log "instructions per check under callgrind: $INSTR_CHECKS checks after 200 (INSTR_CASES=$INSTR_CASES)"
     [[ ",$INSTR_CASES," == *",ceiling,"* ]] && count_instructions ceiling start_ceiling
     [[ ",$INSTR_CASES," == *",ceiling-coalesced,"* ]] && count_instructions ceiling-coalesced start_ceiling CEILING_IO=coalesced
+    [[ ",$INSTR_CASES," == *",ceiling-cached,"* ]] && count_instructions ceiling-cached start_ceiling LOADKIT_WORKERS=1 \
+        CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS="redis://127.0.0.1:$REDIS_PORT" CEILING_SESSION=1
     [[ ",$INSTR_CASES," == *",ceiling-every,"* ]] && count_instructions ceiling-every start_ceiling LOADKIT_WORKERS=1 \
         CEILING_IO=coalesced CEILING_SHAPE=allow CEILING_REDIS="redis://127.0.0.1:$REDIS_PORT" CEILING_EVERY="http://127.0.0.1:$INTRO_PORT/introspect"
     for build in a ${BIN_B:+b} ${ENV_B:+b}; do
@@ -671,22 +692,23 @@ for rnd in sorted({r["round"] for r in rows}, key=int):
               f" req/s (target >= 2.5), p99 {ms['p99']} ms vs {ap['p99']} ms; CPU per request, proxy + authz + Redis:"
               f" Envoy + portcullis {cpu_sum(ms):.1f} us, Apache {cpu_sum(ap):.1f} us"
               f" ({fmt(cpu_sum(ap) / cpu_sum(ms))} x; steadier than req/s on a shared machine)")
-# every_request against its floor (ceiling-every: the same Redis read and introspection on the ceiling).
-floor = []
-for rnd in sorted({r["round"] for r in rows}, key=int):
-    er, ce = by.get((rnd, "every_request")), by.get((rnd, "ceiling-every"))
-    if er and ce:
-        floor.append((ratio(er["rps"], ce["rps"]), ratio(er["pcpu"], ce["pcpu"])))
-if floor:
-    cols = list(zip(*floor))
-    print(f"every_request / its I/O floor (ceiling-every), over {len(floor)} rounds: req/s {spread(cols[0])} x,"
-          f" authz CPU per check {spread(cols[1])} x")
+# Each mode against its floor (the same Redis read, introspection and answer on the ceiling, nothing else).
+for case, base in (("max_staleness", "ceiling-cached"), ("every_request", "ceiling-every")):
+    floor = []
+    for rnd in sorted({r["round"] for r in rows}, key=int):
+        er, ce = by.get((rnd, case)), by.get((rnd, base))
+        if er and ce:
+            floor.append((ratio(er["rps"], ce["rps"]), ratio(er["pcpu"], ce["pcpu"]), ratio(ce["rps"], ref(ce, "ceiling", "rps"))))
+    if floor:
+        cols = list(zip(*floor))
+        print(f"{case} / its I/O floor ({base}, itself {spread(cols[2])} x the ceiling), over {len(floor)} rounds:"
+              f" req/s {spread(cols[0])} x, authz CPU per check {spread(cols[1])} x")
 # Against the ceiling served through portcullis's own transport (ceiling-coalesced): what portcullis's ratio owes
 # to its transport rather than to doing less.
 co = {}
 for r in rows:
     c = ref(r, "ceiling-coalesced", "rps")
-    if c and r["name"] in ("ceiling", "max_staleness", "max_staleness-10k", "every_request", "ceiling-every"):
+    if c and r["name"] in ("ceiling", "max_staleness", "max_staleness-10k", "every_request", "ceiling-cached", "ceiling-every"):
         co.setdefault(r["name"], []).append(ratio(r["rps"], c))
 if co:
     print("req/s against ceiling-coalesced (the ceiling on portcullis's gRPC transport), median [min..max]: "
@@ -726,11 +748,13 @@ if [[ ${#instr[@]} -gt 0 ]]; then
     echo "instructions per check (callgrind, the authz server's user space, $INSTR_CHECKS checks after 200 through Envoy, $CONNECTIONS at a time):"
     base=$(printf '%s\n' "${instr[@]}" | awk -F'|' '$1 == "ceiling" {print $2}')
     floor=$(printf '%s\n' "${instr[@]}" | awk -F'|' '$1 == "ceiling-every" {print $2}')
+    cached=$(printf '%s\n' "${instr[@]}" | awk -F'|' '$1 == "ceiling-cached" {print $2}')
     for row in "${instr[@]}"; do
-        awk -F'|' -v n="$INSTR_CHECKS" -v b="${base:-0}" -v f="${floor:-0}" '{
+        awk -F'|' -v n="$INSTR_CHECKS" -v b="${base:-0}" -v f="${floor:-0}" -v c="${cached:-0}" '{
             printf "  %-21s %9.0f", $1, $2 / n
             if (b > 0) printf "  %5.2f x the ceiling", $2 / b
             if (f > 0 && $1 ~ /^every_request/) printf ", %5.2f x its I/O floor (ceiling-every)", $2 / f
+            if (c > 0 && $1 ~ /^max_staleness/) printf ", %5.2f x its I/O floor (ceiling-cached)", $2 / c
             print ""}' <<<"$row"
     done
 fi
