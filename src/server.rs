@@ -27,6 +27,7 @@ use crate::store::Redis;
 
 /// Public for the load kit's ceiling (`examples/loadkit.rs`), which can serve through the same transport.
 pub mod grpc_io;
+mod grpc_routes;
 
 /// How often gRPC health follows Redis reachability.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -123,10 +124,9 @@ impl Server {
         let svc = AuthzService(live.clone());
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
+            let routes = grpc_routes::GrpcRoutes { authz: svc, health };
             let r = tonic::transport::Server::builder()
-                .add_service(health)
-                .add_service(svc)
-                .serve_with_incoming_shutdown(grpc_io::incoming(grpc), c.cancelled_owned())
+                .serve_with_incoming_shutdown(routes, grpc_io::incoming(grpc), c.cancelled_owned())
                 .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "grpc listener failed");

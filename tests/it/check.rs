@@ -461,6 +461,32 @@ async fn redis_down_is_503_never_ok_then_recovers() {
     app.shutdown().await;
 }
 
+/// The gRPC listener routes health checks to tonic-health and Check to the authorizer; any other method, of
+/// either service or of none, is UNIMPLEMENTED and never reaches a decision.
+#[tokio::test]
+async fn the_grpc_listener_answers_only_check_and_health() {
+    let (_redis, app, _v) = setup("").await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.server.grpc_addr)).unwrap();
+    let channel = channel.connect().await.unwrap();
+    for path in
+        ["/envoy.service.auth.v3.Authorization/Nope", "/grpc.health.v1.Health/Nope", "/other.Service/Check", "/"]
+    {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let r = grpc.unary(tonic::Request::new(()), path.parse().unwrap(), codec).await;
+        assert_eq!(r.map(|_| ()).unwrap_err().code(), tonic::Code::Unimplemented, "{path}");
+    }
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = async || {
+        let asked = tonic_health::pb::HealthCheckRequest { service: "envoy.service.auth.v3.Authorization".into() };
+        health.clone().check(asked).await.is_ok_and(|r| r.into_inner().status == 1)
+    };
+    assert!(crate::harness::eventually(Duration::from_secs(5), serving).await, "health: SERVING");
+    assert_eq!(app.check(request("GET", "/", &[])).await.status(), 401, "Check still answers");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn malformed_requests_are_denied_without_panic() {
     let (_redis, app, v) = setup("").await;
