@@ -248,7 +248,7 @@ async fn m2m_section() {
         timeout: Duration::from_secs(2),
     };
     let breaker = portcullis::idp::breaker::Breaker::new(P, 5, Duration::from_secs(30));
-    let client = portcullis::idp::transport::client().expect("http client");
+    let client = portcullis::idp::transport::client(None).expect("http client");
     let transport = Arc::new(portcullis::idp::transport::Transport::new(client, P, Duration::from_secs(2), breaker));
     let clients = HashMap::from([(P.to_string(), TokenClient::new(settings, transport).expect("token client"))]);
     let m = Arc::new(M2mManager::new(r.clone(), Arc::new(cfg.session.key_ring().expect("keys")), &cfg.m2m, clients));

@@ -68,7 +68,7 @@ impl TokenEndpoint for ProviderTokenEndpoint {
 /// a provider that cannot be built at all is left out, and its sessions are denied.
 pub async fn build(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Providers {
     let mut out = Providers::default();
-    let client = match transport::client() {
+    let client = match transport::client(None) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the IdP HTTP client: every provider's sessions are denied");
@@ -90,7 +90,17 @@ pub async fn build(cfg: &Config, m2m: M2mChoice, store: SessionStore) -> Provide
             tracing::error!(provider = %name, "provider has no issuer: its sessions are denied");
             continue;
         };
-        let transport = Arc::new(Transport::for_provider(client.clone(), name, p));
+        let client = match &p.ca {
+            None => client.clone(),
+            Some(ca) => match transport::client(Some(ca)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(provider = %name, error = %e, "cannot trust ca_file: its sessions are denied");
+                    continue;
+                }
+            },
+        };
+        let transport = Arc::new(Transport::for_provider(client, name, p));
         let discovery = Arc::new(Discovery::new(&issuer, p));
         bases.push(Base { name, cfg: p, issuer, transport, discovery });
     }

@@ -266,9 +266,11 @@ fn secret_files(c: &Config) -> Vec<PathBuf> {
     let mut v = Vec::new();
     v.extend(c.server.admin_token_file.clone());
     v.extend(c.redis.password_file.clone());
+    v.extend([&c.redis.ca_file, &c.redis.client_cert_file, &c.redis.client_key_file].into_iter().flatten().cloned());
     v.extend(c.session.encryption_keys_file.clone());
     v.extend(c.assertion.signing_keys_file.clone());
     v.extend(c.providers.values().filter_map(|p| p.client_secret_file.clone()));
+    v.extend(c.providers.values().filter_map(|p| p.ca_file.clone()));
     v
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
@@ -123,27 +123,17 @@ impl Redis {
         let backend = match cfg.mode {
             RedisMode::Cluster => {
                 let urls: Vec<String> = cfg.urls.iter().map(|u| with_credentials(u, cfg)).collect();
-                let client = redis::cluster::ClusterClientBuilder::new(urls)
+                let mut builder = redis::cluster::ClusterClientBuilder::new(urls)
                     .connection_timeout(cfg.connect_timeout)
-                    .response_timeout(cfg.timeout)
-                    .build()?;
+                    .response_timeout(cfg.timeout);
+                if let Some(certs) = certificates(cfg) {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
                 Backend::Cluster { client: Box::new(client), conn: OnceCell::new() }
             }
             RedisMode::Sentinel => {
-                let mut node = redis::RedisConnectionInfo::default();
-                if let Some(u) = &cfg.username {
-                    node = node.set_username(u);
-                }
-                if let Some(p) = &cfg.password {
-                    node = node.set_password(p.expose_secret());
-                }
-                let info = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
-                let sentinel = SentinelClient::build(
-                    cfg.urls.clone(),
-                    cfg.sentinel_master.clone().unwrap_or_default(),
-                    Some(info),
-                    SentinelServerType::Master,
-                )?;
+                let sentinel = sentinel_client(cfg)?;
                 Backend::Sentinel {
                     sentinel: Box::new(tokio::sync::Mutex::new(sentinel)),
                     master: tokio::sync::RwLock::new(None),
@@ -152,7 +142,10 @@ impl Redis {
             }
             RedisMode::Standalone => {
                 let url = with_credentials(cfg.url.as_deref().unwrap_or_default(), cfg);
-                let client = redis::Client::open(url)?;
+                let client = match certificates(cfg) {
+                    Some(certs) => redis::Client::build_with_tls(url, certs)?,
+                    None => redis::Client::open(url)?,
+                };
                 let mcfg = manager_config(cfg);
                 let conns = (0..cfg.pool_size.unwrap_or(1).max(1))
                     .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone()))
@@ -306,6 +299,50 @@ fn manager_config(cfg: &RedisConfig) -> ConnectionManagerConfig {
         .set_response_timeout(Some(cfg.timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1))
+}
+
+/// What `rediss://` connections trust and present beyond the URL: `redis.ca_file` (instead of the public
+/// roots) and the client pair. `None`: the URL alone.
+fn certificates(cfg: &RedisConfig) -> Option<redis::TlsCertificates> {
+    if cfg.ca.is_none() && cfg.client_cert.is_none() {
+        return None;
+    }
+    let client_tls = cfg.client_cert.as_ref().zip(cfg.client_key.as_ref()).map(|(cert, key)| redis::ClientTlsConfig {
+        client_cert: cert.bytes().to_vec(),
+        client_key: key.bytes().to_vec(),
+    });
+    Some(redis::TlsCertificates { client_tls, root_cert: cfg.ca.as_ref().map(|ca| ca.bytes().to_vec()) })
+}
+
+/// The sentinels at `redis.urls` (with the credentials of the first URL that has any), the master with
+/// `redis.username`/`password`. With `rediss://` sentinels the master is reached over TLS too, with the same
+/// certificates: redis-rs's default would reach it in the clear, password included.
+fn sentinel_client(cfg: &RedisConfig) -> Result<SentinelClient, StoreError> {
+    use redis::IntoConnectionInfo;
+    let infos = cfg.urls.iter().map(|u| u.as_str().into_connection_info()).collect::<Result<Vec<_>, _>>()?;
+    let master = cfg.sentinel_master.clone().unwrap_or_default();
+    let mut b = SentinelClientBuilder::new(infos.iter().map(|i| i.addr().clone()), master, SentinelServerType::Master)?;
+    if let Some(own) = infos.iter().map(|i| i.redis_settings()).find(|r| r.password().is_some()) {
+        if let Some(u) = own.username() {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        if let Some(p) = own.password() {
+            b = b.set_client_to_sentinel_password(p);
+        }
+    }
+    if let Some(u) = &cfg.username {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = &cfg.password {
+        b = b.set_client_to_redis_password(p.expose_secret());
+    }
+    if cfg.tls() {
+        b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(certs) = certificates(cfg) {
+            b = b.set_client_to_sentinel_certificates(certs.clone()).set_client_to_redis_certificates(certs);
+        }
+    }
+    Ok(b.build()?)
 }
 
 fn with_credentials(url: &str, cfg: &RedisConfig) -> String {

@@ -15,6 +15,7 @@ mod response_headers;
 mod revalidation;
 mod server;
 mod session;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub use response_headers::ResponseHeadersConfig;
 pub use revalidation::{RevalidationConfig, RevalidationMode};
 pub use server::{LogFormat, Mode, ServerConfig};
 pub use session::{SameSite, SessionConfig};
+pub use tls::Pem;
 
 /// Environment prefix for overrides: `PORTCULLIS__SESSION__IDLE_TIMEOUT=10m`.
 pub const ENV_PREFIX: &str = "PORTCULLIS__";
@@ -101,6 +103,7 @@ impl Config {
     fn resolve_files(&mut self, errors: &mut Vec<String>) {
         read_secret(&self.server.admin_token_file, &mut self.server.admin_token, "server.admin_token_file", errors);
         read_secret(&self.redis.password_file, &mut self.redis.password, "redis.password_file", errors);
+        self.redis.resolve_files(errors);
         read_lines(
             &self.session.encryption_keys_file,
             &mut self.session.encryption_keys,
@@ -116,6 +119,7 @@ impl Config {
         for (name, p) in self.providers.iter_mut() {
             let key = format!("providers.{name}.client_secret_file");
             read_secret(&p.client_secret_file, &mut p.client_secret, &key, errors);
+            p.resolve_files(name, errors);
         }
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::tls::Pem;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -124,6 +126,14 @@ pub struct ProviderConfig {
     /// `Cache-Control` says: a key the IdP withdraws stops verifying within this bound.
     #[serde(default = "ProviderConfig::default_metadata_max_age", with = "humantime_serde")]
     pub metadata_max_age: Duration,
+    /// PEM file of the CA certificates trusted for this provider's HTTPS endpoints, instead of the public
+    /// (webpki) roots: an IdP whose certificate a private CA signed. A reload reads it again, so a rotated
+    /// bundle applies without a restart.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// What `ca_file` holds, read when the config loads.
+    #[serde(skip)]
+    pub ca: Option<Pem>,
 }
 
 impl ProviderConfig {
@@ -190,6 +200,11 @@ impl ProviderConfig {
         }
     }
 
+    pub(super) fn resolve_files(&mut self, name: &str, errors: &mut Vec<String>) {
+        use super::tls::{read, Holds};
+        read(&self.ca_file, Holds::Certificates, &mut self.ca, &format!("providers.{name}.ca_file"), errors);
+    }
+
     pub(super) fn validate(&self, name: &str, errors: &mut Vec<String>) {
         let key = |k: &str| format!("providers.{name}.{k}");
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
@@ -205,7 +220,11 @@ impl ProviderConfig {
             errors.push(format!("{}: required for kind = \"entra\"", key("tenant")));
         }
         match self.issuer() {
-            Some(i) if url::Url::parse(&i).is_ok() => {}
+            Some(i) if url::Url::parse(&i).is_ok() => {
+                if self.ca_file.is_some() && !i.starts_with("https://") {
+                    errors.push(format!("{}: used only with an https:// issuer; remove it", key("ca_file")));
+                }
+            }
             Some(i) => errors.push(format!("{}: {i:?} is not a URL", key("issuer"))),
             None => errors.push(format!("{}: required", key("issuer"))),
         }

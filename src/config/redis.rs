@@ -6,6 +6,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::tls::Pem;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisMode {
@@ -28,6 +30,20 @@ pub struct RedisConfig {
     pub username: Option<String>,
     pub password: Option<SecretString>,
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates trusted for `rediss://`, instead of the public (webpki) roots: a Redis
+    /// whose certificate a private CA signed. In Sentinel mode, for the sentinels and the master alike.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain and key that portcullis presents to a Redis with `tls-auth-clients` (Redis's
+    /// default once TLS is on). Both or neither; read at start, so a renewed pair needs a restart.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// What the three files hold, read when the config loads.
+    #[serde(skip)]
+    pub ca: Option<Pem>,
+    #[serde(skip)]
+    pub client_cert: Option<Pem>,
+    #[serde(skip)]
+    pub client_key: Option<Pem>,
     /// Multiplexed connections to a standalone Redis (default 1). Concurrent checks share a connection, and
     /// their commands go out together in one write and come back in one read: one connection cost a check
     /// half the Redis CPU of 32 (BENCHMARKS.md). Refused with cluster and sentinel, which keep their own.
@@ -59,6 +75,12 @@ impl Default for RedisConfig {
             username: None,
             password: None,
             password_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
             pool_size: None,
             timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
@@ -74,6 +96,28 @@ fn is_redis_url(u: &str) -> bool {
 }
 
 impl RedisConfig {
+    /// The URLs this mode connects to (sentinels in Sentinel mode).
+    fn urls(&self) -> Vec<&str> {
+        match self.mode {
+            RedisMode::Standalone => self.url.iter().map(String::as_str).collect(),
+            _ => self.urls.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Whether the connections use TLS: every URL is `rediss://`. (Sentinel mode reaches the master the way
+    /// it reaches the sentinels.)
+    pub fn tls(&self) -> bool {
+        let urls = self.urls();
+        !urls.is_empty() && urls.iter().all(|u| u.starts_with("rediss://"))
+    }
+
+    pub(super) fn resolve_files(&mut self, errors: &mut Vec<String>) {
+        use super::tls::{read, Holds};
+        read(&self.ca_file, Holds::Certificates, &mut self.ca, "redis.ca_file", errors);
+        read(&self.client_cert_file, Holds::Certificates, &mut self.client_cert, "redis.client_cert_file", errors);
+        read(&self.client_key_file, Holds::PrivateKey, &mut self.client_key, "redis.client_key_file", errors);
+    }
+
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
         match self.mode {
             RedisMode::Standalone => match &self.url {
@@ -94,6 +138,25 @@ impl RedisConfig {
                     errors.push("redis.sentinel_master: required when redis.mode = \"sentinel\"".into());
                 }
             }
+        }
+        let urls = self.urls();
+        if urls.iter().any(|u| u.starts_with("rediss://")) && !self.tls() {
+            errors.push("redis.urls: mixes redis:// and rediss://; use one scheme for every node".into());
+        }
+        if !self.tls() {
+            for (key, set) in [
+                ("ca_file", self.ca_file.is_some()),
+                ("client_cert_file", self.client_cert_file.is_some()),
+                ("client_key_file", self.client_key_file.is_some()),
+            ] {
+                if set {
+                    errors
+                        .push(format!("redis.{key}: used only with rediss:// (TLS) URLs; remove it or use rediss://"));
+                }
+            }
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            errors.push("redis.client_cert_file, redis.client_key_file: set both (the client pair) or neither".into());
         }
         if self.client_cache {
             if self.mode != RedisMode::Standalone {

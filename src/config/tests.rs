@@ -327,3 +327,47 @@ fn pool_size_is_standalone_only_and_one_by_default() {
         assert!(Config::from_toml(&with(other)).is_ok(), "{other} without pool_size");
     }
 }
+
+#[test]
+fn tls_files_are_read_at_load_and_refused_where_they_would_do_nothing() {
+    let pki = portcullis_testkit::tls::Pki::new();
+    let p = |f: &str| format!("{:?}", pki.path(f));
+    let with = |redis: &str| minimal().replace("url = \"redis://127.0.0.1:6379\"", redis);
+    let tls = format!(
+        "url = \"rediss://127.0.0.1:6380\"\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}",
+        p("ca.pem"),
+        p("client.pem"),
+        p("client.key")
+    );
+    let c = Config::from_toml(&with(&tls)).unwrap();
+    assert!(c.redis.tls() && c.redis.ca.is_some() && c.redis.client_cert.is_some() && c.redis.client_key.is_some());
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("BEGIN") && shown.contains("Pem(sha256:"), "no PEM text in a Debug: {shown}");
+
+    let err = |redis: &str| Config::from_toml(&with(redis)).unwrap_err().to_string();
+    let plain = err(&format!("url = \"redis://127.0.0.1:6379\"\nca_file = {}", p("ca.pem")));
+    assert!(plain.contains("redis.ca_file: used only with rediss://"), "{plain}");
+    let half = err(&format!("url = \"rediss://127.0.0.1:6380\"\nclient_cert_file = {}", p("client.pem")));
+    assert!(half.contains("redis.client_cert_file, redis.client_key_file: set both"), "{half}");
+    let key_as_ca = err(&format!("url = \"rediss://127.0.0.1:6380\"\nca_file = {}", p("client.key")));
+    assert!(key_as_ca.contains("redis.ca_file") && key_as_ca.contains("holds no PEM certificate"), "{key_as_ca}");
+    let ca_as_key = err(&format!(
+        "url = \"rediss://127.0.0.1:6380\"\nclient_cert_file = {}\nclient_key_file = {}",
+        p("client.pem"),
+        p("ca.pem")
+    ));
+    assert!(ca_as_key.contains("redis.client_key_file") && ca_as_key.contains("not a PEM private key"), "{ca_as_key}");
+    let missing = err("url = \"rediss://127.0.0.1:6380\"\nca_file = \"/nonexistent/ca.pem\"");
+    assert!(missing.contains("redis.ca_file: cannot read /nonexistent/ca.pem"), "{missing}");
+    let mixed = err("mode = \"sentinel\"\nurls = [\"rediss://a:26379\", \"redis://b:26379\"]\nsentinel_master = \"m\"");
+    assert!(mixed.contains("mixes redis:// and rediss://"), "{mixed}");
+
+    let provider = |issuer: &str| {
+        minimal()
+            .replace("issuer = \"https://idp.example.com\"", &format!("issuer = {issuer:?}\nca_file = {}", p("ca.pem")))
+    };
+    let c = Config::from_toml(&provider("https://idp.example.com")).unwrap();
+    assert!(c.providers["corp"].ca.is_some());
+    let http = Config::from_toml(&provider("http://idp.example.com")).unwrap_err().to_string();
+    assert!(http.contains("providers.corp.ca_file: used only with an https:// issuer"), "{http}");
+}

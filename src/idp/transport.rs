@@ -57,15 +57,22 @@ pub enum Reply<T> {
     Refused { status: u16, body: serde_json::Value },
 }
 
-/// The shared HTTP client. One per process: connections are pooled per host.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// The HTTP client the providers share (connections are pooled per host); a provider with its own
+/// `ca_file` gets one of its own that trusts those CAs instead of the public roots.
+pub fn client(ca: Option<&crate::config::Pem>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(90))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca {
+        b = b.tls_built_in_root_certs(false);
+        for cert in reqwest::Certificate::from_pem_bundle(ca.bytes())? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build()
 }
 
 /// Why a call got no reply from the IdP (no body: it could hold a token).

@@ -61,6 +61,16 @@ pub struct IdpOptions {
     pub backchannel_logout_uri: Option<String>,
     /// Registered redirect URIs; default [`REDIRECT_URI`].
     pub redirect_uris: Vec<String>,
+    /// Serve HTTPS (issuer `https://127.0.0.1:PORT`) with a certificate of a private CA.
+    pub tls: Option<IdpTls>,
+}
+
+/// The IdP's certificate, key and the CA that signed them (see [`crate::tls::Pki::idp_tls`]).
+#[derive(Debug, Clone)]
+pub struct IdpTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl IdpServer {
@@ -71,14 +81,20 @@ impl IdpServer {
     pub async fn start_with(opts: IdpOptions) -> Self {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for the IdP state");
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
+        let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = &opts.tls {
+            let ca = std::fs::read(&tls.ca).expect("the IdP's CA");
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA certificate"));
+        }
+        let http = http.build().expect("http client");
         let mut s = Self { port: super::free_port(), child: None, dir, http, opts };
         s.spawn().await;
         s
     }
 
     pub fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.opts.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn url(&self, path: &str) -> String {
@@ -101,6 +117,9 @@ impl IdpServer {
         }
         if new_key {
             cmd.env("IDP_NEW_KEY", "1");
+        }
+        if let Some(tls) = &self.opts.tls {
+            cmd.env("IDP_TLS_CERT", &tls.cert).env("IDP_TLS_KEY", &tls.key).env("IDP_ISSUER", self.issuer());
         }
         if !self.opts.redirect_uris.is_empty() {
             cmd.env("IDP_REDIRECT_URIS", self.opts.redirect_uris.join(","));

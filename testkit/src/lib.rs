@@ -8,6 +8,7 @@ pub mod app;
 pub mod envoy;
 pub mod idp;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 
 use std::net::TcpListener;

@@ -16,11 +16,12 @@
 // token of the client is `invalid_grant`; a request for the scope or audience IDP_CONSENT_SCOPE (default
 // "needs-consent") is `consent_required`, one for "needs-interaction" `interaction_required`.
 //
-// Environment: IDP_NEW_KEY=1 (replace the signing key kept in IDP_STATE), IDP_PORT (required), IDP_HOST (listen address, default 127.0.0.1), IDP_ISSUER (default http://127.0.0.1:PORT), IDP_STATE, IDP_TENANT
+// Environment: IDP_NEW_KEY=1 (replace the signing key kept in IDP_STATE), IDP_PORT (required), IDP_HOST (listen address, default 127.0.0.1), IDP_ISSUER (default http://127.0.0.1:PORT), IDP_TLS_CERT and IDP_TLS_KEY (serve HTTPS), IDP_STATE, IDP_TENANT
 // (the `tid` claim, default "tenant-1"), IDP_CLIENTS (JSON array of client metadata replacing the default
 // client), IDP_BACKCHANNEL_LOGOUT_URI and IDP_REDIRECT_URIS (comma-separated) for the default client.
 
 import fs from 'node:fs';
+import https from 'node:https';
 import { Provider, errors } from 'oidc-provider';
 import * as jose from 'jose';
 
@@ -29,7 +30,11 @@ if (!port) {
   console.error('IDP_PORT is required');
   process.exit(2);
 }
-const issuer = process.env.IDP_ISSUER || `http://127.0.0.1:${port}`;
+// HTTPS when IDP_TLS_CERT and IDP_TLS_KEY name a PEM certificate and key (a private CA's, in the TLS tests).
+const tls = process.env.IDP_TLS_CERT
+  ? { cert: fs.readFileSync(process.env.IDP_TLS_CERT), key: fs.readFileSync(process.env.IDP_TLS_KEY) }
+  : null;
+const issuer = process.env.IDP_ISSUER || `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 const statePath = process.env.IDP_STATE || '';
 const tenant = process.env.IDP_TENANT || 'tenant-1';
 
@@ -374,6 +379,10 @@ provider.use(async (ctx, next) => {
   await next();
 });
 
-provider.listen(port, process.env.IDP_HOST || '127.0.0.1', () => {
-  console.log(`test idp listening on ${issuer}`);
-});
+const host = process.env.IDP_HOST || '127.0.0.1';
+const listening = () => console.log(`test idp listening on ${issuer}`);
+if (tls) {
+  https.createServer(tls, provider.callback()).listen(port, host, listening);
+} else {
+  provider.listen(port, host, listening);
+}

@@ -44,7 +44,7 @@ async fn serve(redis: &RedisServer, idp_for: impl FnOnce(&str) -> IdpOptions, sa
 }
 
 fn idp_options(base: &str) -> IdpOptions {
-    IdpOptions { backchannel_logout_uri: None, redirect_uris: vec![format!("{base}/oauth2/callback")] }
+    IdpOptions { redirect_uris: vec![format!("{base}/oauth2/callback")], ..Default::default() }
 }
 
 #[tokio::test]

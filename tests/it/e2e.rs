@@ -50,6 +50,7 @@ impl Stack {
             backchannel_logout_uri: None,
             // The second one lets a test log in at the IdP directly (`IdpServer::login`) for a user's tokens.
             redirect_uris: vec![format!("{public}/oauth2/callback"), crate::harness::idp::REDIRECT_URI.to_string()],
+            ..Default::default()
         })
         .await;
         let provider = provider_toml("corp", "oidc", &idp, "introspection_auth = \"client_secret_basic\"");

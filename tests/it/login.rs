@@ -29,6 +29,7 @@ async fn setup(extra: &str, backchannel: bool, tweak: impl FnOnce(&mut portculli
     let idp = IdpServer::start_with(IdpOptions {
         backchannel_logout_uri: backchannel.then(|| format!("{base}/oauth2/backchannel-logout")),
         redirect_uris: vec![format!("{base}/oauth2/callback")],
+        ..Default::default()
     })
     .await;
     let toml =
@@ -628,7 +629,8 @@ client_secret = "secret"
     let cfg = config("redis://127.0.0.1:1", toml);
     let pcfg = &cfg.providers["xbrk"];
     let breaker = Breaker::new("xbrk", 1, Duration::from_secs(3600));
-    let t = std::sync::Arc::new(Transport::new(transport::client().unwrap(), "xbrk", Duration::from_secs(2), breaker));
+    let t =
+        std::sync::Arc::new(Transport::new(transport::client(None).unwrap(), "xbrk", Duration::from_secs(2), breaker));
     let backend = std::sync::Arc::new(FixedEndpoints(idp.uri()));
     let login =
         portcullis::login::LoginProvider::new("xbrk", pcfg, "http://127.0.0.1:1", "http://rp/cb", backend, t.clone());

@@ -18,6 +18,7 @@ async fn no_token_cookie_or_session_id_reaches_the_logs_at_any_level() {
     let idp = IdpServer::start_with(IdpOptions {
         backchannel_logout_uri: None,
         redirect_uris: vec![format!("{base}/oauth2/callback")],
+        ..Default::default()
     })
     .await;
     let key = portcullis::crypto::generate_key();

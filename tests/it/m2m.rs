@@ -119,7 +119,7 @@ fn settings(idp_uri: &str, auth: ClientAuth) -> ClientSettings {
 /// The provider's transport, with a breaker that opens after `threshold` failures.
 fn transport_with(threshold: u32) -> Arc<Transport> {
     let breaker = Breaker::new(P, threshold, Duration::from_secs(3600));
-    Arc::new(Transport::new(transport::client().unwrap(), P, Duration::from_secs(2), breaker))
+    Arc::new(Transport::new(transport::client(None).unwrap(), P, Duration::from_secs(2), breaker))
 }
 
 fn manager_on(redis_url: &str, idp_uri: &str, cfg: &M2mConfig, auth: ClientAuth, t: Arc<Transport>) -> Arc<M2mManager> {
@@ -673,7 +673,7 @@ async fn an_open_breaker_refuses_the_token_call_without_reaching_the_idp() {
     let redis = RedisServer::start();
     let (server, ep) = idp(vec![Answer::Status(500)]).await;
     let breaker = Breaker::new("m2m-brk", 2, Duration::from_secs(3600));
-    let t = Arc::new(Transport::new(transport::client().unwrap(), "m2m-brk", Duration::from_secs(2), breaker));
+    let t = Arc::new(Transport::new(transport::client(None).unwrap(), "m2m-brk", Duration::from_secs(2), breaker));
     let m = manager_on(&redis.url(), &server.uri(), &cfg(), ClientAuth::ClientSecretBasic, t.clone());
     for _ in 0..10 {
         if t.breaker().state() == portcullis::idp::breaker::CircuitState::Open {

@@ -28,4 +28,5 @@ mod rollout;
 mod rotation;
 mod served;
 mod sessions;
+mod tls;
 mod tracing;

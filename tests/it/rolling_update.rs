@@ -93,6 +93,7 @@ async fn pods_replaced_one_by_one_with_a_key_rotation_fail_no_check_and_lose_no_
     let idp = IdpServer::start_with(IdpOptions {
         backchannel_logout_uri: None,
         redirect_uris: vec![format!("http://127.0.0.1:{envoy_port}/oauth2/callback")],
+        ..Default::default()
     })
     .await;
     // Short ID tokens: sessions are refreshed, and so resealed, while the rollouts run.

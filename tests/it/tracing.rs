@@ -164,6 +164,7 @@ async fn idp_for(http: u16) -> IdpServer {
     IdpServer::start_with(IdpOptions {
         backchannel_logout_uri: None,
         redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
+        ..Default::default()
     })
     .await
 }
