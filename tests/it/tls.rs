@@ -129,3 +129,43 @@ async fn a_cluster_over_tls_with_a_private_ca() {
     // Answered 401 by the node that holds the key's slot: a read over TLS, not a 503.
     assert_eq!(served.check(&[("cookie", UNKNOWN)]).await, 401, "{}", served.log());
 }
+
+#[tokio::test]
+async fn a_providers_ca_file_rewritten_in_place_is_trusted_after_the_reload() {
+    let (pki, stranger) = (Pki::new(), Pki::new());
+    let redis = RedisServer::start();
+    let (grpc, http) = (free_port(), free_port());
+    let idp = IdpServer::start_with(IdpOptions {
+        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
+        tls: Some(pki.idp_tls()),
+        ..Default::default()
+    })
+    .await;
+    // The bundle names another CA at first, as a rotation that has not reached this replica yet.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("idp-ca.pem");
+    std::fs::copy(stranger.path("ca.pem"), &bundle).unwrap();
+    let mut config = Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key());
+    config.provider += &format!("\nca_file = {bundle:?}");
+    let served = Served::spawn(grpc, http, &config.text(grpc, http), |_| {});
+    assert!(served.wait_ready().await, "{}", served.log());
+    let login = async || {
+        let browser = pki.http_client(false);
+        browser.get(format!("{}/oauth2/login", served.base())).query(&[("rd", "/")]).send().await.unwrap().status()
+    };
+    assert_eq!(login().await, 503, "another CA's bundle does not trust the IdP");
+
+    // Written as a mounted Secret is updated: a new file renamed over the old one.
+    let next = dir.path().join("idp-ca.pem.new");
+    std::fs::copy(pki.path("ca.pem"), &next).unwrap();
+    std::fs::rename(&next, &bundle).unwrap();
+    // Polled in the log, not by starting logins: each started login counts toward the pending-login bound.
+    assert!(
+        eventually(std::time::Duration::from_secs(15), async || served.log().contains("rebuilding the providers"))
+            .await,
+        "the rewritten bundle was not picked up: {}",
+        served.log()
+    );
+    let cookie = sign_in(&served, &idp, &pki, "alice").await;
+    assert_eq!(served.check(&[("cookie", &cookie)]).await, 200, "{}", served.log());
+}
