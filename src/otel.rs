@@ -27,6 +27,8 @@ pub enum OtelError {
     Exporter(String),
     #[error("OTLP exporter: {0}")]
     Build(String),
+    #[error("{0}: {1}")]
+    Tls(String, String),
 }
 
 /// Whether spans are being exported. Callers skip work (parent extraction) that only a trace needs.
@@ -69,11 +71,10 @@ pub fn tracer() -> Result<Option<SdkTracer>, OtelError> {
     let endpoint = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
-    if endpoint.is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://")) {
-        // The exporter's default TLS config trusts no root: give it the webpki roots, as reqwest has.
-        use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+    let https = endpoint.is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://"));
+    if let Some(tls) = tls_config(https, |k| std::env::var(k).ok())? {
         use opentelemetry_otlp::WithTonicConfig;
-        builder = builder.with_tls_config(ClientTlsConfig::new().with_enabled_roots());
+        builder = builder.with_tls_config(tls);
     }
     let exporter = builder.build().map_err(|e| OtelError::Build(e.to_string()))?;
     let mut resource =
@@ -90,6 +91,48 @@ pub fn tracer() -> Result<Option<SdkTracer>, OtelError> {
     }
     ON.store(true, Ordering::Relaxed);
     Ok(Some(tracer))
+}
+
+/// The exporter's TLS for an `https://` endpoint: the CAs of `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` (a
+/// collector behind a private CA) or else the webpki roots (the exporter's own default trusts none), and the
+/// client pair of `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY`: the OTLP exporter's standard variables. A
+/// file that cannot be read, half a pair, or a file named for a plain `http://` endpoint refuses the start.
+fn tls_config(
+    https: bool,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig>, OtelError> {
+    use crate::config::tls::{load, Holds};
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+    let find = |name: &str| {
+        ["OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_"]
+            .iter()
+            .map(|prefix| format!("{prefix}{name}"))
+            .find_map(|key| var(&key).filter(|v| !v.trim().is_empty()).map(|path| (key, path)))
+    };
+    let (ca, cert, key) = (find("CERTIFICATE"), find("CLIENT_CERTIFICATE"), find("CLIENT_KEY"));
+    if !https {
+        return match ca.iter().chain(&cert).chain(&key).next() {
+            Some((k, _)) => Err(OtelError::Tls(k.clone(), "names a TLS file, but the endpoint is not https://".into())),
+            None => Ok(None),
+        };
+    }
+    let read = |(key, path): (String, String), holds| {
+        load(std::path::Path::new(&path), holds).map(|pem| pem.bytes().to_vec()).map_err(|e| OtelError::Tls(key, e))
+    };
+    let mut tls = match ca {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, Holds::Certificates)?)),
+        None => ClientTlsConfig::new().with_enabled_roots(),
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(read(cert, Holds::Certificates)?, read(key, Holds::PrivateKey)?))
+        }
+        (None, None) => {}
+        (Some((k, _)), None) | (None, Some((k, _))) => {
+            return Err(OtelError::Tls(k, "the client certificate and key come as a pair: set both".into()))
+        }
+    }
+    Ok(Some(tls))
 }
 
 /// Exports what is still queued and stops the exporter; nothing when tracing is off. Blocking: runs on a

@@ -15,7 +15,7 @@ mod response_headers;
 mod revalidation;
 mod server;
 mod session;
-mod tls;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

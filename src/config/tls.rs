@@ -3,7 +3,7 @@
 //! loads, so a missing or unreadable file fails start-up (or a reload) naming its key, not the first Check.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -30,20 +30,16 @@ impl fmt::Debug for Pem {
 
 /// What a `*_file` key must hold.
 #[derive(Clone, Copy)]
-pub(super) enum Holds {
+pub enum Holds {
     /// One or more certificates (a CA bundle, or a certificate chain).
     Certificates,
     /// One private key.
     PrivateKey,
 }
 
-/// Reads `file` into `into`, or names `key` in `errors`.
-pub(super) fn read(file: &Option<PathBuf>, holds: Holds, into: &mut Option<Pem>, key: &str, errors: &mut Vec<String>) {
-    let Some(path) = file else { return };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => return errors.push(format!("{key}: cannot read {}: {e}", path.display())),
-    };
+/// Reads `path` and checks that it holds what it should; the error says why not, naming the file.
+pub fn load(path: &Path, holds: Holds) -> Result<Pem, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let problem = match holds {
         Holds::Certificates => match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
             Ok(certs) if certs.is_empty() => Some("holds no PEM certificate".to_string()),
@@ -53,7 +49,17 @@ pub(super) fn read(file: &Option<PathBuf>, holds: Holds, into: &mut Option<Pem>,
         Holds::PrivateKey => PrivateKeyDer::from_pem_slice(&bytes).err().map(|e| format!("not a PEM private key: {e}")),
     };
     match problem {
-        Some(p) => errors.push(format!("{key}: {}: {p}", path.display())),
-        None => *into = Some(Pem(bytes)),
+        Some(p) => Err(format!("{}: {p}", path.display())),
+        None => Ok(Pem(bytes)),
+    }
+}
+
+/// Reads `file` into `into`, or names `key` in `errors`.
+pub(super) fn read(file: &Option<PathBuf>, holds: Holds, into: &mut Option<Pem>, key: &str, errors: &mut Vec<String>) {
+    if let Some(path) = file {
+        match load(path, holds) {
+            Ok(pem) => *into = Some(pem),
+            Err(e) => errors.push(format!("{key}: {e}")),
+        }
     }
 }

@@ -45,13 +45,31 @@ impl TraceService for Receiver {
 impl Receiver {
     /// Serves the OTLP trace service on `listener` for the rest of the test.
     fn serve(listener: tokio::net::TcpListener) -> Self {
+        Self::serve_with(listener, None)
+    }
+
+    /// The same on TLS with `pki`'s server certificate, requiring a client certificate its CA signed: a
+    /// collector behind a private CA.
+    fn serve_tls(listener: tokio::net::TcpListener, pki: &crate::harness::tls::Pki) -> Self {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        // The test build has both of rustls's providers: tonic's server TLS asks for the process default.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |f: &str| std::fs::read(pki.path(f)).unwrap();
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read("server.pem"), read("server.key")))
+            .client_ca_root(Certificate::from_pem(read("ca.pem")));
+        Self::serve_with(listener, Some(tls))
+    }
+
+    fn serve_with(listener: tokio::net::TcpListener, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let r = Self::default();
         let svc = TraceServiceServer::new(r.clone());
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).unwrap();
+        }
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
+            server.add_service(svc).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)).await
         });
         r
     }
@@ -429,4 +447,57 @@ async fn without_otel_variables_nothing_is_exported_and_a_dead_collector_breaks_
     let status = s.served.child.wait().unwrap();
     assert!(!status.success());
     assert!(s.log().contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "the refusal names the variable: {}", s.log());
+}
+
+#[tokio::test]
+async fn a_collector_behind_a_private_ca_gets_the_spans_over_mutual_tls() {
+    let pki = crate::harness::tls::Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let receiver = Receiver::serve_tls(listener, &pki);
+    let redis = RedisServer::start();
+    let http = free_port();
+    let idp = idp_for(http).await;
+    let path = |f: &str| pki.path(f).display().to_string();
+    let tp = format!("00-{TRACE_ID}-{ENVOY_SPAN}-01");
+    let base = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()), ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_string())];
+
+    // The public roots do not trust the collector: nothing arrives, and checks carry on.
+    let s = Serve::start(&redis, &idp, http, &base).await;
+    assert_eq!(check(&s, &[("traceparent", &tp)]).await, 401);
+    let (exit, log) = s.stop().await;
+    assert!(exit.success(), "clean exit: {log}");
+    assert!(receiver.spans().is_empty(), "exported to a collector it should not trust");
+
+    // The OTLP exporter's standard variables: the CA, and the client pair the collector requires.
+    let mut env = base.to_vec();
+    env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", path("ca.pem")));
+    env.push(("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path("client.pem")));
+    env.push(("OTEL_EXPORTER_OTLP_CLIENT_KEY", path("client.key")));
+    let s = Serve::start(&redis, &idp, http, &env).await;
+    assert_eq!(check(&s, &[("traceparent", &tp)]).await, 401);
+    let (exit, log) = s.stop().await;
+    assert!(exit.success(), "clean exit: {log}");
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|sp| hex::encode(&sp.trace_id) == TRACE_ID && sp.name == "portcullis.check"),
+        "the check's span reached the collector over TLS: {}",
+        receiver.dump()
+    );
+
+    // Half a client pair, or a TLS file for a plain endpoint, refuses the start by name.
+    let half = [base[0].clone(), ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", path("client.key"))];
+    let plain = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.replace("https", "http")),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", path("ca.pem")),
+    ];
+    for (env, named) in
+        [(&half[..], "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"), (&plain[..], "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    {
+        let mut s = Serve::spawn(&redis, &idp, http, env);
+        let exited = eventually(Duration::from_secs(20), async || s.served.child.try_wait().unwrap().is_some()).await;
+        assert!(exited, "serve started with {named} wrong: {}", s.log());
+        assert!(!s.served.child.wait().unwrap().success());
+        assert!(s.log().contains(named), "the refusal names {named}: {}", s.log());
+    }
 }
