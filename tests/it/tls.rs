@@ -25,6 +25,16 @@ fn redis_tls(pki: &Pki, client: bool) -> String {
     s
 }
 
+/// The test IdP on HTTPS under `pki`'s CA, redirecting to a portcullis whose HTTP listener is on `http`.
+async fn https_idp(pki: &Pki, http: u16) -> IdpServer {
+    IdpServer::start_with(IdpOptions {
+        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
+        tls: Some(pki.idp_tls()),
+        ..Default::default()
+    })
+    .await
+}
+
 /// Signs `user` in through `served`'s login routes with a browser that trusts `pki` (the IdP is on HTTPS);
 /// the session cookie as a `cookie` header value.
 async fn sign_in(served: &Served, idp: &IdpServer, pki: &Pki, user: &str) -> String {
@@ -42,12 +52,7 @@ async fn a_private_ca_for_redis_and_the_idp_signs_in_and_allows() {
     let redis = RedisServer::start_tls(&pki);
     assert!(redis.url().starts_with("rediss://"));
     let (grpc, http) = (free_port(), free_port());
-    let idp = IdpServer::start_with(IdpOptions {
-        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
-        tls: Some(pki.idp_tls()),
-        ..Default::default()
-    })
-    .await;
+    let idp = https_idp(&pki, http).await;
     assert!(idp.issuer().starts_with("https://"));
     let mut config = Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key());
     config.redis += &format!("\n{}", redis_tls(&pki, true));
@@ -84,12 +89,7 @@ async fn without_the_private_ca_or_the_client_certificate_nothing_is_trusted_and
 
     // The IdP without the provider's ca_file: the login cannot even discover it, and says so.
     let (grpc, http) = (free_port(), free_port());
-    let idp = IdpServer::start_with(IdpOptions {
-        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
-        tls: Some(pki.idp_tls()),
-        ..Default::default()
-    })
-    .await;
+    let idp = https_idp(&pki, http).await;
     idp.reset_stats().await;
     let mut config = Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key());
     config.redis += &format!("\n{}", redis_tls(&pki, true));
@@ -135,12 +135,7 @@ async fn a_providers_ca_file_rewritten_in_place_is_trusted_after_the_reload() {
     let (pki, stranger) = (Pki::new(), Pki::new());
     let redis = RedisServer::start();
     let (grpc, http) = (free_port(), free_port());
-    let idp = IdpServer::start_with(IdpOptions {
-        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
-        tls: Some(pki.idp_tls()),
-        ..Default::default()
-    })
-    .await;
+    let idp = https_idp(&pki, http).await;
     // The bundle names another CA at first, as a rotation that has not reached this replica yet.
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("idp-ca.pem");
