@@ -70,11 +70,11 @@ impl Pki {
         crate::idp::IdpTls { cert: self.path("server.pem"), key: self.path("server.key"), ca: self.path("ca.pem") }
     }
 
-    /// A client that trusts this CA (a browser, or the test's own calls to the IdP).
-    pub fn http_client(&self, redirects: bool) -> reqwest::Client {
+    /// A browser that trusts this CA: a cookie jar, redirects left to the caller.
+    pub fn browser(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(self.path("ca.pem")).expect("ca.pem")).expect("ca");
-        let policy = if redirects { reqwest::redirect::Policy::default() } else { reqwest::redirect::Policy::none() };
-        reqwest::Client::builder().add_root_certificate(ca).redirect(policy).cookie_store(true).build().expect("client")
+        let none = reqwest::redirect::Policy::none();
+        reqwest::Client::builder().add_root_certificate(ca).redirect(none).cookie_store(true).build().expect("client")
     }
 }
 

@@ -38,7 +38,7 @@ async fn https_idp(pki: &Pki, http: u16) -> IdpServer {
 /// Signs `user` in through `served`'s login routes with a browser that trusts `pki` (the IdP is on HTTPS);
 /// the session cookie as a `cookie` header value.
 async fn sign_in(served: &Served, idp: &IdpServer, pki: &Pki, user: &str) -> String {
-    let browser = pki.http_client(false);
+    let browser = pki.browser();
     let callback = crate::harness::idp::sign_in(&browser, &served.base(), &idp.issuer(), user, "/", |_| {}).await;
     let resp = browser.get(&callback).send().await.unwrap();
     assert_eq!(resp.status(), 302, "callback: {}", served.log());
@@ -95,7 +95,7 @@ async fn without_the_private_ca_or_the_client_certificate_nothing_is_trusted_and
     config.redis += &format!("\n{}", redis_tls(&pki, true));
     let served = Served::spawn(grpc, http, &config.text(grpc, http), |_| {});
     assert!(served.wait_ready().await, "{}", served.log());
-    let browser = pki.http_client(false);
+    let browser = pki.browser();
     let r = browser.get(format!("{}/oauth2/login", served.base())).query(&[("rd", "/")]).send().await.unwrap();
     assert_eq!(r.status(), 503, "{}", served.log());
     assert_eq!(idp.count("/.well-known/openid-configuration").await, 0, "no TLS handshake completed");
@@ -145,7 +145,7 @@ async fn a_providers_ca_file_rewritten_in_place_is_trusted_after_the_reload() {
     let served = Served::spawn(grpc, http, &config.text(grpc, http), |_| {});
     assert!(served.wait_ready().await, "{}", served.log());
     let login = async || {
-        let browser = pki.http_client(false);
+        let browser = pki.browser();
         browser.get(format!("{}/oauth2/login", served.base())).query(&[("rd", "/")]).send().await.unwrap().status()
     };
     assert_eq!(login().await, 503, "another CA's bundle does not trust the IdP");
