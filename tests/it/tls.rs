@@ -155,9 +155,14 @@ async fn a_providers_ca_file_rewritten_in_place_is_trusted_after_the_reload() {
     std::fs::copy(pki.path("ca.pem"), &next).unwrap();
     std::fs::rename(&next, &bundle).unwrap();
     // Polled in the log, not by starting logins: each started login counts toward the pending-login bound.
+    // "configuration reloaded" is logged once the rebuilt providers are installed; "rebuilding the providers"
+    // comes before the rebuild, and a login started between the two still met the old bundle.
+    let reloaded = || {
+        let log = served.log();
+        log.contains("rebuilding the providers") && log.contains("configuration reloaded")
+    };
     assert!(
-        eventually(std::time::Duration::from_secs(15), async || served.log().contains("rebuilding the providers"))
-            .await,
+        eventually(std::time::Duration::from_secs(15), async || reloaded()).await,
         "the rewritten bundle was not picked up: {}",
         served.log()
     );
