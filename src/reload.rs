@@ -3,8 +3,10 @@
 //! at once: a new [`Authorizer`] snapshot (header names, response headers, mode, audit sampling), the
 //! session key ring, the admin token and the log level; when `[providers.*]` (a client secret),
 //! `[revalidation]` or `[bearer]` changed, the providers are rebuilt (validators, bearer verifier, login
-//! clients) over the running M2M manager. An invalid config is refused whole and the running one stays.
-//! Otherwise caches, breakers, providers, M2M tokens and the Redis pool are kept.
+//! clients) over the running M2M manager; when `[redis]` changed (a rotated password, CA or client
+//! certificate), new Redis connections are made from it and calls in flight finish on the old ones. An
+//! invalid config is refused whole and the running one stays. Otherwise caches, breakers, providers, M2M
+//! tokens and the Redis connections are kept.
 //!
 //! Files are polled (content digest every [`POLL`]), not watched through inotify: reading the path
 //! follows Kubernetes' `..data` symlink swap, which directory events report only indirectly.
@@ -38,7 +40,7 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 /// What `check-config` prints: the keys a reload does not apply.
 pub const RESTART_NOTE: &str = "a reload (SIGHUP or a changed file) applies everything except server.grpc_addr, \
 server.http_addr, server.admin_addr, server.public_url, server.trusted_proxies, server.log_format, \
-server.worker_threads, [redis], \
+server.worker_threads, \
 [session] other than its keys, [m2m], [login] and [assertion]: those need a restart";
 
 /// The sections a reload keeps as they were at start, by the key named in the warning.
@@ -53,7 +55,6 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("server.trusted_proxies", format!("{:?}", c.server.trusted_proxies)),
         ("server.log_format", format!("{:?}", c.server.log_format)),
         ("server.worker_threads", format!("{:?}", c.server.worker_threads)),
-        ("redis", format!("{:?}", c.redis)),
         ("session", format!("{session:?}")),
         ("m2m", format!("{:?}", c.m2m)),
         ("login", format!("{:?}", c.login)),
@@ -70,7 +71,6 @@ fn effective(started: &Config, new: &Config) -> Config {
     e.server.public_url.clone_from(&started.server.public_url);
     e.server.trusted_proxies.clone_from(&started.server.trusted_proxies);
     e.server.log_format = started.server.log_format;
-    e.redis = started.redis.clone();
     e.session = SessionConfig {
         encryption_keys: new.session.encryption_keys.clone(),
         decrypt_only_keys: new.session.decrypt_only_keys.clone(),
@@ -89,6 +89,17 @@ fn providers_digest(c: &Config) -> [u8; 32] {
     h.update(format!("{:?}{:?}{:?}", c.providers, c.revalidation, c.bearer).as_bytes());
     for p in c.providers.values() {
         h.update(Sha256::digest(p.client_secret().as_bytes()));
+    }
+    h.finalize().into()
+}
+
+/// What the Redis connections are made from: a change makes new ones. Secrets (and the TLS files' contents,
+/// through their Debug) enter as a digest.
+fn redis_digest(c: &Config) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(format!("{:?}", c.redis).as_bytes());
+    if let Some(p) = &c.redis.password {
+        h.update(Sha256::digest(p.expose_secret().as_bytes()));
     }
     h.finalize().into()
 }
@@ -117,6 +128,7 @@ struct State {
     bearer: Option<Arc<BearerVerifier>>,
     delegator: Option<Arc<Delegator>>,
     providers: [u8; 32],
+    redis: [u8; 32],
 }
 
 pub struct Parts {
@@ -149,6 +161,7 @@ impl Reloader {
                 bearer: p.bearer,
                 delegator: p.delegator,
                 providers: providers_digest(cfg),
+                redis: redis_digest(cfg),
             }),
             files: Mutex::new(secret_files(cfg)),
         })
@@ -188,6 +201,12 @@ impl Reloader {
             }
         }
         let eff = effective(&self.started, &new);
+        let redis = redis_digest(&eff);
+        let fresh = if redis == current.redis {
+            None
+        } else {
+            Some(crate::store::Redis::connect(&eff.redis).map_err(|e| format!("redis: {e}"))?)
+        };
         let digest = providers_digest(&eff);
         let rebuilt = if digest == current.providers {
             None
@@ -213,12 +232,16 @@ impl Reloader {
             delegator.clone(),
         );
         self.store.set_keys(ring);
+        if let Some(fresh) = &fresh {
+            tracing::info!("[redis] changed: new connections from it; calls in flight finish on the old ones");
+            self.store.redis().replace(fresh);
+        }
         self.live.store(authz);
         if let Some(p) = rebuilt {
             self.login.providers.store(Arc::new(p.login));
         }
-        (current.validators, current.bearer, current.delegator, current.providers) =
-            (validators, bearer, delegator, digest);
+        (current.validators, current.bearer, current.delegator, current.providers, current.redis) =
+            (validators, bearer, delegator, digest, redis);
         if let (Some(admin), Some(token)) = (&self.admin, &new.server.admin_token) {
             admin.set_token(token.expose_secret());
         }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -52,10 +53,11 @@ impl StoreError {
     }
 }
 
-/// Shared handle to Redis. Cheap to clone.
+/// Shared handle to Redis. Cheap to clone. Every clone sees [`Redis::reconnect`]: a call takes the
+/// connections current when it starts and finishes on them.
 #[derive(Clone)]
 pub struct Redis {
-    inner: Arc<Inner>,
+    inner: Arc<ArcSwap<Inner>>,
 }
 
 enum Backend {
@@ -119,6 +121,72 @@ impl ConnectionLike for Conn {
 impl Redis {
     /// Builds the connections lazily: start-up succeeds while Redis is down, and readiness reports it.
     pub fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        Ok(Self { inner: Arc::new(ArcSwap::from_pointee(Inner::connect(cfg)?)) })
+    }
+
+    /// Points every clone at `fresh`'s connections, for a rotated password or certificate (reload): calls in
+    /// flight finish on the old ones, which close with the last of them.
+    pub fn replace(&self, fresh: &Redis) {
+        self.inner.store(fresh.inner.load_full());
+    }
+
+    /// Runs one command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let inner = self.inner.load_full();
+        inner
+            .timed(async {
+                let mut c = inner.conn().await?;
+                Ok(cmd.query_async(&mut c).await?)
+            })
+            .await
+    }
+
+    /// Runs `cmd`, a read of `key` alone, from the client cache when it is on (`redis.client_cache`,
+    /// [`client_cache`]); without it, the same as [`Redis::query`]. With it the reply is RESP3 (a hash is a
+    /// `Value::Map`).
+    pub async fn query_cached(&self, key: &str, cmd: &Cmd) -> Result<Value, StoreError> {
+        let inner = self.inner.load_full();
+        let Some(cached) = &inner.cached else { return self.query(cmd).await };
+        // Boxed: off by default, and every check's future would carry its state.
+        Box::pin(inner.observed(cached.read(key.as_bytes(), cmd))).await
+    }
+
+    /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.
+    pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
+        let inner = self.inner.load_full();
+        inner
+            .timed(async {
+                let mut c = inner.conn().await?;
+                Ok(pipe.query_async(&mut c).await?)
+            })
+            .await
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it once on NOSCRIPT).
+    pub async fn script<T: FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let inner = self.inner.load_full();
+        inner
+            .timed(async {
+                let mut c = inner.conn().await?;
+                Ok(inv.invoke_async(&mut c).await?)
+            })
+            .await
+    }
+
+    /// Readiness probe: the pool answers, and with `redis.client_cache` the tracking connection does too (a
+    /// Redis before 6, or an ACL user without `CLIENT`, refuses it, and every check would be a 503).
+    pub async fn ping(&self) -> bool {
+        let pool = self.query::<String>(&redis::cmd("PING")).await.is_ok();
+        let inner = self.inner.load_full();
+        match &inner.cached {
+            Some(cached) if pool => inner.observed(cached.ping()).await.is_ok(),
+            _ => pool,
+        }
+    }
+}
+
+impl Inner {
+    fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
         let mut cached = None;
         let backend = match cfg.mode {
             RedisMode::Cluster => {
@@ -156,11 +224,11 @@ impl Redis {
                 Backend::Standalone { conns, next: AtomicUsize::new(0) }
             }
         };
-        Ok(Self { inner: Arc::new(Inner { backend, timeout: cfg.timeout, cached }) })
+        Ok(Self { backend, timeout: cfg.timeout, cached })
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
-        match &self.inner.backend {
+        match &self.backend {
             Backend::Standalone { conns, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % conns.len();
                 Ok(Conn::Standalone(conns[i].clone()))
@@ -200,7 +268,7 @@ impl Redis {
 
     /// After a failed call in Sentinel mode, forget the master unless the error was the command's own.
     async fn after_error(&self, e: &StoreError) {
-        let Backend::Sentinel { master, .. } = &self.inner.backend else { return };
+        let Backend::Sentinel { master, .. } = &self.backend else { return };
         let read_only = |r: &redis::RedisError| r.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
         if e.connection_lost() || matches!(e, StoreError::Redis(r) if read_only(r)) {
             *master.write().await = None;
@@ -215,7 +283,7 @@ impl Redis {
         T: 'a,
     {
         use futures::FutureExt;
-        let timed = tokio::time::timeout(self.inner.timeout, fut).map(|r| r.unwrap_or(Err(StoreError::Timeout)));
+        let timed = tokio::time::timeout(self.timeout, fut).map(|r| r.unwrap_or(Err(StoreError::Timeout)));
         self.observed(timed)
     }
 
@@ -244,52 +312,6 @@ impl Redis {
             self.after_error(e).await;
         }
         out
-    }
-
-    /// Runs one command.
-    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        self.timed(async {
-            let mut c = self.conn().await?;
-            Ok(cmd.query_async(&mut c).await?)
-        })
-        .await
-    }
-
-    /// Runs `cmd`, a read of `key` alone, from the client cache when it is on (`redis.client_cache`,
-    /// [`client_cache`]); without it, the same as [`Redis::query`]. With it the reply is RESP3 (a hash is a
-    /// `Value::Map`).
-    pub async fn query_cached(&self, key: &str, cmd: &Cmd) -> Result<Value, StoreError> {
-        let Some(cached) = &self.inner.cached else { return self.query(cmd).await };
-        // Boxed: off by default, and every check's future would carry its state.
-        Box::pin(self.observed(cached.read(key.as_bytes(), cmd))).await
-    }
-
-    /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.
-    pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
-        self.timed(async {
-            let mut c = self.conn().await?;
-            Ok(pipe.query_async(&mut c).await?)
-        })
-        .await
-    }
-
-    /// Runs a Lua script (EVALSHA, loading it once on NOSCRIPT).
-    pub async fn script<T: FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T, StoreError> {
-        self.timed(async {
-            let mut c = self.conn().await?;
-            Ok(inv.invoke_async(&mut c).await?)
-        })
-        .await
-    }
-
-    /// Readiness probe: the pool answers, and with `redis.client_cache` the tracking connection does too (a
-    /// Redis before 6, or an ACL user without `CLIENT`, refuses it, and every check would be a 503).
-    pub async fn ping(&self) -> bool {
-        let pool = self.query::<String>(&redis::cmd("PING")).await.is_ok();
-        match &self.inner.cached {
-            Some(cached) if pool => self.observed(cached.ping()).await.is_ok(),
-            _ => pool,
-        }
     }
 }
 

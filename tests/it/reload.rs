@@ -12,7 +12,7 @@ use portcullis::config::Config as Parsed;
 use portcullis::session::{NewSession, SessionStore};
 
 use crate::harness::eventually;
-use crate::harness::idp::{IdpServer, CLIENT_ID, CLIENT_SECRET};
+use crate::harness::idp::{IdpOptions, IdpServer, CLIENT_ID, CLIENT_SECRET};
 use crate::harness::redis::RedisServer;
 use crate::served::{Config, Served};
 
@@ -302,6 +302,53 @@ async fn the_revalidation_mode_follows_a_reload() {
         assert_eq!(env.check(&cookie).await, 200);
     }
     assert_eq!(introspections().await, before + 3, "every_request: one introspection per check");
+}
+
+/// A Redis password rotated the way Redis ACLs allow: the user gets a second password, the Secret is
+/// swapped, then the first password is removed and the user's connections killed. The reload made new
+/// connections with the second password, so the signed-in session is allowed throughout; without them the
+/// killed connections would come back with the first password and every check would be a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_redis_password_reconnects_and_logs_nobody_out() {
+    let redis = RedisServer::start();
+    let acl = |args: &[&str]| {
+        let out = redis.cli(&[&["ACL", "SETUSER", "portcullis"][..], args].concat());
+        assert!(out.contains("OK"), "ACL SETUSER {args:?}: {out}");
+    };
+    acl(&["on", ">first-password", "~*", "&*", "+@all"]);
+    let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
+    let idp = IdpServer::start_with(IdpOptions {
+        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path();
+    secret_version(mount, "..2026_12_08_01_00_00.1", "redis-password", "first-password");
+    let mut config = Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key());
+    config.redis += &format!("\nusername = \"portcullis\"\npassword_file = {:?}", mount.join("redis-password"));
+    let served = Served::spawn(grpc, http, &config.text(grpc, http), |_| {});
+    assert!(served.wait_ready().await, "{}", served.log());
+    let cookie = served.sign_in(&idp, "alice").await;
+    assert_eq!(served.check(&[("cookie", &cookie)]).await, 200);
+
+    acl(&[">second-password"]);
+    secret_version(mount, "..2026_12_08_02_00_00.2", "redis-password", "second-password");
+    let reloaded = async || served.log().contains("[redis] changed") && served.log().contains("configuration reloaded");
+    assert!(eventually(WAIT, reloaded).await, "the new password was not picked up: {}", served.log());
+    assert_eq!(served.check(&[("cookie", &cookie)]).await, 200, "{}", served.log());
+
+    acl(&["<first-password"]);
+    let killed = redis.cli(&["CLIENT", "KILL", "USER", "portcullis"]);
+    assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 1), "no connection of the user to kill: {killed}");
+    // A killed connection fails the call that finds it dead (503) while it reconnects, with the second
+    // password; with the first the reconnect is refused and no check passes again.
+    let allowed = async || served.check(&[("cookie", &cookie)]).await == 200;
+    assert!(eventually(WAIT, allowed).await, "never allowed after the kill: {}", served.log());
+    for _ in 0..5 {
+        assert_eq!(served.check(&[("cookie", &cookie)]).await, 200, "{}", served.log());
+    }
+    assert!(!served.log().contains("only takes effect on restart"), "{}", served.log());
 }
 
 /// Ten reloads under a loop of checks on a valid session: not one check fails.

@@ -169,3 +169,30 @@ async fn a_providers_ca_file_rewritten_in_place_is_trusted_after_the_reload() {
     let cookie = sign_in(&served, &idp, &pki, "alice").await;
     assert_eq!(served.check(&[("cookie", &cookie)]).await, 200, "{}", served.log());
 }
+
+/// A Redis client certificate renewed in place, as cert-manager rewrites its Secret: the reload makes new
+/// connections with the new pair, no restart. Before it, a pair from a CA Redis does not trust: 503.
+#[tokio::test]
+async fn a_redis_client_certificate_renewed_in_place_is_used_after_the_reload() {
+    let (pki, stranger) = (Pki::new(), Pki::new());
+    let redis = RedisServer::start_tls(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(stranger.path("client.pem"), &cert).unwrap();
+    std::fs::copy(stranger.path("client.key"), &key).unwrap();
+    let keys = format!("ca_file = {:?}\nclient_cert_file = {cert:?}\nclient_key_file = {key:?}", pki.path("ca.pem"));
+    let served = Served::config(&Config::offline(&format!("url = {:?}\n{keys}", redis.url())));
+    let refused = async || served.readyz().await == Some(503);
+    assert!(eventually(std::time::Duration::from_secs(10), refused).await, "{}", served.log());
+    assert_eq!(served.check(&[("cookie", UNKNOWN)]).await, 503, "a client certificate Redis does not trust");
+
+    for (renewed, path) in [("client.pem", &cert), ("client.key", &key)] {
+        let next = path.with_extension("new");
+        std::fs::copy(pki.path(renewed), &next).unwrap();
+        std::fs::rename(&next, path).unwrap();
+    }
+    let read = async || served.check(&[("cookie", UNKNOWN)]).await == 401;
+    assert!(eventually(std::time::Duration::from_secs(15), read).await, "never read Redis: {}", served.log());
+    assert!(served.log().contains("[redis] changed"), "{}", served.log());
+    assert!(!served.log().contains("only takes effect on restart"), "{}", served.log());
+}
