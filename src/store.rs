@@ -142,13 +142,25 @@ impl Redis {
     }
 
     /// Runs `cmd`, a read of `key` alone, from the client cache when it is on (`redis.client_cache`,
-    /// [`client_cache`]); without it, the same as [`Redis::query`]. With it the reply is RESP3 (a hash is a
-    /// `Value::Map`).
+    /// [`client_cache`]); without it, the same as [`Redis::read`]. With it the reply is RESP3 (a hash is a
+    /// `Value::Map`). Sent again once if it found its connection dead ([`again_if_dropped`]).
     pub async fn query_cached(&self, key: &str, cmd: &Cmd) -> Result<Value, StoreError> {
         let inner = self.inner.load_full();
-        let Some(cached) = &inner.cached else { return self.query(cmd).await };
+        let Some(cached) = &inner.cached else { return self.read(cmd).await };
         // Boxed: off by default, and every check's future would carry its state.
-        Box::pin(inner.observed(cached.read(key.as_bytes(), cmd))).await
+        Box::pin(inner.observed(again_if_dropped(|| cached.read(key.as_bytes(), cmd)))).await
+    }
+
+    /// Runs `cmd`, a command that changes nothing, sent again once if it found its connection dead
+    /// ([`again_if_dropped`]).
+    pub async fn read<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let inner = self.inner.load_full();
+        inner
+            .timed(again_if_dropped(|| async {
+                let mut c = inner.conn().await?;
+                Ok(cmd.query_async(&mut c).await?)
+            }))
+            .await
     }
 
     /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.
@@ -176,7 +188,7 @@ impl Redis {
     /// Readiness probe: the pool answers, and with `redis.client_cache` the tracking connection does too (a
     /// Redis before 6, or an ACL user without `CLIENT`, refuses it, and every check would be a 503).
     pub async fn ping(&self) -> bool {
-        let pool = self.query::<String>(&redis::cmd("PING")).await.is_ok();
+        let pool = self.read::<String>(&redis::cmd("PING")).await.is_ok();
         let inner = self.inner.load_full();
         match &inner.cached {
             Some(cached) if pool => inner.observed(cached.ping()).await.is_ok(),
@@ -312,6 +324,27 @@ impl Inner {
             self.after_error(e).await;
         }
         out
+    }
+}
+
+/// Runs `call` once more when its first try found the connection dead (Redis restarted, failed over, or
+/// closed it): redis-rs fails the call that meets a dead connection and reconnects behind it, so without
+/// this the check that came first after a Redis restart would be a 503. Reads only: a command whose reply
+/// was lost may have run, and running a read twice changes nothing. A refused connection is tried again too:
+/// the connection manager keeps its last reconnect's refusal until a call asks again, which is the first
+/// check after Redis is back. While Redis is down that costs the 503 one more connect (and redis-rs's
+/// backoff, about 100 ms), within `redis.timeout`.
+async fn again_if_dropped<T, F, Fut>(call: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    match call().await {
+        Err(StoreError::Redis(e)) if e.is_connection_dropped() => {
+            tracing::info!(error = %e, "redis connection lost; sending the read again on a new one");
+            call().await
+        }
+        other => other,
     }
 }
 

@@ -663,3 +663,36 @@ async fn redis_sentinel_mode_follows_a_failover() {
     assert_eq!(app.check(request("GET", "/", &[("cookie", &cookie(&app, &value2))])).await.status(), 200);
     app.shutdown().await;
 }
+
+/// Redis closing portcullis's connections (a restart, a failover, `CLIENT KILL`, a proxy's idle timeout)
+/// costs no check once Redis answers again: the read that meets the dead connection is sent again on a new one. Before, the first
+/// check after each close was a 503. `portcullis serve` from a config file, with the client cache off and on.
+#[tokio::test]
+async fn redis_closing_the_connections_fails_no_check() {
+    use crate::served::{Config, Served};
+    const UNKNOWN: &str = "GATEWAY_SESSION=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for cache in [false, true] {
+        let mut redis = RedisServer::start();
+        let served = Served::config(&Config::offline(&format!("url = {:?}\nclient_cache = {cache}", redis.url())));
+        assert!(served.wait_ready().await, "{}", served.log());
+        for round in 0..5 {
+            assert_eq!(served.check(&[("cookie", UNKNOWN)]).await, 401, "cache {cache}, round {round}");
+            if round == 3 {
+                redis.restart();
+            } else if round == 4 {
+                // Down long enough for the readiness probe to meet the refusal first.
+                redis.stop();
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                redis.restart();
+            } else {
+                let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+                assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 1), "nothing to kill: {killed}");
+            }
+            // 401: the session read reached Redis (an unknown session); 503 would be the dead connection.
+            for _ in 0..3 {
+                assert_eq!(served.check(&[("cookie", UNKNOWN)]).await, 401, "cache {cache}, round {round}");
+            }
+        }
+        assert!(served.log().contains("redis connection lost"), "{}", served.log());
+    }
+}
