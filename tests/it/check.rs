@@ -673,7 +673,10 @@ async fn redis_closing_the_connections_fails_no_check() {
     const UNKNOWN: &str = "GATEWAY_SESSION=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     for cache in [false, true] {
         let mut redis = RedisServer::start();
-        let served = Served::config(&Config::offline(&format!("url = {:?}\nclient_cache = {cache}", redis.url())));
+        let served = Served::config(&Config::offline(&format!(
+            "url = {:?}\ntimeout = \"5s\"\nclient_cache = {cache}",
+            redis.url()
+        )));
         assert!(served.wait_ready().await, "{}", served.log());
         for round in 0..5 {
             assert_eq!(served.check(&[("cookie", UNKNOWN)]).await, 401, "cache {cache}, round {round}");
