@@ -1,4 +1,4 @@
-//! The Redis connection (standalone, cluster, or a master found through Sentinel) and the three ways the
+//! The Redis connection (standalone, cluster, or a master found through Sentinel) and the calls the
 //! rest of the crate talks to it.
 //!
 //! Connections are redis-rs multiplexed connections (`ConnectionManager`, or the cluster client), shared
@@ -9,6 +9,9 @@
 //! With `redis.client_cache`, one more connection speaks RESP3 with `CLIENT TRACKING ON`: only the Check's
 //! session read ([`Redis::query_cached`]) goes through it ([`client_cache`]). Every other command keeps the
 //! RESP2 pool and its reply shapes.
+//!
+//! A reload that changes `[redis]` (a rotated password or certificate) swaps new connections in under every
+//! clone ([`Redis::replace`]). A read that meets a dead connection is sent once more ([`again_if_dropped`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -53,7 +56,7 @@ impl StoreError {
     }
 }
 
-/// Shared handle to Redis. Cheap to clone. Every clone sees [`Redis::reconnect`]: a call takes the
+/// Shared handle to Redis. Cheap to clone. Every clone sees [`Redis::replace`]: a call takes the
 /// connections current when it starts and finishes on them.
 #[derive(Clone)]
 pub struct Redis {
