@@ -1,5 +1,5 @@
 //! The Redis connection (standalone, cluster, or a master found through Sentinel) and the calls the
-//! rest of the crate talks to it.
+//! rest of the crate makes on it.
 //!
 //! Connections are redis-rs multiplexed connections (`ConnectionManager`, or the cluster client), shared
 //! by every task. A checkout pool such as deadpool-redis PINGs on every checkout, which would double the
