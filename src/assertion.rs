@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -166,7 +167,8 @@ struct Minted {
 
 /// Mints and caches the assertions of allowed checks.
 pub struct Asserter {
-    keys: KeySet,
+    /// Swapped by a reload ([`Asserter::set_keys`]).
+    keys: ArcSwap<KeySet>,
     issuer: String,
     default_audience: String,
     ttl: i64,
@@ -186,7 +188,7 @@ impl Asserter {
     pub fn new(keys: KeySet, issuer: &str, default_audience: &str, ttl: Duration) -> Self {
         let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(60).max(1);
         Self {
-            keys,
+            keys: ArcSwap::from_pointee(keys),
             issuer: issuer.to_string(),
             default_audience: default_audience.to_string(),
             ttl: ttl_secs,
@@ -195,7 +197,23 @@ impl Asserter {
     }
 
     pub fn jwks(&self) -> serde_json::Value {
-        self.keys.jwks()
+        self.keys.load().jwks()
+    }
+
+    /// The keys of a reloaded config: published from the next JWKS request, the first signing from the next
+    /// assertion. Assertions minted under the old keys are dropped from the cache, so none signed by a key
+    /// that is no longer published is served again. True when something changed.
+    pub fn set_keys(&self, keys: KeySet) -> bool {
+        let running = self.keys.load();
+        if running.jwks() == keys.jwks() && running.signer().ok().map(|k| &k.kid) == keys.signer().ok().map(|k| &k.kid)
+        {
+            return false;
+        }
+        let signer = keys.signer().map(|k| k.kid.clone()).unwrap_or_default();
+        tracing::info!(published = keys.keys.len(), signer, "assertion keys changed");
+        self.keys.store(Arc::new(keys));
+        self.cache.invalidate_all();
+        true
     }
 
     /// The `aud` for a route: its `portcullis.audience`, else the configured default.
@@ -221,7 +239,8 @@ impl Asserter {
     }
 
     fn mint(&self, a: &Allowed, audience: &str, iat: i64, exp: i64) -> Result<String, AssertionError> {
-        let k = self.keys.signer()?;
+        let keys = self.keys.load();
+        let k = keys.signer()?;
         let mut header = Header::new(k.alg);
         header.kid = Some(k.kid.clone());
         let claims = Claims {

@@ -21,13 +21,14 @@ pub struct HttpState {
     pub jwks: Option<Jwks>,
 }
 
-/// The JWKS document, rendered once: the keys only change with the config.
+/// The JWKS document of the running keys (a reload may change them), rendered per request: upstreams fetch
+/// it every few minutes.
 #[derive(Clone)]
-pub struct Jwks(Arc<str>);
+pub struct Jwks(Arc<crate::assertion::Asserter>);
 
 impl Jwks {
-    pub fn new(asserter: Option<&crate::assertion::Asserter>) -> Option<Self> {
-        asserter.map(|a| Self(a.jwks().to_string().into()))
+    pub fn new(asserter: Option<&Arc<crate::assertion::Asserter>>) -> Option<Self> {
+        asserter.map(|a| Self(a.clone()))
     }
 }
 
@@ -56,9 +57,9 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 
 async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
     match s.jwks {
-        Some(Jwks(body)) => (
+        Some(Jwks(asserter)) => (
             [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, JWKS_CACHE_CONTROL)],
-            body.to_string(),
+            asserter.jwks().to_string(),
         )
             .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),

@@ -1,12 +1,12 @@
 //! Reload without restart: on SIGHUP, or when the config file or a secret file it names changes, the
 //! config is loaded and validated again and, if it is valid as a whole, the reloadable part is swapped in
 //! at once: a new [`Authorizer`] snapshot (header names, response headers, mode, audit sampling), the
-//! session key ring, the admin token and the log level; when `[providers.*]` (a client secret),
-//! `[revalidation]` or `[bearer]` changed, the providers are rebuilt (validators, bearer verifier, login
-//! clients) over the running M2M manager; when `[redis]` changed (a rotated password, CA or client
-//! certificate), new Redis connections are made from it and calls in flight finish on the old ones. An
-//! invalid config is refused whole and the running one stays. Otherwise caches, breakers, providers, M2M
-//! tokens and the Redis connections are kept.
+//! session key ring, the assertion signing keys (and so the JWKS), the admin token and the log level.
+//! When `[providers.*]` (a client secret), `[revalidation]` or `[bearer]` changed, the providers are rebuilt
+//! (validators, bearer verifier, login clients) over the running M2M manager; when `[redis]` changed (a
+//! rotated password, CA or client certificate), new Redis connections are made from it and calls in flight
+//! finish on the old ones. An invalid config is refused whole and the running one stays. Otherwise caches,
+//! breakers, providers, M2M tokens and the Redis connections are kept.
 //!
 //! Files are polled (content digest every [`POLL`]), not watched through inotify: reading the path
 //! follows Kubernetes' `..data` symlink swap, which directory events report only indirectly.
@@ -23,7 +23,7 @@ use crate::admin::AdminState;
 use crate::assertion::Asserter;
 use crate::authz::grpc::LiveAuthorizer;
 use crate::authz::Authorizer;
-use crate::config::{Config, SessionConfig};
+use crate::config::{AssertionConfig, Config, SessionConfig};
 use crate::delegate::Delegator;
 use crate::idp::bearer::BearerVerifier;
 use crate::idp::Validators;
@@ -41,12 +41,14 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 pub const RESTART_NOTE: &str = "a reload (SIGHUP or a changed file) applies everything except server.grpc_addr, \
 server.http_addr, server.admin_addr, server.public_url, server.trusted_proxies, server.log_format, \
 server.worker_threads, \
-[session] other than its keys, [m2m], [login] and [assertion]: those need a restart";
+[session] other than its keys, [m2m], [login] and [assertion] other than its keys: those need a restart";
 
 /// The sections a reload keeps as they were at start, by the key named in the warning.
 fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
     let mut session = c.session.clone();
     (session.encryption_keys, session.decrypt_only_keys, session.encryption_keys_file) = (vec![], vec![], None);
+    let mut assertion = c.assertion.clone();
+    (assertion.signing_keys, assertion.signing_keys_file) = (vec![], None);
     vec![
         ("server.grpc_addr", c.server.grpc_addr.clone()),
         ("server.http_addr", c.server.http_addr.clone()),
@@ -58,7 +60,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("session", format!("{session:?}")),
         ("m2m", format!("{:?}", c.m2m)),
         ("login", format!("{:?}", c.login)),
-        ("assertion", format!("{:?}", c.assertion)),
+        ("assertion", format!("{assertion:?}")),
     ]
 }
 
@@ -79,7 +81,11 @@ fn effective(started: &Config, new: &Config) -> Config {
     };
     e.m2m = started.m2m.clone();
     e.login = started.login.clone();
-    e.assertion = started.assertion.clone();
+    e.assertion = AssertionConfig {
+        signing_keys: new.assertion.signing_keys.clone(),
+        signing_keys_file: new.assertion.signing_keys_file.clone(),
+        ..started.assertion.clone()
+    };
     e
 }
 
@@ -201,6 +207,13 @@ impl Reloader {
             }
         }
         let eff = effective(&self.started, &new);
+        // Without keys (an operator turning [assertion] off, which waits for a restart) the running ones stay.
+        let assertion_keys = match &self.asserter {
+            Some(_) if !eff.assertion.signing_keys.is_empty() => {
+                Some(eff.assertion.key_set().map_err(|e| format!("assertion.signing_keys: {e}"))?)
+            }
+            _ => None,
+        };
         let redis = redis_digest(&eff);
         let fresh = if redis == current.redis {
             None
@@ -232,6 +245,9 @@ impl Reloader {
             delegator.clone(),
         );
         self.store.set_keys(ring);
+        if let (Some(asserter), Some(keys)) = (&self.asserter, assertion_keys) {
+            asserter.set_keys(keys);
+        }
         if let Some(fresh) = &fresh {
             tracing::info!("[redis] changed: new connections from it; calls in flight finish on the old ones");
             self.store.redis().replace(fresh);

@@ -136,7 +136,7 @@ impl Server {
         let app = http::router(HttpState {
             redis: redis.clone(),
             draining: draining.clone(),
-            jwks: http::Jwks::new(asserter.as_deref()),
+            jwks: http::Jwks::new(asserter.as_ref()),
         })
         .merge(login::router(login.clone()));
         let c = cancel.clone();

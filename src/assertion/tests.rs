@@ -115,3 +115,25 @@ fn every_key_is_published_and_the_first_signs() {
     assert!(keys.iter().all(|k| k["use"] == "sig" && k.get("d").is_none()), "public parts only: {jwks}");
     assert_eq!(set.signer().unwrap().kid, ed.split_once(':').unwrap().0);
 }
+
+#[tokio::test]
+async fn new_keys_drop_the_assertions_cached_under_the_old_ones_and_the_same_keys_change_nothing() {
+    let (old, new) = (generate_key(KeyAlg::Es256).unwrap(), generate_key(KeyAlg::Eddsa).unwrap());
+    let a = Asserter::new(KeySet::parse(&[&old]).unwrap(), "https://app.example.com", "aud", Duration::from_secs(60));
+    let (u, now) = (allowed("alice", &[]), crate::now());
+    let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    let first = a.assertion(&u, "aud", now).await.unwrap();
+    assert!(!a.set_keys(KeySet::parse(&[&old]).unwrap()), "the same keys");
+    assert_eq!(a.assertion(&u, "aud", now).await.unwrap(), first, "still cached");
+
+    assert!(a.set_keys(KeySet::parse(&[&old, &new]).unwrap()), "a key published");
+    assert_eq!(a.jwks()["keys"].as_array().unwrap().len(), 2);
+    let second = a.assertion(&u, "aud", now).await.unwrap();
+    assert_ne!(second, first, "re-minted after the change");
+    assert_eq!(kid(&second), old.split_once(':').unwrap().0);
+
+    assert!(a.set_keys(KeySet::parse(&[&new]).unwrap()), "the new key signs alone");
+    let third = a.assertion(&u, "aud", now).await.unwrap();
+    assert_eq!(kid(&third), new.split_once(':').unwrap().0);
+    assert_eq!(verify(&a, &third, "aud").unwrap().sub, "alice");
+}

@@ -24,7 +24,7 @@ fn assertion_toml(keys: &[&str], extra: &str) -> String {
 }
 
 /// What an upstream does: find the key by `kid` in the JWKS, check signature, `iss`, `aud` and `exp`.
-fn verify(jwks: &JwkSet, token: &str, iss: &str, aud: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+pub(crate) fn verify(jwks: &JwkSet, token: &str, iss: &str, aud: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
     let kid = jsonwebtoken::decode_header(token)?.kid.ok_or(ErrorKind::InvalidToken)?;
     let jwk = jwks.find(&kid).ok_or(ErrorKind::InvalidToken)?;
     // The algorithm comes from the published key, never from the token's header.
@@ -40,7 +40,7 @@ fn verify(jwks: &JwkSet, token: &str, iss: &str, aud: &str) -> Result<Claims, js
     Ok(jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_jwk(jwk)?, &v)?.claims)
 }
 
-async fn jwks_at(url: &str) -> JwkSet {
+pub(crate) async fn jwks_at(url: &str) -> JwkSet {
     let r = reqwest::get(url).await.unwrap();
     assert_eq!(r.status(), 200, "{url}");
     let cc = r.headers().get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -48,7 +48,7 @@ async fn jwks_at(url: &str) -> JwkSet {
     r.json().await.unwrap()
 }
 
-fn kid_of(entry: &str) -> &str {
+pub(crate) fn kid_of(entry: &str) -> &str {
     entry.split_once(':').unwrap().0
 }
 

@@ -351,6 +351,69 @@ async fn a_rotated_redis_password_reconnects_and_logs_nobody_out() {
     assert!(!served.log().contains("only takes effect on restart"), "{}", served.log());
 }
 
+/// The `[assertion]` signing keys from a Secret, rotated in its three steps without a restart: a new key is
+/// published, then signs, then the old one goes. At each step the JWKS and the upstream's `x-auth-jwt`
+/// follow, and the assertion verifies against the JWKS served at that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertion_keys_rotate_by_reload() {
+    use crate::assertion::{jwks_at, kid_of, verify};
+    use portcullis::assertion::{generate_key, KeyAlg};
+    let redis = RedisServer::start();
+    let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
+    let idp = IdpServer::start_with(IdpOptions {
+        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path();
+    let (old, new) = (generate_key(KeyAlg::Es256).unwrap(), generate_key(KeyAlg::Eddsa).unwrap());
+    let keys = |version: &str, entries: &[&str]| secret_version(mount, version, "assertion-keys", &entries.join("\n"));
+    keys("..2026_12_08_01_00_00.1", &[&old]);
+    let file = mount.join("assertion-keys");
+    let mut config = Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key());
+    config.tables = format!("[assertion]\nenabled = true\nsigning_keys_file = {file:?}\nttl = \"60s\"");
+    let served = Served::spawn(grpc, http, &config.text(grpc, http), |_| {});
+    assert!(served.wait_ready().await, "{}", served.log());
+    let cookie = served.sign_in(&idp, "alice").await;
+    let base = served.base();
+    let jwks_url = format!("{base}/.well-known/jwks.json");
+    let kids = async || {
+        let jwks = jwks_at(&jwks_url).await;
+        jwks.keys.iter().filter_map(|k| k.common.key_id.clone()).collect::<Vec<_>>()
+    };
+    // The upstream's view: the assertion's signer, checked against the JWKS served now.
+    let signed_by = async || {
+        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+        let req = crate::harness::app::request("GET", "/", &[("cookie", &cookie)]);
+        let checked = crate::harness::app::Checked(client.check(req).await.unwrap().into_inner());
+        assert_eq!(checked.status(), 200, "{}", served.log());
+        let token = checked.header("x-auth-jwt").expect("an assertion");
+        let claims = verify(&jwks_at(&jwks_url).await, &token, &base, &base);
+        assert_eq!(claims.expect("verifies against the JWKS served now").sub, "alice");
+        jsonwebtoken::decode_header(&token).unwrap().kid.unwrap()
+    };
+    assert_eq!(kids().await, [kid_of(&old)]);
+    assert_eq!(signed_by().await, kid_of(&old));
+
+    // 1. The new key published, not signing yet.
+    keys("..2026_12_08_02_00_00.2", &[&old, &new]);
+    assert!(eventually(WAIT, async || kids().await.len() == 2).await, "never published: {}", served.log());
+    assert_eq!(kids().await, [kid_of(&old), kid_of(&new)]);
+    assert_eq!(signed_by().await, kid_of(&old));
+    // 2. It signs; the old one stays published for the assertions upstreams still hold.
+    keys("..2026_12_08_03_00_00.3", &[&new, &old]);
+    assert!(eventually(WAIT, async || signed_by().await == kid_of(&new)).await, "never signed: {}", served.log());
+    assert_eq!(kids().await, [kid_of(&new), kid_of(&old)]);
+    // 3. The old key withdrawn.
+    keys("..2026_12_08_04_00_00.4", &[&new]);
+    assert!(eventually(WAIT, async || kids().await.len() == 1).await, "never withdrawn: {}", served.log());
+    assert_eq!(kids().await, [kid_of(&new)]);
+    assert_eq!(signed_by().await, kid_of(&new));
+    assert!(!served.log().contains("only takes effect on restart"), "{}", served.log());
+}
+
 /// Ten reloads under a loop of checks on a valid session: not one check fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_check_fails_during_reloads() {
