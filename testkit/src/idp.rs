@@ -65,6 +65,13 @@ pub struct IdpOptions {
     pub tls: Option<IdpTls>,
 }
 
+impl IdpOptions {
+    /// The client's one redirect URI: the callback of the portcullis whose HTTP listener is at `base`.
+    pub fn redirecting_to(base: &str) -> Self {
+        Self { redirect_uris: vec![format!("{base}/oauth2/callback")], ..Default::default() }
+    }
+}
+
 /// The IdP's certificate, key and the CA that signed them (see [`crate::tls::Pki::idp_tls`]).
 #[derive(Debug, Clone)]
 pub struct IdpTls {

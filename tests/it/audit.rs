@@ -43,14 +43,10 @@ async fn serve(redis: &RedisServer, idp_for: impl FnOnce(&str) -> IdpOptions, sa
     (Running { served, grpc, base }, idp)
 }
 
-fn idp_options(base: &str) -> IdpOptions {
-    IdpOptions { redirect_uris: vec![format!("{base}/oauth2/callback")], ..Default::default() }
-}
-
 #[tokio::test]
 async fn every_decision_gets_one_audit_line_without_query_or_secrets() {
     let redis = RedisServer::start();
-    let (r, idp) = serve(&redis, idp_options, "1.0").await;
+    let (r, idp) = serve(&redis, IdpOptions::redirecting_to, "1.0").await;
     let cookie = sign_in_at(&r.base, &idp, "alice").await;
     let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", r.grpc)).await.unwrap();
     let mut check = async |method: &str, path: &str, headers: &[(&str, &str)]| {
@@ -93,7 +89,7 @@ async fn every_decision_gets_one_audit_line_without_query_or_secrets() {
 #[tokio::test]
 async fn sampling_drops_allows_but_never_denies() {
     let redis = RedisServer::start();
-    let (r, idp) = serve(&redis, idp_options, "0.0").await;
+    let (r, idp) = serve(&redis, IdpOptions::redirecting_to, "0.0").await;
     let cookie = sign_in_at(&r.base, &idp, "bob").await;
     let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", r.grpc)).await.unwrap();
     for i in 0..5 {

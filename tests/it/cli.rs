@@ -283,13 +283,7 @@ async fn serve_answers_concurrent_checks_on_one_worker_or_several() {
     for workers in [1, 2] {
         let redis = RedisServer::start();
         let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
-        let callback = format!("http://127.0.0.1:{http}/oauth2/callback");
-        let idp = IdpServer::start_with(IdpOptions {
-            backchannel_logout_uri: None,
-            redirect_uris: vec![callback],
-            ..Default::default()
-        })
-        .await;
+        let idp = IdpServer::start_with(IdpOptions::redirecting_to(&format!("http://127.0.0.1:{http}"))).await;
         let config = crate::served::Config {
             server: format!("worker_threads = {workers}"),
             ..crate::served::Config::ping(&redis.url(), &idp.issuer(), &portcullis::crypto::generate_key())

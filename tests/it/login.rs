@@ -28,8 +28,7 @@ async fn setup(extra: &str, backchannel: bool, tweak: impl FnOnce(&mut portculli
     let base = format!("http://127.0.0.1:{port}");
     let idp = IdpServer::start_with(IdpOptions {
         backchannel_logout_uri: backchannel.then(|| format!("{base}/oauth2/backchannel-logout")),
-        redirect_uris: vec![format!("{base}/oauth2/callback")],
-        ..Default::default()
+        ..IdpOptions::redirecting_to(&base)
     })
     .await;
     let toml =

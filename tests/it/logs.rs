@@ -15,12 +15,7 @@ async fn no_token_cookie_or_session_id_reaches_the_logs_at_any_level() {
     let redis = RedisServer::start();
     let (grpc, http) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{http}");
-    let idp = IdpServer::start_with(IdpOptions {
-        backchannel_logout_uri: None,
-        redirect_uris: vec![format!("{base}/oauth2/callback")],
-        ..Default::default()
-    })
-    .await;
+    let idp = IdpServer::start_with(IdpOptions::redirecting_to(&base)).await;
     let key = portcullis::crypto::generate_key();
     let config = Config { server: "log_format = \"json\"".into(), ..Config::ping(&redis.url(), &idp.issuer(), &key) };
     let mut served = Served::spawn(grpc, http, &config.text(grpc, http), |c| {

@@ -317,11 +317,7 @@ async fn a_rotated_redis_password_reconnects_and_logs_nobody_out() {
     };
     acl(&["on", ">first-password", "~*", "&*", "+@all"]);
     let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
-    let idp = IdpServer::start_with(IdpOptions {
-        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
-        ..Default::default()
-    })
-    .await;
+    let idp = IdpServer::start_with(IdpOptions::redirecting_to(&format!("http://127.0.0.1:{http}"))).await;
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path();
     secret_version(mount, "..2026_12_08_01_00_00.1", "redis-password", "first-password");
@@ -360,11 +356,7 @@ async fn assertion_keys_rotate_by_reload() {
     use portcullis::assertion::{generate_key, KeyAlg};
     let redis = RedisServer::start();
     let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
-    let idp = IdpServer::start_with(IdpOptions {
-        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
-        ..Default::default()
-    })
-    .await;
+    let idp = IdpServer::start_with(IdpOptions::redirecting_to(&format!("http://127.0.0.1:{http}"))).await;
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path();
     let (old, new) = (generate_key(KeyAlg::Es256).unwrap(), generate_key(KeyAlg::Eddsa).unwrap());

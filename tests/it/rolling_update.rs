@@ -90,12 +90,7 @@ async fn roll(
 async fn pods_replaced_one_by_one_with_a_key_rotation_fail_no_check_and_lose_no_session() {
     let redis = RedisServer::start();
     let envoy_port = free_port();
-    let idp = IdpServer::start_with(IdpOptions {
-        backchannel_logout_uri: None,
-        redirect_uris: vec![format!("http://127.0.0.1:{envoy_port}/oauth2/callback")],
-        ..Default::default()
-    })
-    .await;
+    let idp = IdpServer::start_with(IdpOptions::redirecting_to(&format!("http://127.0.0.1:{envoy_port}"))).await;
     // Short ID tokens: sessions are refreshed, and so resealed, while the rollouts run.
     idp.set_ttl(serde_json::json!({"IdToken": 3})).await;
     let cluster = Cluster { redis, idp, upstream: Upstream::start().await, envoy_port };

@@ -27,12 +27,8 @@ fn redis_tls(pki: &Pki, client: bool) -> String {
 
 /// The test IdP on HTTPS under `pki`'s CA, redirecting to a portcullis whose HTTP listener is on `http`.
 async fn https_idp(pki: &Pki, http: u16) -> IdpServer {
-    IdpServer::start_with(IdpOptions {
-        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
-        tls: Some(pki.idp_tls()),
-        ..Default::default()
-    })
-    .await
+    let base = format!("http://127.0.0.1:{http}");
+    IdpServer::start_with(IdpOptions { tls: Some(pki.idp_tls()), ..IdpOptions::redirecting_to(&base) }).await
 }
 
 /// Signs `user` in through `served`'s login routes with a browser that trusts `pki` (the IdP is on HTTPS);

@@ -179,12 +179,7 @@ pub fn stored_secrets(redis: &RedisServer, key: &str, session_id: &str, idp: &Id
 }
 
 async fn idp_for(http: u16) -> IdpServer {
-    IdpServer::start_with(IdpOptions {
-        backchannel_logout_uri: None,
-        redirect_uris: vec![format!("http://127.0.0.1:{http}/oauth2/callback")],
-        ..Default::default()
-    })
-    .await
+    IdpServer::start_with(IdpOptions::redirecting_to(&format!("http://127.0.0.1:{http}"))).await
 }
 
 /// Signs in as `user`; the callback carries `traceparent`, if any. Returns the cookie value.
