@@ -133,7 +133,7 @@ impl Redis {
         self.inner.store(fresh.inner.load_full());
     }
 
-    /// Runs one command.
+    /// Runs one command, once: for writes (a read goes through [`Redis::read`]).
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let inner = self.inner.load_full();
         inner

@@ -163,7 +163,7 @@ async fn complete(s: &LoginState, client: &str, headers: &HeaderMap, q: Callback
     // The login must be bound to this browser (its binding cookie) before the state is consumed, so a
     // leaked callback URL opened elsewhere neither signs that browser in nor spoils the real login.
     let key = crate::keys::pkce(state);
-    let pending = match s.redis.query::<Option<String>>(redis::cmd("GET").arg(&key)).await {
+    let pending = match s.redis.read::<Option<String>>(redis::cmd("GET").arg(&key)).await {
         Ok(p) => p.and_then(|j| serde_json::from_str::<Pending>(&j).ok()),
         Err(_) => return Err(unknown(LoginFailure::RedisUnavailable)),
     };

@@ -215,7 +215,7 @@ pub async fn shared_status(
     let mut out = Vec::with_capacity(slots.len());
     for (p, slot) in &slots {
         let t = shared::read(redis, ring, p, slot).await?;
-        let locked: bool = redis.query(redis::cmd("EXISTS").arg(crate::keys::m2m_lock(p, slot))).await?;
+        let locked: bool = redis.read(redis::cmd("EXISTS").arg(crate::keys::m2m_lock(p, slot))).await?;
         out.push(ProviderStatus {
             provider: p.clone(),
             shared_expires_in: t.map(|t| t.expires_in(now)),

@@ -27,7 +27,7 @@ pub async fn read(
     slot: &str,
 ) -> Result<Option<CachedToken>, StoreError> {
     let key = crate::keys::m2m_token(provider, slot);
-    let raw: Option<String> = redis.query(redis::cmd("GET").arg(&key)).await?;
+    let raw: Option<String> = redis.read(redis::cmd("GET").arg(&key)).await?;
     let Some(mut t) = raw.and_then(|text| CachedToken::from_json(provider, &text)) else {
         return Ok(None);
     };

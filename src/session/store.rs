@@ -289,7 +289,7 @@ impl SessionStore {
     /// One delegated-token field of a session and the access token (as stored) it must derive from; both
     /// `None` when the session is gone. One command on one key.
     pub async fn delegated(&self, id: &str, name: &str) -> Result<(Option<String>, Option<String>), StoreError> {
-        self.redis.query(redis::cmd("HMGET").arg(session_key(id)).arg(field::ACCESS_TOKEN).arg(name)).await
+        self.redis.read(redis::cmd("HMGET").arg(session_key(id)).arg(field::ACCESS_TOKEN).arg(name)).await
     }
 
     /// Stores a sealed delegated token in its session field, unless the session is gone or its access token
@@ -314,7 +314,7 @@ impl SessionStore {
         loop {
             let (next, keys): (u64, Vec<String>) = self
                 .redis
-                .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(session_key("*")).arg("COUNT").arg(500))
+                .read(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(session_key("*")).arg("COUNT").arg(500))
                 .await?;
             out.extend(keys.into_iter().filter_map(|k| k.strip_prefix(&session_key("")).map(str::to_string)));
             if next == 0 {
@@ -342,7 +342,7 @@ impl SessionStore {
 
     /// The ids in an index set (`user_sessions:` or `idp_sessions:`).
     pub async fn members(&self, set_key: &str) -> Result<Vec<String>, StoreError> {
-        self.redis.query(redis::cmd("SMEMBERS").arg(set_key)).await
+        self.redis.read(redis::cmd("SMEMBERS").arg(set_key)).await
     }
 
     /// A session as stored, without sliding its expiry (admin and tools); `None` if gone or unreadable.
