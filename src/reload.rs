@@ -408,4 +408,18 @@ client_secret = "{secret}"
         assert_eq!(eff.server.grpc_addr, "127.0.0.1:9001");
         assert_eq!(eff.session.encryption_keys[0].expose_secret(), k2);
     }
+
+    #[test]
+    fn a_redis_password_change_makes_new_connections_and_nothing_else_does() {
+        let k = crate::crypto::generate_key();
+        let a = cfg("127.0.0.1:9001", "one", &k);
+        let mut b = cfg("127.0.0.1:9101", "two", &crate::crypto::generate_key());
+        assert_eq!(redis_digest(&a), redis_digest(&b), "other sections do not touch the connections");
+        b.redis.password = Some("rotated".to_string().into());
+        assert_ne!(redis_digest(&a), redis_digest(&b), "the password is in the digest, though Debug hides it");
+        let mut c = b.clone();
+        c.redis.password = Some("rotated-again".to_string().into());
+        assert_ne!(redis_digest(&b), redis_digest(&c));
+        assert!(restart_only(&a).iter().all(|(key, _)| !key.starts_with("redis")), "[redis] is reloadable");
+    }
 }
