@@ -4,8 +4,8 @@
 //! session key ring, the assertion signing keys (and so the JWKS), the admin token and the log level.
 //! When `[providers.*]` (a client secret), `[revalidation]` or `[bearer]` changed, the providers are rebuilt
 //! (validators, bearer verifier, login clients) over the running M2M manager; when `[redis]` changed (a
-//! rotated password, CA or client certificate), new Redis connections are made from it and calls in flight
-//! finish on the old ones. An invalid config is refused whole and the running one stays. Otherwise caches,
+//! rotated password, CA or client certificate), new Redis connections are made from it, used once they
+//! answer a PING (else the reload is refused), and calls in flight finish on the old ones. An invalid config is refused whole and the running one stays. Otherwise caches,
 //! breakers, providers, M2M tokens and the Redis connections are kept.
 //!
 //! Files are polled (content digest every [`POLL`]), not watched through inotify: reading the path
@@ -218,7 +218,15 @@ impl Reloader {
         let fresh = if redis == current.redis {
             None
         } else {
-            Some(crate::store::Redis::connect(&eff.redis).map_err(|e| format!("redis: {e}"))?)
+            // Used only once it answers: a ConfigMap reaches every replica at once, and a wrong URL or
+            // password must not take them all off Redis together (a rollout would have stopped at one pod).
+            let fresh = crate::store::Redis::connect(&eff.redis).map_err(|e| format!("redis: {e}"))?;
+            if !fresh.ping().await {
+                return Err("redis: the changed [redis] does not reach Redis (PING failed); the running \
+                            connections stay"
+                    .into());
+            }
+            Some(fresh)
         };
         let digest = providers_digest(&eff);
         let rebuilt = if digest == current.providers {

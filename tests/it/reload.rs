@@ -305,7 +305,8 @@ async fn the_revalidation_mode_follows_a_reload() {
 }
 
 /// A Redis password rotated the way Redis ACLs allow: the user gets a second password, the Secret is
-/// swapped, then the first password is removed and the user's connections killed. The reload made new
+/// swapped, then the first password is removed and the user's connections killed. A password Redis does not
+/// accept is refused by the reload. The reload made new
 /// connections with the second password, so the signed-in session is allowed throughout; without them the
 /// killed connections would come back with the first password and every check would be a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,6 +328,12 @@ async fn a_rotated_redis_password_reconnects_and_logs_nobody_out() {
     assert!(served.wait_ready().await, "{}", served.log());
     let cookie = served.sign_in(&idp, "alice").await;
     assert_eq!(served.check(&[("cookie", &cookie)]).await, 200);
+
+    // A password Redis does not know is refused whole, not installed: the running connections stay.
+    secret_version(mount, "..2026_12_08_01_30_00.w", "redis-password", "a-wrong-password");
+    let refused = async || served.log().contains("does not reach Redis");
+    assert!(eventually(WAIT, refused).await, "a wrong password was not refused: {}", served.log());
+    assert_eq!(served.check(&[("cookie", &cookie)]).await, 200, "{}", served.log());
 
     acl(&[">second-password"]);
     secret_version(mount, "..2026_12_08_02_00_00.2", "redis-password", "second-password");
