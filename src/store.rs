@@ -194,7 +194,7 @@ impl Redis {
         let pool = self.read::<String>(&redis::cmd("PING")).await.is_ok();
         let inner = self.inner.load_full();
         match &inner.cached {
-            Some(cached) if pool => inner.observed(cached.ping()).await.is_ok(),
+            Some(cached) if pool => inner.observed(again_if_dropped(|| cached.ping())).await.is_ok(),
             _ => pool,
         }
     }
