@@ -5,8 +5,9 @@
 //! When `[providers.*]` (a client secret), `[revalidation]` or `[bearer]` changed, the providers are rebuilt
 //! (validators, bearer verifier, login clients) over the running M2M manager; when `[redis]` changed (a
 //! rotated password, CA or client certificate), new Redis connections are made from it, used once they
-//! answer a PING (else the reload is refused), and calls in flight finish on the old ones. An invalid config is refused whole and the running one stays. Otherwise caches,
-//! breakers, providers, M2M tokens and the Redis connections are kept.
+//! answer a PING (else the reload is refused), and calls in flight finish on the old ones. An invalid config
+//! is refused whole and the running one stays. Otherwise caches, breakers, providers, M2M tokens and the
+//! Redis connections are kept.
 //!
 //! Files are polled (content digest every [`POLL`]), not watched through inotify: reading the path
 //! follows Kubernetes' `..data` symlink swap, which directory events report only indirectly.
