@@ -204,9 +204,8 @@ impl Asserter {
     /// assertion. Assertions minted under the old keys are dropped from the cache, so none signed by a key
     /// that is no longer published is served again. True when something changed.
     pub fn set_keys(&self, keys: KeySet) -> bool {
-        let running = self.keys.load();
-        if running.jwks() == keys.jwks() && running.signer().ok().map(|k| &k.kid) == keys.signer().ok().map(|k| &k.kid)
-        {
+        // The JWKS lists the keys in order, the signer first: equal documents, the same keys.
+        if self.keys.load().jwks() == keys.jwks() {
             return false;
         }
         let signer = keys.signer().map(|k| k.kid.clone()).unwrap_or_default();
