@@ -149,7 +149,7 @@ impl Redis {
     /// `Value::Map`). Sent again once if it found its connection dead ([`again_if_dropped`]).
     pub async fn query_cached(&self, key: &str, cmd: &Cmd) -> Result<Value, StoreError> {
         let inner = self.inner.load_full();
-        let Some(cached) = &inner.cached else { return self.read(cmd).await };
+        let Some(cached) = &inner.cached else { return inner.read(cmd).await };
         // Boxed: off by default, and every check's future would carry its state.
         Box::pin(inner.observed(again_if_dropped(|| cached.read(key.as_bytes(), cmd)))).await
     }
@@ -157,13 +157,7 @@ impl Redis {
     /// Runs `cmd`, a command that changes nothing, sent again once if it found its connection dead
     /// ([`again_if_dropped`]).
     pub async fn read<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let inner = self.inner.load_full();
-        inner
-            .timed(again_if_dropped(|| async {
-                let mut c = inner.conn().await?;
-                Ok(cmd.query_async(&mut c).await?)
-            }))
-            .await
+        self.inner.load_full().read(cmd).await
     }
 
     /// Runs a pipeline in one round trip. In cluster mode all its keys must share a hash slot.
@@ -201,6 +195,17 @@ impl Redis {
 }
 
 impl Inner {
+    /// [`Redis::read`] on these connections. Not an `async fn`, for the reason [`Inner::timed`] gives.
+    fn read<'a, T: FromRedisValue + 'a>(
+        &'a self,
+        cmd: &'a Cmd,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + 'a {
+        self.timed(again_if_dropped(move || async move {
+            let mut c = self.conn().await?;
+            Ok(cmd.query_async(&mut c).await?)
+        }))
+    }
+
     fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
         let mut cached = None;
         let backend = match cfg.mode {
